@@ -1,0 +1,22 @@
+"""The exception every user-facing failure raises. The CLI prints its message on one line and
+exits non-zero; anything else reaching the CLI is a bug and keeps its traceback."""
+
+
+class SbexportError(Exception):
+    """A failure the user can act on; the message says what and where (file, field, tensor)."""
+
+
+class ConfigError(SbexportError, ValueError):
+    """A config value that cannot build a model; the message names the field."""
+
+
+class CheckpointError(SbexportError):
+    """A checkpoint that cannot be found or loaded; the message names the file and tensor."""
+
+
+class ExportError(SbexportError):
+    """An export that failed or produced a file that does not hold to the reference."""
+
+
+class ParityError(SbexportError):
+    """An exported file whose outputs differ from the reference beyond the task's tolerance."""

@@ -1,0 +1,131 @@
+"""The one task registry. The CLI's choices, the exporters, verify, bench, eval and the tests
+all read TASKS; adding a task is one entry here.
+
+A task names its head, its default labels (a checkpoint's own id2label wins when it has one),
+its inputs and outputs with their dynamic axes, and the parity tolerance of its outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from .errors import SbexportError
+
+# Head kind -> the class-name suffix each architecture uses for it.
+HEADS = {
+    "base": "Model",
+    "masked-lm": "ForMaskedLM",
+    "sequence-classification": "ForSequenceClassification",
+    "multiple-choice": "ForMultipleChoice",
+    "token-classification": "ForTokenClassification",
+    "question-answering": "ForQuestionAnswering",
+}
+
+# model_type -> (module holding the classes, class-name prefix)
+ARCHITECTURES = {
+    "squeezebert": ("sbexport.modeling", "SqueezeBert"),
+    "bert": ("sbexport.modeling_bert", "Bert"),
+}
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+# Output name -> its axes. "labels", "vocab" and "hidden" are fixed by the model; "batch",
+# "sequence" and "choices" are dynamic in every export.
+OUTPUT_AXES = {
+    "last_hidden_state": ("batch", "sequence", "hidden"),
+    "pooler_output": ("batch", "hidden"),
+    "logits": None,  # depends on the head, see Task.output_axes
+    "start_logits": ("batch", "sequence"),
+    "end_logits": ("batch", "sequence"),
+}
+_LOGIT_AXES = {
+    "masked-lm": ("batch", "sequence", "vocab"),
+    "sequence-classification": ("batch", "labels"),
+    "multiple-choice": ("batch", "choices"),
+    "token-classification": ("batch", "sequence", "labels"),
+}
+DYNAMIC_AXES = ("batch", "choices", "sequence")
+
+SQUEEZEBERT_MNLI = "squeezebert/squeezebert-mnli"
+SQUEEZEBERT_UNCASED = "squeezebert/squeezebert-uncased"
+BERT_BASE = "bert-base-uncased"
+
+CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One exportable task.
+
+    atol is the largest absolute difference allowed between the PyTorch reference and an
+    exported fp32 file on any output. 1e-4 holds for fp32 on every runtime we ship: the
+    runtimes reorder the same fp32 sums (blocked GEMMs, fused softmax), which moves outputs of
+    magnitude ~10 by ~1e-6 per layer, two orders of magnitude below it.
+    """
+
+    name: str
+    head: str
+    description: str
+    labels: tuple[str, ...] = ()
+    pair: bool = True                 # inputs are text pairs (premise / hypothesis, ...)
+    problem_type: str | None = None
+    num_choices: int = 0              # multiple choice only
+    default_checkpoint: str = SQUEEZEBERT_UNCASED
+    atol: float = 1e-4
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return {"base": ("last_hidden_state", "pooler_output"),
+                "question-answering": ("start_logits", "end_logits")}.get(self.head, ("logits",))
+
+    @property
+    def input_axes(self) -> tuple[str, ...]:
+        return ("batch", "choices", "sequence") if self.head == "multiple-choice" else ("batch", "sequence")
+
+    def output_axes(self, name: str) -> tuple[str, ...]:
+        return _LOGIT_AXES[self.head] if name == "logits" else OUTPUT_AXES[name]
+
+    def model_class(self, model_type: str = "squeezebert") -> type:
+        """The head class of this task for an architecture ("squeezebert" or "bert")."""
+        if model_type not in ARCHITECTURES:
+            raise SbexportError(f"unknown architecture {model_type!r}; expected one of {', '.join(ARCHITECTURES)}")
+        module, prefix = ARCHITECTURES[model_type]
+        return getattr(importlib.import_module(module), prefix + HEADS[self.head])
+
+    def config_overrides(self) -> dict:
+        """What the task fixes in a config that has no labels of its own (random init)."""
+        if self.head in ("sequence-classification", "token-classification") and self.labels:
+            return {"id2label": dict(enumerate(self.labels)), "problem_type": self.problem_type}
+        return {}
+
+
+def _glue(name: str, labels: tuple[str, ...], description: str, pair: bool = True) -> Task:
+    return Task(name, "sequence-classification", description, labels, pair=pair,
+                problem_type="single_label_classification", default_checkpoint=SQUEEZEBERT_MNLI)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    _glue("mnli", ("entailment", "neutral", "contradiction"), "natural language inference (GLUE MNLI)"),
+    _glue("sst2", ("negative", "positive"), "sentiment (GLUE SST-2)", pair=False),
+    _glue("qqp", ("not_duplicate", "duplicate"), "question pairs (GLUE QQP)"),
+    _glue("qnli", ("entailment", "not_entailment"), "question NLI (GLUE QNLI)"),
+    _glue("rte", ("entailment", "not_entailment"), "textual entailment (GLUE RTE)"),
+    _glue("mrpc", ("not_equivalent", "equivalent"), "paraphrase (GLUE MRPC)"),
+    _glue("cola", ("unacceptable", "acceptable"), "grammatical acceptability (GLUE CoLA)", pair=False),
+    _glue("wnli", ("not_entailment", "entailment"), "Winograd NLI (GLUE WNLI)"),
+    Task("stsb", "sequence-classification", "semantic similarity score, regression (GLUE STS-B)",
+         ("score",), problem_type="regression", default_checkpoint=SQUEEZEBERT_MNLI),
+    Task("squad", "question-answering", "extractive question answering (SQuAD)"),
+    Task("ner", "token-classification", "named entities (CoNLL-2003)", CONLL_LABELS, pair=False),
+    Task("swag", "multiple-choice", "multiple choice, 4 endings (SWAG)", num_choices=4),
+    Task("fill-mask", "masked-lm", "masked language model", pair=False),
+    Task("features", "base", "bare encoder: last hidden state and pooled output", pair=False),
+)}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name`; raises SbexportError listing the tasks otherwise."""
+    if name not in TASKS:
+        raise SbexportError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]
