@@ -1,0 +1,164 @@
+"""One export interface for every format.
+
+    export_artifact(fmt, task, source, out_dir, options) -> Path
+
+builds the reference model once, wraps it so that it takes the task's inputs positionally and
+returns its outputs as a tuple, and hands the wrapper, example inputs and dynamic dimensions
+to the format's exporter, which writes one model file and returns what the manifest should
+record about it. The folder (model file, config.json, tokenizer, manifest.json) is staged and
+renamed into place; verify runs before the rename, so a file that fails parity never lands.
+
+A format is a module with FILE_NAME, DESCRIPTION and
+    export(wrapper, example, dims, path, options) -> dict
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..artifact import staged_folder, write_manifest
+from ..errors import ExportError, SbexportError
+from ..source import ModelSource, build_reference, load_tokenizer
+from ..tasks import INPUT_NAMES, Task
+from . import executorch as executorch_format
+from . import onnx as onnx_format
+
+FORMATS = {"onnx": onnx_format, "executorch": executorch_format}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What a user can choose about an export. Unused fields are ignored by a format."""
+
+    opset: int = 18                   # ONNX opset
+    max_seq_len: int | None = None    # upper bound of the dynamic sequence; default max_position_embeddings
+    backend: str = "xnnpack"          # ExecuTorch: "xnnpack" or "portable"
+    batch: int = 1                    # ExecuTorch: fixed batch (XNNPACK reshapes allow one dynamic dim)
+    max_batch: int = 1024             # ONNX: upper bound of the dynamic batch
+
+
+class ExportWrapper(nn.Module):
+    """The model with the task's inputs as positional int64 tensors and its outputs as a tuple.
+
+    input_ids, attention_mask, token_type_ids: [batch, sequence] ([batch, choices, sequence]
+    for multiple choice) -> the task's outputs in `task.outputs` order.
+    """
+
+    def __init__(self, model: nn.Module, task: Task):
+        super().__init__()
+        self.model = model
+        self.output_names = task.outputs
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return tuple(getattr(out, name) for name in self.output_names)
+
+
+def example_inputs(task: Task, config, batch: int = 2, seq_len: int = 8) -> dict[str, torch.Tensor]:
+    """Random int64 inputs of the task's shape; the last row is padded to show the mask's use."""
+    shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, config.vocab_size, shape, generator=gen)
+    attention_mask = torch.ones(shape, dtype=torch.long)
+    attention_mask[-1, ..., seq_len // 2:] = 0
+    token_type_ids = torch.zeros(shape, dtype=torch.long)
+    token_type_ids[..., seq_len // 2:] = 1
+    return dict(zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids)))
+
+
+def max_sequence(config, options: ExportOptions) -> int:
+    limit = config.max_position_embeddings
+    if options.max_seq_len is None:
+        return limit
+    if not 1 <= options.max_seq_len <= limit:
+        raise SbexportError(f"--max-seq-len {options.max_seq_len} is outside 1..{limit} "
+                            f"(the model's max_position_embeddings)")
+    return options.max_seq_len
+
+
+def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Path,
+                    options: ExportOptions = ExportOptions(), *, overwrite: bool = False,
+                    verify: bool = True, config_overrides: dict | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """Export `task` from `source` to format `fmt` in the folder `out_dir`.
+
+    Returns the folder. Raises SbexportError (bad options, existing folder, missing
+    checkpoint), ExportError (the exporter failed) or ParityError (verify failed); in every
+    failure `out_dir` is left as it was.
+    """
+    if fmt not in FORMATS:
+        raise SbexportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    exporter, out_dir = FORMATS[fmt], Path(out_dir)
+    from ..artifact import check_destination
+    check_destination(out_dir, overwrite)        # fail before minutes of work, not after
+    if source.random_init:
+        log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
+            f"(seed {source.seed}); its outputs mean nothing, its size and speed are real")
+    model = build_reference(task, source, config_overrides)
+    max_seq = max_sequence(model.config, options)
+    wrapper = ExportWrapper(model, task).eval()
+    example = example_inputs(task, model.config, batch=options.batch if fmt == "executorch" else 2,
+                             seq_len=min(8, max_seq))
+    with staged_folder(out_dir, overwrite) as tmp:
+        log(f"exporting {task.name} ({type(model).__name__}) to {fmt}...")
+        started = time.perf_counter()
+        try:
+            details = exporter.export(wrapper, example, max_seq, tmp / exporter.FILE_NAME, options)
+        except SbexportError:
+            raise
+        except Exception as e:
+            raise ExportError(f"{fmt} export of {task.name} failed: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}") from e
+        seconds = time.perf_counter() - started
+        log(f"exported {exporter.FILE_NAME} in {seconds:.1f} s")
+        _write_side_files(tmp, model, source)
+        write_manifest(tmp, _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds))
+        if verify:
+            from ..verify import verify_folder
+            report = verify_folder(tmp, reference=model, log=log)
+            report.raise_on_failure()
+    log(f"wrote {out_dir}")
+    return out_dir
+
+
+def _write_side_files(folder: Path, model: nn.Module, source: ModelSource) -> None:
+    """config.json for the runtime's shape facts, and the tokenizer so that an app can encode."""
+    model.config.to_json_file(folder / "config.json")
+    tokenizer = load_tokenizer(source)
+    # A tiny test config may have fewer embedding rows than the vocabulary has tokens: such a
+    # tokenizer would produce ids the model cannot embed, so it is left out.
+    if tokenizer is not None and tokenizer.vocab_size <= model.config.vocab_size:
+        tokenizer.save_pretrained(folder)
+
+
+def _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds) -> dict:
+    config = model.config
+    dims = {"sequence": [1, max_seq]}
+    return {
+        "sbexport_version": __version__,
+        "format": fmt,
+        "description": exporter.DESCRIPTION,
+        "model_file": exporter.FILE_NAME,
+        "task": task.name,
+        "head": task.head,
+        "arch": source.arch,
+        "model_class": type(model).__name__,
+        "labels": [config.id2label[i] for i in range(config.num_labels)]
+        if task.head in ("sequence-classification", "token-classification") else [],
+        "inputs": {name: {"dtype": "int64", "axes": list(task.input_axes)} for name in INPUT_NAMES},
+        "outputs": {name: {"dtype": "float32", "axes": list(task.output_axes(name))} for name in task.outputs},
+        "dims": {**dims, **details.pop("dims", {})},
+        "num_choices": task.num_choices or None,
+        "source": source.to_dict(),
+        "options": asdict(options),
+        "torch_version": torch.__version__,
+        "export_seconds": round(seconds, 2),
+        **details,
+    }

@@ -1,0 +1,85 @@
+"""ExecuTorch: torch.export with a dynamic sequence, lowered to XNNPACK (every convolution
+inside the delegate, checked here) or left on the portable kernels, saved as a .pte.
+
+The batch is fixed (ExportOptions.batch, 1 by default, as on a phone): XNNPACK's reshape
+accepts one dynamic dimension, and the attention's head split reshapes [B, C, S] into
+[B, heads, head_size, S], which with a dynamic batch would have two.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ..errors import ExportError
+
+FILE_NAME = "model.pte"
+DESCRIPTION = "ExecuTorch program (fp32)"
+BACKENDS = ("xnnpack", "portable")
+
+
+def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
+    """Write wrapper as a .pte at `path`; return the manifest's format fields."""
+    import executorch
+    from executorch.exir import to_edge, to_edge_transform_and_lower
+
+    if options.backend not in BACKENDS:
+        raise ExportError(f"unknown ExecuTorch backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+    program = torch.export.export(wrapper, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, max_seq))
+    if options.backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    else:
+        edge = to_edge(program)
+    summary = graph_summary(edge.exported_program().graph_module)
+    if options.backend == "xnnpack" and summary["convolutions_outside_delegate"]:
+        raise ExportError(f"{summary['convolutions_outside_delegate']} convolution(s) fell out of the "
+                          f"XNNPACK delegate")
+    path.write_bytes(edge.to_executorch().buffer)
+    dims = {"batch": [options.batch, options.batch]}
+    if example["input_ids"].dim() == 3:   # multiple choice: the choices are fixed too
+        dims["choices"] = [example["input_ids"].shape[1]] * 2
+    return {"backend": options.backend, "executorch_version": _version(executorch), "dims": dims,
+            "graph": summary}
+
+
+def _dynamic_shapes(example: dict, max_seq: int) -> dict:
+    seq = torch.export.Dim("sequence", min=1, max=max_seq)
+    return {name: {t.dim() - 1: seq} for name, t in example.items()}
+
+
+def graph_summary(graph_module) -> dict:
+    """Delegate count, ops left outside delegates, and convolutions by where they run."""
+    outside = Counter()
+    inside_convs = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node.target)
+        if name == "executorch_call_delegate":
+            lowered = getattr(graph_module, node.args[0].target)
+            inside_convs += _count_convs(lowered.original_module.graph_module)
+        elif name not in ("getitem", "sym_size"):
+            outside[name] += 1
+    return {"delegates": sum(1 for n, _ in graph_module.named_children() if n.startswith("lowered_module")),
+            "convolutions_in_delegate": inside_convs,
+            "convolutions_outside_delegate": outside.get("convolution", 0),
+            "ops_outside_delegate": dict(outside.most_common())}
+
+
+def _count_convs(graph_module) -> int:
+    return sum(1 for n in graph_module.graph.nodes
+               if n.op == "call_function" and _op_name(n.target) == "convolution")
+
+
+def _op_name(target) -> str:
+    """'aten.convolution.default' or an EdgeOpOverload -> 'convolution'."""
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[-2] if name.count(".") >= 2 else name.split(".")[0]
+
+
+def _version(module) -> str:
+    from importlib.metadata import version
+    return version(module.__name__)

@@ -1,0 +1,79 @@
+"""ONNX: torch.onnx's dynamo exporter, dynamic batch / choices / sequence, checked with
+onnx.checker. Every Conv1d stays one ONNX Conv node with kernel 1 and its group count."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ..errors import ExportError
+
+FILE_NAME = "model.onnx"
+DESCRIPTION = "ONNX model for ONNX Runtime (fp32)"
+MAX_CHOICES = 64
+
+
+def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
+    """Write wrapper as ONNX at `path`; return the manifest's format fields."""
+    import onnx
+
+    dims = _dynamic_shapes(example, max_seq, options.max_batch)
+    # The exporter prints its progress and warns about optional torchvision ops and axis
+    # renames; none of it concerns this model, and failures still raise.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("torch.onnx"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, tuple(example.values()), str(path), dynamo=True,
+                          opset_version=options.opset, input_names=list(example),
+                          output_names=list(wrapper.output_names), dynamic_shapes=dims,
+                          external_data=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    return {"opset": options.opset, "onnx_version": onnx.__version__,
+            "dims": {"batch": [1, options.max_batch], "choices": [1, MAX_CHOICES]}, "graph": graph_summary(model)}
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dynamic_shapes(example: dict, max_seq: int, max_batch: int) -> dict:
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    seq = torch.export.Dim("sequence", min=1, max=max_seq)
+    choices = torch.export.Dim("choices", min=1, max=MAX_CHOICES)
+    return {name: ({0: batch, 1: choices, 2: seq} if t.dim() == 3 else {0: batch, 1: seq})
+            for name, t in example.items()}
+
+
+def conv_nodes(model) -> list[dict]:
+    """Every Conv node: its weight initializer's name, group and kernel shape, in graph order."""
+    import onnx
+
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            out.append({"weight": node.input[1], "group": attrs.get("group", 1),
+                        "kernel_shape": list(attrs.get("kernel_shape", []))})
+    return out
+
+
+def graph_summary(model) -> dict:
+    """Op counts and the Conv groups, for the manifest and `sbexport info`."""
+    convs = conv_nodes(model)
+    if not convs:
+        raise ExportError("the ONNX graph has no Conv node: the grouped projections were not kept")
+    return {"ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
+            "conv_groups": dict(Counter(str(c["group"]) for c in convs))}

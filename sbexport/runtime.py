@@ -1,0 +1,76 @@
+"""Run an exported file: ONNX Runtime for .onnx, executorch.runtime for .pte.
+
+Every runner takes a dict of int64 numpy arrays keyed by input name and returns the outputs
+as float32 numpy arrays, in the task's output order. verify, predict, bench and eval all run
+exported files through here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SbexportError
+
+
+class OnnxRunner:
+    """An ONNX Runtime session on the CPU.
+
+    `threads` sets intra-op threads (0: ONNX Runtime's default). Spinning is off so that an
+    idle session does not steal cores from the next one when models are interleaved.
+    """
+
+    def __init__(self, path: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
+            raise SbexportError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
+
+
+class ExecuTorchRunner:
+    """The `forward` method of a .pte program in executorch's Python runtime."""
+
+    def __init__(self, path: Path, input_names: tuple[str, ...], threads: int = 0):
+        import torch
+        from executorch.runtime import Runtime
+
+        if threads:
+            torch.set_num_threads(threads)  # XNNPACK's pool follows the process's thread count
+        try:
+            self.program = Runtime.get().load_program(str(path))
+            self.method = self.program.load_method("forward")
+        except Exception as e:  # the pybind layer raises RuntimeError/ValueError on bad files
+            raise SbexportError(f"{path}: not a loadable ExecuTorch program ({_first_line(e)})") from None
+        self.input_names = list(input_names)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names])
+        return [o.detach().numpy() for o in outputs]
+
+
+def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
+    """A runner for the model file at `path`, chosen by its suffix."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxRunner(path, threads)
+    if path.suffix == ".pte":
+        return ExecuTorchRunner(path, input_names, threads)
+    raise SbexportError(f"{path}: unknown model file type (expected .onnx or .pte)")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

