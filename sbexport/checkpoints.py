@@ -1,0 +1,578 @@
+"""Checkpoints: find them (a local folder, the Hugging Face cache, the Hub), read their weights
+(model.safetensors, pytorch_model.bin, sharded indexes of either), load them into a model with
+every tensor accounted for, and save them so that transformers loads them back.
+
+Loading never initialises a tensor randomly without saying so: a tensor the file lacks is an
+error, unless it belongs to the head and the caller allowed that (then a warning names it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import warnings
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import constants as hf_constants
+import torch
+from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import load_config
+from .errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Where the weights can be, in the order transformers prefers them.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+# What a Hub download fetches: config, weights, tokenizer. Not TF/Flax/ONNX weights.
+DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.index.json", "vocab.txt",
+                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+# Backbone prefixes of head checkpoints, stripped when a bare model loads one.
+BACKBONE_PREFIXES = ("transformer", "bert")
+# Tensors old checkpoints carry that no model needs: the position_ids buffer, persistent in
+# transformers before 4.31.
+IGNORED_SUFFIXES = ("embeddings.position_ids",)
+# Heads whose outputs do not read pooler_output: a checkpoint without pooler weights loses
+# nothing there (transformers' BertForMaskedLM saves none).
+POOLER_UNUSED_HEADS = ("ForMaskedLM", "ForTokenClassification", "ForQuestionAnswering")
+# Tensor name fragment -> the config fields that decide its shape, for mismatch messages.
+SHAPE_FIELDS = (
+    ("word_embeddings.", "vocab_size, embedding_size"),
+    ("position_embeddings.", "max_position_embeddings"),
+    ("token_type_embeddings.", "type_vocab_size"),
+    ("attention.query.", "q_groups"),
+    ("attention.key.", "k_groups"),
+    ("attention.value.", "v_groups"),
+    ("post_attention.conv1d.", "post_attention_groups"),
+    ("intermediate.", "intermediate_size, intermediate_groups"),
+    ("output.conv1d.", "intermediate_size, output_groups"),
+    ("classifier.", "num_labels"),
+    ("cls.predictions.", "vocab_size"),
+)
+MAX_LISTED = 20   # names listed in one message before "... and N more"
+
+
+# --------------------------------------------------------------------------------------
+# Finding a checkpoint
+# --------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path_or_id: str, *, revision: str | None = None,
+                       local_files_only: bool | None = None) -> Path:
+    """The folder holding a checkpoint's config.json and weights.
+
+    Takes a local folder path or a Hub repo id ("squeezebert/squeezebert-mnli"). Looks in
+    order at: the local folder; the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub) at `revision` (default "main"); the Hub, unless offline
+    (local_files_only=True, or left None with HF_HUB_OFFLINE=1 set).
+    Returns the folder (for the cache and the Hub, a snapshot folder inside the cache).
+    Raises CheckpointError when a local-looking path is not a checkpoint folder, or when the id
+    is neither cached nor downloadable; the message names the ways to provide it.
+    """
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return _require_checkpoint_files(path)
+    if _looks_local(path_or_id):
+        raise CheckpointError(_not_a_folder_message(path_or_id, path))
+    cache_dir = hf_cache_dir()
+    folder = _find_in_cache(path_or_id, revision, cache_dir)
+    if folder is not None:
+        return folder
+    if _offline(local_files_only):
+        reason = ("local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set") + \
+                 f" and it is not in the Hugging Face cache at {cache_dir}"
+        raise CheckpointError(_unavailable_message(path_or_id, revision, cache_dir, reason))
+    return _download(path_or_id, revision, cache_dir)
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time.
+
+    huggingface_hub reads these variables once, at import; reading them here keeps a change
+    of HF_HUB_CACHE (a test's monkeypatch, a CLI flag) effective.
+    """
+    env = os.environ
+    folder = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if not folder:
+        home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+        folder = os.path.join(home, "hub")
+    return Path(os.path.expandvars(folder)).expanduser()
+
+
+def _offline(local_files_only: bool | None) -> bool:
+    if local_files_only is not None:
+        return local_files_only
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return flag.upper() in ("1", "ON", "YES", "TRUE") or hf_constants.HF_HUB_OFFLINE
+
+
+def _looks_local(path_or_id: str) -> bool:
+    """True for explicit paths, existing files, partly existing paths and invalid repo ids."""
+    if path_or_id.startswith((".", "/", "~", "\\")) or os.path.isabs(path_or_id):
+        return True
+    path = Path(path_or_id)
+    if path.exists() or (len(path.parts) > 1 and path.parent.is_dir()):
+        return True
+    try:
+        validate_repo_id(path_or_id)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _not_a_folder_message(path_or_id: str, path: Path) -> str:
+    if path.exists():
+        return (f"{path_or_id}: is a file, not a checkpoint folder; pass the folder that holds "
+                f"config.json and the weights")
+    parent = next((p for p in path.parents if p.is_dir()), None)
+    where = f" ({parent} exists, {path.relative_to(parent)} does not)" if parent else ""
+    return f"{path_or_id}: no such checkpoint folder{where}"
+
+
+def _require_checkpoint_files(folder: Path) -> Path:
+    """folder if it holds config.json and weights; raises CheckpointError listing it otherwise."""
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: no config.json, not a checkpoint folder; it holds: "
+                              f"{_listing(folder)}")
+    _weights_entry(folder)
+    return folder
+
+
+def _has_checkpoint_files(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any((folder / n).is_file() for n in WEIGHT_FILES)
+
+
+def _find_in_cache(repo_id: str, revision: str | None, cache_dir: Path) -> Path | None:
+    """The cached snapshot of repo_id at revision, or None if absent or incomplete.
+
+    huggingface_hub resolves refs/<revision> (or a commit hash) to snapshots/<hash>/ and
+    rejects a snapshot its tree cache knows to be partial; we also require config + weights.
+    """
+    try:
+        folder = Path(huggingface_hub.snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
+            allow_patterns=DOWNLOAD_PATTERNS))
+    except LocalEntryNotFoundError:   # also IncompleteSnapshotError
+        return None
+    return folder if _has_checkpoint_files(folder) else None
+
+
+def _download(repo_id: str, revision: str | None, cache_dir: Path) -> Path:
+    """Fetch config, weights and tokenizer files from the Hub into the cache; returns the snapshot."""
+    try:
+        folder = Path(huggingface_hub.snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=DOWNLOAD_PATTERNS))
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"{repo_id}: the Hub has no revision {revision!r}") from e
+    except RepositoryNotFoundError as e:   # also GatedRepoError
+        reason = "the Hub says it does not exist or needs a login (`hf auth login`)"
+        raise CheckpointError(_unavailable_message(repo_id, revision, cache_dir, reason)) from e
+    except OSError as e:   # LocalEntryNotFoundError, HfHubHTTPError: no connection, Hub down
+        reason = f"the Hub could not be reached ({type(e).__name__})"
+        raise CheckpointError(_unavailable_message(repo_id, revision, cache_dir, reason)) from e
+    if not _has_checkpoint_files(folder):
+        raise CheckpointError(f"{repo_id}: downloaded, but the repository has no config.json "
+                              f"with PyTorch weights; it holds: {_listing(folder)}")
+    return folder
+
+
+def _unavailable_message(repo_id: str, revision: str | None, cache_dir: Path, reason: str) -> str:
+    at = f" at revision {revision!r}" if revision else ""
+    return (f"checkpoint {repo_id!r}{at} is not available: {reason}. Provide it one of three "
+            f"ways: (1) a local folder: pass the path of a folder holding config.json and "
+            f"model.safetensors or pytorch_model.bin; (2) a pre-populated Hugging Face cache: on "
+            f"a connected machine run `hf download {repo_id}` (`huggingface-cli download "
+            f"{repo_id}` with huggingface_hub < 1.0) and copy the cache to {cache_dir} or point "
+            f"HF_HUB_CACHE at it; (3) go online: with a connection to the Hub, HF_HUB_OFFLINE "
+            f"unset and local_files_only not set, it is downloaded into that cache")
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names) if names else "nothing (empty folder)"
+
+
+# --------------------------------------------------------------------------------------
+# Reading weights
+# --------------------------------------------------------------------------------------
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder, by name, in the dtype stored.
+
+    Reads model.safetensors, else a sharded model.safetensors.index.json, else
+    pytorch_model.bin (weights only, no code runs), else pytorch_model.bin.index.json.
+    Raises CheckpointError naming the file when it is corrupt, truncated or not weights, when a
+    shard is missing, or (listing the folder) when there are no weights at all.
+    """
+    return _read_weights(Path(folder))[0]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The files read_state_dict reads: one weights file, or an index followed by its shards."""
+    entry = Path(folder) / _weights_entry(Path(folder))
+    if not entry.name.endswith(".index.json"):
+        return [entry]
+    return [entry, *(_shard_path(entry, s) for s in sorted(set(_read_index(entry).values())))]
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """sha256 hex digest over the weight files' names, sizes and bytes (see weight_files)."""
+    digest = hashlib.sha256()
+    for path in weight_files(folder):
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weights_entry(folder: Path) -> str:
+    """The name of the first weights file present; raises CheckpointError listing the folder."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return name
+    raise CheckpointError(f"{folder}: no weights (looked for {', '.join(WEIGHT_FILES)}); "
+                          f"the folder holds: {_listing(folder)}")
+
+
+def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """(state dict, the file each tensor came from)."""
+    entry = folder / _weights_entry(folder)
+    if entry.name.endswith(".index.json"):
+        return _read_sharded(entry)
+    state = _read_file(entry)
+    return state, dict.fromkeys(state, entry)
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it may be "
+                              f"truncated or corrupt: delete it and fetch it again") from None
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load raises anything from UnpicklingError to RuntimeError and OSError on a bad
+    # file; all of them mean the same to the user.
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
+                              f"{_first_line(e)}); it may be truncated, corrupt or hold objects "
+                              f"other than tensors: delete it and fetch it again") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of "
+                              f"named tensors")
+    return state
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The weight_map of a sharded checkpoint's index: tensor name -> shard file name."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a shard index (a JSON object with a weight_map): "
+                              f"{type(e).__name__}: {e}") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+    return weight_map
+
+
+def _shard_path(index: Path, shard: str) -> Path:
+    """The shard's path; raises CheckpointError if it is missing or outside the folder."""
+    path = index.parent / shard
+    if Path(shard).is_absolute() or ".." in Path(shard).parts:
+        raise CheckpointError(f"{index}: shard {shard!r} is not a file name inside the folder")
+    if not path.is_file():
+        tensors = sorted(k for k, v in _read_index(index).items() if v == shard)
+        raise CheckpointError(f"{path}: shard missing (the index {index.name} lists "
+                              f"{_names(tensors)} in it); fetch the checkpoint again")
+    return path
+
+
+def _read_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    weight_map = _read_index(index)
+    state, sources = {}, {}
+    for shard in sorted(set(weight_map.values())):
+        path = _shard_path(index, shard)
+        tensors = _read_file(path)
+        state.update(tensors)
+        sources.update(dict.fromkeys(tensors, path))
+    absent = sorted(name for name in weight_map if name not in state)
+    if absent:
+        raise CheckpointError(f"{index}: lists tensors its shards do not hold: "
+                              + "; ".join(f"{n} (in {weight_map[n]})" for n in absent[:MAX_LISTED]))
+    return state, sources
+
+
+# --------------------------------------------------------------------------------------
+# Loading into a model
+# --------------------------------------------------------------------------------------
+
+
+def load_pretrained(cls, path_or_id: str, *, allow_missing_head: bool = False, config=None,
+                    revision: str | None = None, local_files_only: bool | None = None,
+                    **config_overrides):
+    """A `cls` model with the checkpoint's weights, in eval mode, parameters in float32.
+
+    Takes a model class (SqueezeBertModel, SqueezeBertFor..., or the BERT baseline's), a local
+    folder or Hub id (see resolve_checkpoint), optionally a config to use instead of the
+    checkpoint's config.json, and config fields to override (num_labels=3, ...).
+    Head and bare checkpoints load into either kind of class, as in transformers: a head class
+    adds its backbone prefix to a bare checkpoint; a bare class strips "transformer."/"bert."
+    and drops the head tensors (logged at info level). With allow_missing_head, head tensors the
+    checkpoint lacks keep their random initialisation and a warning names them.
+    Raises ConfigError when the config does not suit `cls` (model_type) or an override is
+    invalid; CheckpointError when a tensor is missing, unexpected, or of another shape than the
+    config gives (the message names the tensor and its file), and for unreadable checkpoints.
+    """
+    folder = resolve_checkpoint(path_or_id, revision=revision, local_files_only=local_files_only)
+    config = _model_config(cls, folder, config, config_overrides)
+    model = cls(config)
+    state, sources = _read_weights(folder)
+    _load_weights(model, state, sources, folder / _weights_entry(folder), allow_missing_head)
+    return model.eval()
+
+
+def _model_config(cls, folder: Path, config, overrides: dict):
+    """The checkpoint's config (or the given one), checked against cls, with overrides applied."""
+    source = "the config passed" if config is not None else str(folder / "config.json")
+    if config is None:
+        config = load_config(folder / "config.json")
+    if not isinstance(config, cls.config_class):
+        raise ConfigError(f"{source}: model_type {config.model_type!r} cannot be loaded into "
+                          f"{cls.__name__}, which needs model_type "
+                          f"{cls.config_class.model_type!r}")
+    return _apply_overrides(config, overrides)
+
+
+def _apply_overrides(config, overrides: dict):
+    """config with fields replaced; raises ConfigError naming a field the config lacks."""
+    if not overrides:
+        return config
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a field of {type(config).__name__}")
+    if "num_labels" in overrides and "id2label" not in overrides \
+            and overrides["num_labels"] != len(config.id2label):
+        # The config takes num_labels from id2label when it has one: drop the old label names
+        # so that the new count wins (transformers does the same).
+        overrides = {**overrides, "id2label": None, "label2id": None}
+    return config.replace(**overrides)
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                  sources: dict[str, Path], origin: Path, allow_missing_head: bool) -> None:
+    """Copy state into model after accounting for every tensor on both sides.
+
+    origin is the weights file (or index) named in messages about the checkpoint as a whole;
+    sources names the file of each tensor.
+    """
+    expected = model.state_dict()
+    aliases = dict(model.tied_weights)
+    state, sources = _align_prefix(state, sources, model)
+    state = _fold_tied(state, aliases)
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
+    state = _drop_other_heads(state, expected, model, origin)
+    missing = sorted(set(expected) - set(state) - set(aliases))
+    unexpected = sorted(set(state) - set(expected))
+    missing = _accept_missing_head(model, missing, unexpected, origin, allow_missing_head)
+    if missing or unexpected:
+        raise CheckpointError(_key_mismatch_message(model, missing, unexpected, origin))
+    _check_shapes(model, state, expected, sources)
+    result = model.load_state_dict({k: _as_float32(v) for k, v in state.items()}, strict=False)
+    # Everything was accounted for above; this guards the bookkeeping itself.
+    assert not result.unexpected_keys, result.unexpected_keys
+
+
+def _align_prefix(state, sources, model):
+    """Rename checkpoint tensors to the model's layout (backbone prefix added or stripped)."""
+    prefix = model.base_model_prefix
+    if prefix and not any(k.startswith(prefix + ".") for k in state):
+        # A bare-model checkpoint under a head class: every tensor belongs to the backbone.
+        rename = {k: f"{prefix}.{k}" for k in state}
+    elif not prefix and not any(k in model.state_dict() for k in state):
+        strip = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p + ".") for k in state)), None)
+        if strip is None:
+            return state, sources
+        # A head checkpoint under the bare class: backbone tensors lose the prefix; the head's
+        # keep their names and are dropped as another head's by _drop_other_heads.
+        rename = {k: k[len(strip) + 1:] if k.startswith(strip + ".") else k for k in state}
+    else:
+        return state, sources
+    return ({rename[k]: v for k, v in state.items()},
+            {rename[k]: v for k, v in sources.items()})
+
+
+def _fold_tied(state: dict, aliases: dict[str, str]) -> dict:
+    """Drop tied aliases (decoder.weight, ...); an alias stored without its source becomes it."""
+    state = dict(state)
+    for alias, source in aliases.items():
+        if alias in state:
+            value = state.pop(alias)
+            state.setdefault(source, value)
+    return state
+
+
+def _drop_other_heads(state: dict, expected: dict, model, origin: Path) -> dict:
+    """state without tensors of modules this model does not have (another head's, e.g. the
+    masked-LM head "cls.*" of squeezebert-uncased under a classifier); logged at info level.
+
+    A tensor under a module the model does have (backbone or own head) is never dropped here:
+    if the model lacks it, it is an unexpected tensor and an error.
+    """
+    own = {name for name, _ in model.named_children()} | {k.split(".")[0] for k in expected}
+    other = sorted(k for k in state if k.split(".")[0] not in own)
+    if other:
+        logger.info("%s: ignoring %d tensors of a head %s does not have: %s", origin,
+                    len(other), type(model).__name__, _names(other))
+    return {k: v for k, v in state.items() if k.split(".")[0] in own}
+
+
+def _head_keys(model, names: list[str]) -> list[str]:
+    """The names that belong to the head, not the backbone. The pooler counts as head (it is
+    BERT's pre-training head) wherever it is not part of the model's outputs either."""
+    prefix = model.base_model_prefix
+    backbone = prefix + "." if prefix else ""
+    return [n for n in names if (prefix and not n.startswith(backbone))
+            or n.startswith(backbone + "pooler.")]
+
+
+def _accept_missing_head(model, missing, unexpected, origin, allow_missing_head) -> list[str]:
+    """missing, less the head tensors that may keep their initialisation (which it announces)."""
+    pooler = [n for n in missing if ".pooler." in f".{n}"]
+    if pooler and _pooler_unused(model):
+        logger.info("%s: no pooler weights; %s does not use the pooler", origin, type(model).__name__)
+        missing = [n for n in missing if n not in pooler]
+    head = _head_keys(model, missing)
+    if not missing or unexpected or len(head) != len(missing) or not allow_missing_head:
+        return missing
+    std = model.config.initializer_range
+    warnings.warn(f"{origin}: no weights for {', '.join(missing)} of {type(model).__name__}: "
+                  f"these head tensors were initialised randomly (normal, std {std}, biases 0); "
+                  f"fine-tune the model before using its outputs", stacklevel=4)
+    return []
+
+
+def _pooler_unused(model) -> bool:
+    return any(type(model).__name__.endswith(h) for h in POOLER_UNUSED_HEADS)
+
+
+def _key_mismatch_message(model, missing: list[str], unexpected: list[str], origin: Path) -> str:
+    name = type(model).__name__
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensors {name} needs: {_names(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors {name} has no place for: "
+                     f"{_names(unexpected)}")
+    hint = _layer_count_hint(model, missing + unexpected)
+    if missing and len(_head_keys(model, missing)) == len(missing) and not unexpected:
+        hint = ("the checkpoint has no weights for this head; pass allow_missing_head=True to "
+                "initialise them randomly for fine-tuning")
+    return f"{origin}: " + "; ".join(parts) + (f" ({hint})" if hint else "")
+
+
+def _layer_count_hint(model, names: list[str]) -> str:
+    layers = {int(m.group(1)) for n in names if (m := re.search(r"\.layers?\.(\d+)\.", n))}
+    if not layers or max(layers) < model.config.num_hidden_layers:
+        return ""
+    return (f"config and weights disagree on num_hidden_layers: the config says "
+            f"{model.config.num_hidden_layers}, the file has layer {max(layers)}")
+
+
+def _check_shapes(model, state: dict, expected: dict, sources: dict) -> None:
+    """Raise CheckpointError naming every tensor whose shape differs from the config's."""
+    wrong = [k for k in sorted(state) if state[k].shape != expected[k].shape]
+    if not wrong:
+        return
+    details = "; ".join(
+        f"{k} in {sources.get(k, '?')}: the config ({_shape_fields(k)}) gives "
+        f"{tuple(expected[k].shape)}, the file holds {tuple(state[k].shape)}"
+        for k in wrong[:MAX_LISTED])
+    more = f"; ... and {len(wrong) - MAX_LISTED} more" if len(wrong) > MAX_LISTED else ""
+    raise CheckpointError(f"config and weights disagree for {type(model).__name__}: "
+                          f"{details}{more}")
+
+
+def _shape_fields(name: str) -> str:
+    return next((f for frag, f in SHAPE_FIELDS if frag in name),
+                "hidden_size, intermediate_size, num_attention_heads")
+
+
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
+def _names(names: list[str]) -> str:
+    more = f", ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------
+
+
+def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> None:
+    """Write config.json and model.safetensors into folder (created if needed).
+
+    config.json is the config plus "architectures": [the class name], which is transformers'
+    class name too. model.safetensors holds every tensor except tied aliases (safetensors
+    refuses shared storage; transformers re-ties them on load). Both files are written to
+    temporary files in the folder and renamed into place, weights first, so that a failure
+    leaves the previous checkpoint (or none), never a half-written one.
+    Raises OSError when the folder cannot be written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config.replace(extra={**model.config.extra,
+                                         "architectures": [type(model).__name__]})
+    aliases = set(model.tied_weights)
+    tensors = {k: v.detach().cpu().contiguous()
+               for k, v in model.state_dict().items() if k not in aliases}
+    _write_atomically(folder, [
+        ("model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})),
+        ("config.json", config.to_json_file),
+    ])
+
+
+def _write_atomically(folder: Path, writers: list) -> None:
+    """Run each (name, write(path)) into a temporary file in folder, then rename all in order."""
+    temps = []
+    try:
+        for name, write in writers:
+            tmp = folder / f".{name}.{secrets.token_hex(8)}.tmp"
+            # Created with os.open so that the umask applies (mkstemp would make it 0600).
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            temps.append((tmp, folder / name))
+            write(tmp)
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
