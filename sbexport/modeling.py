@@ -124,6 +124,10 @@ def per_layer_head_mask(head_mask: torch.Tensor | None, num_layers: int) -> list
 class Embeddings(nn.Module):
     """word + position + token type embeddings, then LayerNorm and dropout: [B, S] -> [B, S, E]."""
 
+    # fp32 addition does not associate: transformers' BERT adds token type before position,
+    # its SqueezeBERT after. Each architecture sums in its peer's order, for bit-equal parity.
+    token_type_first: ClassVar[bool] = False
+
     def __init__(self, config):
         super().__init__()
         width = getattr(config, "embedding_size", config.hidden_size)
@@ -144,7 +148,8 @@ class Embeddings(nn.Module):
             position_ids = self.position_ids[:, :seq_len]          # [1, S], broadcasts over B
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(inputs_embeds[..., 0], dtype=torch.long)
-        x = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        pos, tok = self.position_embeddings(position_ids), self.token_type_embeddings(token_type_ids)
+        x = inputs_embeds + tok + pos if self.token_type_first else inputs_embeds + pos + tok
         return self.dropout(self.LayerNorm(x))
 
 
@@ -351,10 +356,13 @@ class _Head(PreTrainedModel):
     """A backbone under `base_model_prefix` plus one small head; forward args as the backbone's."""
 
     backbone_class: ClassVar[type] = SqueezeBertModel
+    # Extra arguments for the backbone, e.g. {"add_pooling_layer": False} for BERT heads that,
+    # as in transformers, carry no pooler weights.
+    backbone_kwargs: ClassVar[dict] = {}
 
     def __init__(self, config):
         super().__init__(config)
-        self.add_module(self.base_model_prefix, self.backbone_class(config))
+        self.add_module(self.base_model_prefix, self.backbone_class(config, **self.backbone_kwargs))
 
     @property
     def backbone(self) -> nn.Module:

@@ -1,0 +1,210 @@
+"""BERT -> SqueezeBERT conversion: the real MiniLM checkpoint converted and compared with
+transformers' BertModel on tokenized text, every head on tiny checkpoints, legacy files, and
+the refusals (existing destination, non-BERT source, missing source), library and CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from sbexport import cli as cli_module
+from sbexport import modeling
+from sbexport.config import SqueezeBertConfig
+from sbexport.convert import TOKENIZER_FILES, convert_bert_to_squeezebert
+from sbexport.errors import CheckpointError, ConfigError, SbexportError
+from sbexport.tasks import HEADS
+
+from conftest import tiny_bert_config, tiny_squeezebert_config
+
+SENTENCES = [
+    ("The quick brown fox jumps over the lazy dog.", "A fast animal leaps over a sleeping one."),
+    ("SqueezeBERT runs four times faster than BERT-base on a phone.", "Is it as accurate?"),
+    ("Hello", "world"),
+    ("Grouped convolutions replace the position-wise fully connected layers.", None),
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_squeezebert(minilm_dir, tmp_path_factory):
+    return convert_bert_to_squeezebert(minilm_dir, tmp_path_factory.mktemp("convert") / "minilm-sq")
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_minilm_converted_matches_bert(minilm_dir, minilm_squeezebert):
+    """The converted MiniLM (6 layers, hidden 384) against transformers' BertModel on the source.
+
+    Tolerance, measured here (torch 2.13 CPU, fp32, this batch of 4 right-padded pairs):
+    real tokens differ by at most 3.0e-6 absolute, so 1e-5 absolute holds there. Padded
+    positions drift further (2.6e-5 on last_hidden_state, whose max |value| is 5.8): Conv1d
+    and Linear kernels sum the same products in different orders, and the pad rows, which
+    attend only to a few real tokens, amplify that rounding through 6 layers. 1e-5 absolute
+    does not hold on every position, so every position is judged relative to the output's
+    scale: max|diff| <= 1e-5 * max|ref| (measured 4.5e-6 relative). Padded positions are
+    never read by a head (the pooler takes position 0; label -100 skips them).
+    """
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
+    first, second = zip(*SENTENCES)
+    batch = tokenizer(list(first), [s or "" for s in second], padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any() and (batch["token_type_ids"] == 1).any()
+    assert tokenizer.unk_token_id not in batch["input_ids"][0].tolist()   # a real vocabulary
+    real = batch["attention_mask"].bool()
+
+    reference = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    ours = modeling.SqueezeBertModel.from_pretrained(str(minilm_squeezebert))
+    theirs = transformers.SqueezeBertModel.from_pretrained(minilm_squeezebert).eval()
+    with torch.no_grad():
+        want = reference(**batch)
+        outputs = {"sbexport": ours(**batch), "transformers": theirs(**batch)}
+    for who, got in outputs.items():
+        for name in ("last_hidden_state", "pooler_output"):
+            ref = want[name]
+            diff, scale = _max_diff(got[name], ref), ref.abs().max().item()
+            assert diff <= 1e-5 * scale, f"{who} {name}: max |diff| {diff:.3g}, scale {scale:.3g}"
+        real_diff = _max_diff(got.last_hidden_state[real], want.last_hidden_state[real])
+        assert real_diff <= 1e-5, f"{who}: real tokens differ by {real_diff:.3g}"
+        assert _max_diff(got.pooler_output, want.pooler_output) <= 1e-5
+    # both SqueezeBERT implementations read the converted file the same way
+    assert _max_diff(outputs["sbexport"].last_hidden_state, outputs["transformers"].last_hidden_state) <= 1e-5
+
+
+def test_minilm_files_and_config(minilm_dir, minilm_squeezebert):
+    for name in TOKENIZER_FILES:
+        assert (minilm_squeezebert / name).read_bytes() == (minilm_dir / name).read_bytes()
+    config = SqueezeBertConfig.from_json_file(minilm_squeezebert / "config.json")
+    assert config.embedding_size == config.hidden_size == 384
+    assert set(config.groups.values()) == {1}
+    assert (config.num_hidden_layers, config.intermediate_size) == (6, 1536)
+    assert config.extra["_name_or_path"] == "nreimers/MiniLM-L6-H384-uncased"   # other fields kept
+    assert config.extra["architectures"] == ["SqueezeBertModel"]
+    state = load_file(minilm_squeezebert / "model.safetensors")
+    assert state["encoder.layers.0.intermediate.conv1d.weight"].shape == (1536, 384, 1)
+    assert state["encoder.layers.5.post_attention.layernorm.weight"].shape == (384,)
+    assert not any(".layer." in k or "position_ids" in k for k in state)
+    assert not list(minilm_squeezebert.parent.glob(".*"))   # no temporary folder left behind
+
+
+def _tiny_bert_checkpoint(head: str, folder, **overrides):
+    """A transformers Bert head with random (wider than init) weights saved in `folder`."""
+    config = tiny_bert_config(**overrides)
+    tconfig = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"},
+                                      attn_implementation="eager")
+    torch.manual_seed(0)
+    model = getattr(transformers, "Bert" + HEADS[head])(tconfig).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("LayerNorm.weight"):
+                p.normal_(0, 0.3)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_every_head_converts(head, tmp_path):
+    overrides = {"num_labels": 2} if head == "question-answering" else {}
+    if head == "sequence-classification":
+        overrides = {"id2label": {0: "entailment", 1: "neutral", 2: "contradiction"},
+                     "problem_type": "single_label_classification"}
+    bert = _tiny_bert_checkpoint(head, tmp_path / "bert", **overrides)
+    dst = convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "sq")
+    config = json.loads((dst / "config.json").read_text())
+    assert config["architectures"] == ["SqueezeBert" + HEADS[head]]
+    if head == "sequence-classification":
+        assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
+        assert config["problem_type"] == "single_label_classification"
+
+    ours = getattr(modeling, "SqueezeBert" + HEADS[head]).from_pretrained(str(dst))
+    theirs = getattr(transformers, "SqueezeBert" + HEADS[head]).from_pretrained(dst).eval()
+    ids = torch.randint(1, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2]),
+              "token_type_ids": torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)}
+    if head == "multiple-choice":
+        inputs = {k: torch.stack([v, v.flip(0)], 1) for k, v in inputs.items()}   # [B, 2, S]
+    with torch.no_grad():
+        want = bert(**inputs)
+        for got in (ours(**inputs), theirs(**inputs)):
+            for name in ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits"):
+                if getattr(want, name, None) is not None:
+                    assert _max_diff(got[name], want[name]) <= 1e-5, name
+
+
+def test_legacy_bin_checkpoint(tmp_path):
+    """pytorch_model.bin with "bert." prefixes, LayerNorm gamma/beta and a position_ids buffer
+    converts to the same tensors as the modern file."""
+    _tiny_bert_checkpoint("sequence-classification", tmp_path / "modern")
+    state = load_file(tmp_path / "modern" / "model.safetensors")
+    legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in state.items()}
+    legacy["bert.embeddings.position_ids"] = torch.arange(64)[None]
+    (tmp_path / "legacy").mkdir()
+    torch.save(legacy, tmp_path / "legacy" / "pytorch_model.bin")
+    (tmp_path / "legacy" / "config.json").write_text((tmp_path / "modern" / "config.json").read_text())
+    a = load_file(convert_bert_to_squeezebert(tmp_path / "modern", tmp_path / "a") / "model.safetensors")
+    b = load_file(convert_bert_to_squeezebert(tmp_path / "legacy", tmp_path / "b") / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "transformer.encoder.layers.1.output.layernorm.weight" in a
+
+
+def test_refuses_existing_destination(tmp_path):
+    _tiny_bert_checkpoint("base", tmp_path / "bert")
+    dst = tmp_path / "sq"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(SbexportError, match="already exists"):
+        convert_bert_to_squeezebert(tmp_path / "bert", dst)
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+    convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
+    assert (dst / "model.safetensors").is_file() and not (dst / "keep.txt").exists()
+    with pytest.raises(SbexportError, match="source"):
+        convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "bert", overwrite=True)
+
+
+def test_non_bert_source_names_its_model_type(tmp_path):
+    modeling.SqueezeBertModel(tiny_squeezebert_config()).save_pretrained(str(tmp_path / "sq"))
+    with pytest.raises(CheckpointError, match=r"config\.json: model_type is 'squeezebert', not 'bert'"):
+        convert_bert_to_squeezebert(tmp_path / "sq", tmp_path / "out")
+    config = json.loads((tmp_path / "sq" / "config.json").read_text())
+    (tmp_path / "sq" / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    with pytest.raises(ConfigError, match="model_type 'roberta'"):
+        convert_bert_to_squeezebert(tmp_path / "sq", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        convert_bert_to_squeezebert(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        convert_bert_to_squeezebert(tmp_path / "empty", tmp_path / "out")
+
+
+def test_cli_convert_bert(tmp_path, monkeypatch, capsys):
+    _tiny_bert_checkpoint("base", tmp_path / "bert")
+    runner = CliRunner()
+    help_text = runner.invoke(cli_module.cli, ["convert-bert", "--help"]).output
+    assert "Example:" in help_text and "sbexport convert-bert" in help_text
+    dst = tmp_path / "sq"
+    result = runner.invoke(cli_module.cli, ["convert-bert", str(tmp_path / "bert"), str(dst)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(dst)
+    assert modeling.SqueezeBertModel.from_pretrained(str(dst)).config.q_groups == 1
+    # Through the console entry point: one line on stderr, exit status 1.
+    capsys.readouterr()
+    for args, message in (([str(tmp_path / "bert"), str(dst)], "already exists"),
+                          ([str(tmp_path / "nowhere"), str(tmp_path / "x")], "no such checkpoint folder")):
+        monkeypatch.setattr(sys, "argv", ["sbexport", "convert-bert", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            cli_module.main()
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+    result = runner.invoke(cli_module.cli, ["convert-bert", str(tmp_path / "bert"), str(dst), "--overwrite"])
+    assert result.exit_code == 0, result.output
