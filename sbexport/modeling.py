@@ -29,6 +29,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .config import SqueezeBertConfig
 
@@ -39,7 +40,19 @@ from .config import SqueezeBertConfig
 
 @dataclass
 class ModelOutput:
-    """Named outputs; `to_tuple()` gives the non-None fields in order (return_dict=False)."""
+    """Named outputs; `to_tuple()` gives the non-None fields in order (return_dict=False).
+
+    Every subclass is registered as a pytree node, so that torch.export can trace a forward that
+    returns one (it refuses output types it cannot flatten).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Runs before @dataclass has added the fields; flatten reads them at call time.
+        pytree.register_pytree_node(
+            cls, lambda out: ([getattr(out, f.name) for f in fields(out)], [f.name for f in fields(out)]),
+            lambda values, names: cls(**dict(zip(names, values))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
 
     def to_tuple(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
@@ -106,17 +119,21 @@ def extended_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dt
     return (1.0 - mask) * torch.finfo(dtype).min
 
 
-def per_layer_head_mask(head_mask: torch.Tensor | None, num_layers: int) -> list:
+def per_layer_head_mask(head_mask: torch.Tensor | None, num_layers: int,
+                        num_heads: int | None = None) -> list:
     """head_mask of shape (heads,) or (layers, heads) -> one [1, heads, 1, 1] mask per layer.
 
     A mask value multiplies that head's attention probabilities (1 keeps, 0 silences).
+    Raises ValueError on any other shape (the head count is checked when num_heads is given).
     """
     if head_mask is None:
         return [None] * num_layers
+    heads = "heads" if num_heads is None else num_heads
     if head_mask.dim() == 1:
         head_mask = head_mask.unsqueeze(0).expand(num_layers, -1)
-    if head_mask.dim() != 2 or head_mask.shape[0] != num_layers:
-        raise ValueError(f"head_mask must have shape (heads,) or ({num_layers}, heads), "
+    if (head_mask.dim() != 2 or head_mask.shape[0] != num_layers
+            or num_heads is not None and head_mask.shape[1] != num_heads):
+        raise ValueError(f"head_mask must have shape ({heads},) or ({num_layers}, {heads}), "
                          f"got {tuple(head_mask.shape)}")
     return [m[None, :, None, None] for m in head_mask]
 
@@ -345,7 +362,8 @@ class SqueezeBertModel(PreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # [B, S, H]
         mask = extended_attention_mask(attention_mask, x.dtype)                    # [B, 1, 1, S]
-        head_masks = per_layer_head_mask(head_mask, self.config.num_hidden_layers)
+        head_masks = per_layer_head_mask(head_mask, self.config.num_hidden_layers,
+                                         self.config.num_attention_heads)
         x, hidden_states, attentions = self.encoder(x, mask, head_masks, output_attentions,
                                                     output_hidden_states)
         out = BaseModelOutput(x, self.pooler(x), hidden_states, attentions)
