@@ -209,3 +209,16 @@ def test_torch_export_dynamic_batch_and_sequence(head):
             for a, b in zip(exported.module()(*args), model(*args)):
                 assert a.shape == b.shape
                 assert (a - b).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_loads_checkpoints_transformers_saved(head, tmp_path):
+    """A checkpoint transformers' BERT saved (tied decoder left out, no pooler in the MLM, token
+    and QA heads) loads through from_pretrained and gives transformers' outputs."""
+    config = tiny_bert_config(num_labels=2)
+    _, theirs = build_pair(head, config)
+    theirs.save_pretrained(tmp_path)
+    ours = getattr(modeling_bert, "Bert" + HEADS[head]).from_pretrained(str(tmp_path))
+    inputs = make_inputs(head, config)
+    with torch.no_grad():
+        assert_outputs_close(ours(**inputs), theirs(**inputs))
