@@ -43,6 +43,10 @@ BACKBONE_PREFIXES = ("transformer", "bert")
 # Tensors old checkpoints carry that no model needs: the position_ids buffer, persistent in
 # transformers before 4.31.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
+# Top-level modules of the heads (masked LM / pre-training, classifiers, QA). A checkpoint's
+# tensors under one of these that the model being loaded lacks belong to another head: they
+# are dropped (logged at info level), as transformers does. Any other unknown tensor is an error.
+HEAD_MODULES = ("cls", "classifier", "qa_outputs")
 # Heads whose outputs do not read pooler_output: a checkpoint without pooler weights loses
 # nothing there (transformers' BertForMaskedLM saves none).
 POOLER_UNUSED_HEADS = ("ForMaskedLM", "ForTokenClassification", "ForQuestionAnswering")
@@ -111,8 +115,10 @@ def hf_cache_dir() -> Path:
 
 
 def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return local_files_only
+    """local_files_only=True, or HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set (which win over
+    local_files_only=False, as in transformers: the variable promises no network use)."""
+    if local_files_only:
+        return True
     flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return flag.upper() in ("1", "ON", "YES", "TRUE") or hf_constants.HF_HUB_OFFLINE
 
@@ -145,7 +151,7 @@ def _require_checkpoint_files(folder: Path) -> Path:
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: no config.json, not a checkpoint folder; it holds: "
                               f"{_listing(folder)}")
-    _weights_entry(folder)
+    weights_entry(folder)
     return folder
 
 
@@ -216,12 +222,12 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     Raises CheckpointError naming the file when it is corrupt, truncated or not weights, when a
     shard is missing, or (listing the folder) when there are no weights at all.
     """
-    return _read_weights(Path(folder))[0]
+    return _read_weights(weights_entry(Path(folder)))[0]
 
 
 def weight_files(folder: Path) -> list[Path]:
     """The files read_state_dict reads: one weights file, or an index followed by its shards."""
-    entry = Path(folder) / _weights_entry(Path(folder))
+    entry = weights_entry(Path(folder))
     if not entry.name.endswith(".index.json"):
         return [entry]
     return [entry, *(_shard_path(entry, s) for s in sorted(set(_read_index(entry).values())))]
@@ -238,18 +244,20 @@ def checkpoint_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _weights_entry(folder: Path) -> str:
-    """The name of the first weights file present; raises CheckpointError listing the folder."""
+def weights_entry(folder: Path) -> Path:
+    """The weights file (or shard index) loading reads: the first of WEIGHT_FILES present.
+
+    Raises CheckpointError listing the folder when it holds none of them.
+    """
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
-            return name
+            return folder / name
     raise CheckpointError(f"{folder}: no weights (looked for {', '.join(WEIGHT_FILES)}); "
                           f"the folder holds: {_listing(folder)}")
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """(state dict, the file each tensor came from)."""
-    entry = folder / _weights_entry(folder)
+def _read_weights(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """(state dict, the file each tensor came from) of a weights file or shard index."""
     if entry.name.endswith(".index.json"):
         return _read_sharded(entry)
     state = _read_file(entry)
@@ -352,8 +360,9 @@ def load_pretrained(cls, path_or_id: str, *, allow_missing_head: bool = False, c
     folder = resolve_checkpoint(path_or_id, revision=revision, local_files_only=local_files_only)
     config = _model_config(cls, folder, config, config_overrides)
     model = cls(config)
-    state, sources = _read_weights(folder)
-    _load_weights(model, state, sources, folder / _weights_entry(folder), allow_missing_head)
+    entry = weights_entry(folder)
+    state, sources = _read_weights(entry)
+    _load_weights(model, state, sources, entry, allow_missing_head)
     return model.eval()
 
 
@@ -389,17 +398,20 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
     """Copy state into model after accounting for every tensor on both sides.
 
     origin is the weights file (or index) named in messages about the checkpoint as a whole;
-    sources names the file of each tensor.
+    sources names the file of each tensor. Raises CheckpointError (see load_pretrained).
     """
-    expected = model.state_dict()
+    expected = model.state_dict()   # includes tied aliases, excludes position_ids
     aliases = dict(model.tied_weights)
-    state, sources = _align_prefix(state, sources, model)
+    state, sources = _align_prefix(state, sources, model.base_model_prefix, expected)
     state = _fold_tied(state, aliases)
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
-    state = _drop_other_heads(state, expected, model, origin)
-    missing = sorted(set(expected) - set(state) - set(aliases))
+    state = _drop_other_heads(state, model, origin)
+    state = _drop_absent_pooler(state, expected, model, origin)
+    missing = _without_unused_pooler(model, sorted(set(expected) - set(state) - set(aliases)), origin)
     unexpected = sorted(set(state) - set(expected))
-    missing = _accept_missing_head(model, missing, unexpected, origin, allow_missing_head)
+    if missing and not unexpected and allow_missing_head and _all_head(model, missing):
+        _warn_random_head(model, missing, origin)
+        missing = []
     if missing or unexpected:
         raise CheckpointError(_key_mismatch_message(model, missing, unexpected, origin))
     _check_shapes(model, state, expected, sources)
@@ -408,19 +420,18 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
     assert not result.unexpected_keys, result.unexpected_keys
 
 
-def _align_prefix(state, sources, model):
+def _align_prefix(state: dict, sources: dict, prefix: str, expected: dict) -> tuple[dict, dict]:
     """Rename checkpoint tensors to the model's layout (backbone prefix added or stripped)."""
-    prefix = model.base_model_prefix
     if prefix and not any(k.startswith(prefix + ".") for k in state):
         # A bare-model checkpoint under a head class: every tensor belongs to the backbone.
         rename = {k: f"{prefix}.{k}" for k in state}
-    elif not prefix and not any(k in model.state_dict() for k in state):
+    elif not prefix and not any(k in expected for k in state):
         strip = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p + ".") for k in state)), None)
         if strip is None:
             return state, sources
         # A head checkpoint under the bare class: backbone tensors lose the prefix; the head's
-        # keep their names and are dropped as another head's by _drop_other_heads.
-        rename = {k: k[len(strip) + 1:] if k.startswith(strip + ".") else k for k in state}
+        # keep their names, for _drop_other_heads.
+        rename = {k: k.removeprefix(strip + ".") for k in state}
     else:
         return state, sources
     return ({rename[k]: v for k, v in state.items()},
@@ -437,63 +448,76 @@ def _fold_tied(state: dict, aliases: dict[str, str]) -> dict:
     return state
 
 
-def _drop_other_heads(state: dict, expected: dict, model, origin: Path) -> dict:
-    """state without tensors of modules this model does not have (another head's, e.g. the
-    masked-LM head "cls.*" of squeezebert-uncased under a classifier); logged at info level.
-
-    A tensor under a module the model does have (backbone or own head) is never dropped here:
-    if the model lacks it, it is an unexpected tensor and an error.
-    """
-    own = {name for name, _ in model.named_children()} | {k.split(".")[0] for k in expected}
-    other = sorted(k for k in state if k.split(".")[0] not in own)
+def _drop_other_heads(state: dict, model: torch.nn.Module, origin: Path) -> dict:
+    """state without the tensors of heads the model does not have (the masked-LM head "cls.*"
+    of squeezebert-uncased under a QA model, a classifier under the bare model), logged."""
+    own = {name for name, _ in model.named_children()}
+    other = sorted(k for k in state if k.split(".")[0] in HEAD_MODULES and k.split(".")[0] not in own)
     if other:
         logger.info("%s: ignoring %d tensors of a head %s does not have: %s", origin,
                     len(other), type(model).__name__, _names(other))
-    return {k: v for k, v in state.items() if k.split(".")[0] in own}
+    return {k: v for k, v in state.items() if k not in other}
 
 
-def _head_keys(model, names: list[str]) -> list[str]:
-    """The names that belong to the head, not the backbone. The pooler counts as head (it is
-    BERT's pre-training head) wherever it is not part of the model's outputs either."""
+def _drop_absent_pooler(state: dict, expected: dict, model, origin: Path) -> dict:
+    """state without pooler tensors when the model has no pooler (the BERT baseline's masked-LM,
+    token and QA heads, as in transformers, loading bert-base-uncased), logged."""
+    if any(_is_pooler(k) for k in expected):
+        return state
+    pooler = sorted(k for k in state if _is_pooler(k))
+    if pooler:
+        logger.info("%s: ignoring the pooler tensors, %s has no pooler: %s", origin,
+                    type(model).__name__, _names(pooler))
+    return {k: v for k, v in state.items() if k not in pooler}
+
+
+def _is_pooler(name: str) -> bool:
+    return ".pooler." in f".{name}"
+
+
+def _without_unused_pooler(model, missing: list[str], origin: Path) -> list[str]:
+    """missing less the pooler, for heads whose outputs do not read it (logged)."""
+    pooler = [n for n in missing if _is_pooler(n)]
+    if not pooler or not any(type(model).__name__.endswith(h) for h in POOLER_UNUSED_HEADS):
+        return missing
+    logger.info("%s: no pooler weights; %s does not use the pooler", origin, type(model).__name__)
+    return [n for n in missing if n not in pooler]
+
+
+def _all_head(model, names: list[str]) -> bool:
+    """True if every name belongs to the head, not the backbone. The pooler counts as head
+    here (it is BERT's pre-training head) where the outputs read it."""
     prefix = model.base_model_prefix
     backbone = prefix + "." if prefix else ""
-    return [n for n in names if (prefix and not n.startswith(backbone))
-            or n.startswith(backbone + "pooler.")]
+    return all((prefix and not n.startswith(backbone)) or n.startswith(backbone + "pooler.")
+               for n in names)
 
 
-def _accept_missing_head(model, missing, unexpected, origin, allow_missing_head) -> list[str]:
-    """missing, less the head tensors that may keep their initialisation (which it announces)."""
-    pooler = [n for n in missing if ".pooler." in f".{n}"]
-    if pooler and _pooler_unused(model):
-        logger.info("%s: no pooler weights; %s does not use the pooler", origin, type(model).__name__)
-        missing = [n for n in missing if n not in pooler]
-    head = _head_keys(model, missing)
-    if not missing or unexpected or len(head) != len(missing) or not allow_missing_head:
-        return missing
+def _warn_random_head(model, missing: list[str], origin: Path) -> None:
     std = model.config.initializer_range
+    # stacklevel 4: _load_weights, load_pretrained, then the caller (or its from_pretrained)
     warnings.warn(f"{origin}: no weights for {', '.join(missing)} of {type(model).__name__}: "
                   f"these head tensors were initialised randomly (normal, std {std}, biases 0); "
                   f"fine-tune the model before using its outputs", stacklevel=4)
-    return []
-
-
-def _pooler_unused(model) -> bool:
-    return any(type(model).__name__.endswith(h) for h in POOLER_UNUSED_HEADS)
 
 
 def _key_mismatch_message(model, missing: list[str], unexpected: list[str], origin: Path) -> str:
     name = type(model).__name__
     parts = []
     if missing:
-        parts.append(f"missing {len(missing)} tensors {name} needs: {_names(missing)}")
+        parts.append(f"missing {_count(missing, 'tensor')} {name} needs: {_names(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected tensors {name} has no place for: "
+        parts.append(f"{_count(unexpected, 'unexpected tensor')} {name} has no place for: "
                      f"{_names(unexpected)}")
     hint = _layer_count_hint(model, missing + unexpected)
-    if missing and len(_head_keys(model, missing)) == len(missing) and not unexpected:
+    if missing and not unexpected and _all_head(model, missing):
         hint = ("the checkpoint has no weights for this head; pass allow_missing_head=True to "
                 "initialise them randomly for fine-tuning")
     return f"{origin}: " + "; ".join(parts) + (f" ({hint})" if hint else "")
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _layer_count_hint(model, names: list[str]) -> str:

@@ -16,13 +16,13 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sbexport import checkpoints, modeling
+from sbexport import checkpoints, modeling, modeling_bert
 from sbexport.checkpoints import (checkpoint_fingerprint, load_pretrained, read_state_dict,
                                   resolve_checkpoint, save_pretrained)
 from sbexport.config import SqueezeBertConfig
 from sbexport.errors import CheckpointError, ConfigError
 
-from conftest import tiny_squeezebert_config
+from conftest import tiny_bert_config, tiny_squeezebert_config
 
 REPO = "squeezebert/squeezebert-mnli"
 HEADS = ["Model", "ForMaskedLM", "ForSequenceClassification", "ForMultipleChoice",
@@ -32,10 +32,15 @@ HEADS = ["Model", "ForMaskedLM", "ForSequenceClassification", "ForMultipleChoice
 # -- helpers -----------------------------------------------------------------------------
 
 
-def tiny_model(head: str = "ForSequenceClassification", seed: int = 0, **config):
-    """A tiny SqueezeBERT with every parameter random (biases and LayerNorms too), in eval mode."""
+def tiny_model(head: str = "ForSequenceClassification", seed: int = 0, arch: str = "SqueezeBert",
+               **config):
+    """A tiny SqueezeBERT (or BERT) with every parameter random (biases and LayerNorms too),
+    in eval mode."""
     torch.manual_seed(seed)
-    model = getattr(modeling, "SqueezeBert" + head)(tiny_squeezebert_config(**config))
+    if arch == "Bert":
+        model = getattr(modeling_bert, "Bert" + head)(tiny_bert_config(**config))
+    else:
+        model = getattr(modeling, "SqueezeBert" + head)(tiny_squeezebert_config(**config))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.2)
@@ -93,6 +98,16 @@ def fake_hf_cache(root, repo_id, files: dict, revision="main", commit="a" * 40):
         blob.write_bytes(source.read_bytes())
         (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
     return snapshot
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convs on one thread: on a busy 2-core host, intra-op threads make each grouped
+    conv ~50x slower (16 ms instead of 0.3 ms), which would dominate this file's run time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -306,6 +321,17 @@ def test_offline_and_not_cached_names_the_three_ways(monkeypatch, no_hub, how):
     assert "\n" not in message   # the CLI prints it on one line
 
 
+def test_HF_HUB_OFFLINE_wins_over_local_files_only_false(monkeypatch, no_hub):
+    def cache_only(repo_id, **kwargs):
+        if not kwargs.get("local_files_only"):
+            pytest.fail("went to the Hub with HF_HUB_OFFLINE=1")
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache_only)
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        resolve_checkpoint(REPO, local_files_only=False)
+
+
 def test_unreachable_hub_names_the_three_ways(monkeypatch, no_hub):
     # The real download code against a port nothing listens on: fails fast, no network needed.
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -355,6 +381,7 @@ def test_headless_checkpoint_into_classifier(tmp_path, no_hub):
     with pytest.warns(UserWarning) as record:
         model = load_pretrained(cls, str(folder), allow_missing_head=True)
     message = str(record[0].message)
+    assert record[0].filename == __file__   # attributed to the caller of load_pretrained
     assert "classifier.bias, classifier.weight" in message and "initialised randomly" in message
     assert_same_weights(model.transformer, bare)
 
@@ -377,6 +404,20 @@ def test_bare_model_from_head_checkpoint(tmp_path, no_hub, caplog):
 
     assert_same_weights(model, head.transformer)
     assert "classifier.bias, classifier.weight" in caplog.text
+
+
+def test_bert_pooler_tensors_dropped_by_heads_without_pooler(tmp_path, no_hub):
+    # bert-base-uncased has a pooler; the BERT baseline's masked-LM head has none (as in transformers)
+    bare = tiny_model("Model", arch="Bert")
+    folder = saved(tmp_path, bare)
+    with pytest.warns(UserWarning) as record:
+        model = load_pretrained(modeling_bert.BertForMaskedLM, str(folder), allow_missing_head=True)
+    assert "no weights for cls.predictions.bias, cls.predictions.transform" in str(record[0].message)
+    assert "bert.pooler" not in str(record[0].message)
+    assert model.bert.pooler is None
+    reference = bare.state_dict()
+    for name, tensor in model.bert.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0, msg=name)
 
 
 def test_other_heads_tensors_are_dropped_for_a_new_head(tmp_path, no_hub):
@@ -440,13 +481,20 @@ def test_unexpected_tensor(tmp_path, no_hub):
         load_pretrained(type(model), str(folder))
 
 
+def test_unknown_tensor_is_not_taken_for_another_head(tmp_path, no_hub):
+    model = tiny_model("Model")
+    folder = saved(tmp_path, model, add={"adapter.weight": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match=r"1 unexpected tensor SqueezeBertModel has no place for: adapter.weight$"):
+        load_pretrained(type(model), str(folder))
+
+
 def test_missing_tensor(tmp_path, no_hub):
     model = tiny_model()
     name = "transformer.encoder.layers.1.output.conv1d.weight"
     folder = saved(tmp_path, model, drop=(name,))
     for allow in (False, True):   # a backbone tensor is never allowed to be missing
         with pytest.raises(CheckpointError, match=(
-                rf"^{folder / 'model.safetensors'}: missing 1 tensors SqueezeBertForSequenceClassification "
+                rf"^{folder / 'model.safetensors'}: missing 1 tensor SqueezeBertForSequenceClassification "
                 rf"needs: {name}$")):
             load_pretrained(type(model), str(folder), allow_missing_head=allow)
 
@@ -567,12 +615,13 @@ def test_minilm_weights_read(minilm_dir):
 # -- saving and the round trip with transformers ---------------------------------------------
 
 
+@pytest.mark.parametrize("arch", ["SqueezeBert", "Bert"])
 @pytest.mark.parametrize("head", HEADS)
-def test_round_trip_with_transformers(tmp_path, head, no_hub):
-    ours = tiny_model(head)
+def test_round_trip_with_transformers(tmp_path, head, arch, no_hub):
+    ours = tiny_model(head, arch=arch)
     ours.save_pretrained(str(tmp_path / "ours"))
 
-    theirs, info = getattr(transformers, "SqueezeBert" + head).from_pretrained(
+    theirs, info = getattr(transformers, arch + head).from_pretrained(
         tmp_path / "ours", output_loading_info=True)
     assert info["missing_keys"] == set() or not info["missing_keys"], info
     assert not info["unexpected_keys"] and not info["mismatched_keys"], info
