@@ -155,7 +155,8 @@ class BertModel(PreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # [B, S, H]
         mask = extended_attention_mask(attention_mask, x.dtype)                    # [B, 1, 1, S]
-        head_masks = per_layer_head_mask(head_mask, self.config.num_hidden_layers)
+        head_masks = per_layer_head_mask(head_mask, self.config.num_hidden_layers,
+                                         self.config.num_attention_heads)
         x, hidden_states, attentions = self.encoder(x, mask, head_masks, output_attentions,
                                                     output_hidden_states)
         pooled = self.pooler(x) if self.pooler is not None else None

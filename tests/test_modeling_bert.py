@@ -171,8 +171,9 @@ def test_head_mask(head):
         same = ours(**inputs, head_mask=torch.tensor([1.0, 0.0, 1.0, 1.0]))
         expanded = ours(**inputs, head_mask=torch.tensor([[1.0, 0.0, 1.0, 1.0]] * 2))
     assert torch.equal(same.to_tuple()[0], expanded.to_tuple()[0])
-    with pytest.raises(ValueError, match="head_mask"):
-        ours(**inputs, head_mask=torch.ones(3, 4))
+    for wrong in (torch.ones(3, 4), torch.ones(2, 1)):   # 3 layers; 1 head would broadcast silently
+        with pytest.raises(ValueError, match="head_mask"):
+            ours(**inputs, head_mask=wrong)
 
 
 def test_every_task_has_a_bert_class():
