@@ -40,9 +40,11 @@ DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.index.json", "v
                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 # Backbone prefixes of head checkpoints, stripped when a bare model loads one.
 BACKBONE_PREFIXES = ("transformer", "bert")
-# Tensors old checkpoints carry that no model needs: the position_ids buffer, persistent in
-# transformers before 4.31.
-IGNORED_SUFFIXES = ("embeddings.position_ids",)
+# Tensors old checkpoints carry that no model needs: buffers that transformers before 4.31
+# saved (position_ids, token_type_ids).
+IGNORED_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
+# TensorFlow-era LayerNorm names (bert-base-uncased's own files), renamed as transformers does.
+LEGACY_NAMES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
 # Top-level modules of the heads (masked LM / pre-training, classifiers, QA). A checkpoint's
 # tensors under one of these that the model being loaded lacks belong to another head: they
 # are dropped (logged at info level), as transformers does. Any other unknown tensor is an error.
@@ -79,7 +81,8 @@ def resolve_checkpoint(path_or_id: str, *, revision: str | None = None,
     Takes a local folder path or a Hub repo id ("squeezebert/squeezebert-mnli"). Looks in
     order at: the local folder; the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else
     ~/.cache/huggingface/hub) at `revision` (default "main"); the Hub, unless offline
-    (local_files_only=True, or left None with HF_HUB_OFFLINE=1 set).
+    (local_files_only=True, or HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1 set, which
+    local_files_only=False does not override).
     Returns the folder (for the cache and the Hub, a snapshot folder inside the cache).
     Raises CheckpointError when a local-looking path is not a checkpoint folder, or when the id
     is neither cached nor downloadable; the message names the ways to provide it.
@@ -143,7 +146,12 @@ def _not_a_folder_message(path_or_id: str, path: Path) -> str:
                 f"config.json and the weights")
     parent = next((p for p in path.parents if p.is_dir()), None)
     where = f" ({parent} exists, {path.relative_to(parent)} does not)" if parent else ""
-    return f"{path_or_id}: no such checkpoint folder{where}"
+    try:
+        validate_repo_id(path_or_id)
+        not_an_id = ""
+    except HFValidationError as e:
+        not_an_id = f"; nor is it a Hugging Face repo id ({e})"
+    return f"{path_or_id}: no such checkpoint folder{where}{not_an_id}"
 
 
 def _require_checkpoint_files(folder: Path) -> Path:
@@ -402,6 +410,7 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
     """
     expected = model.state_dict()   # includes tied aliases, excludes position_ids
     aliases = dict(model.tied_weights)
+    state, sources = _rename_legacy(state, sources)
     state, sources = _align_prefix(state, sources, model.base_model_prefix, expected)
     state = _fold_tied(state, aliases)
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
@@ -418,6 +427,16 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
     result = model.load_state_dict({k: _as_float32(v) for k, v in state.items()}, strict=False)
     # Everything was accounted for above; this guards the bookkeeping itself.
     assert not result.unexpected_keys, result.unexpected_keys
+
+
+def _rename_legacy(state: dict, sources: dict) -> tuple[dict, dict]:
+    """LayerNorm.gamma / .beta -> LayerNorm.weight / .bias."""
+    rename = {}
+    for k in state:
+        old = next((pair for pair in LEGACY_NAMES if k.endswith(pair[0])), None)
+        rename[k] = k[: -len(old[0])] + old[1] if old else k
+    return ({rename[k]: v for k, v in state.items()},
+            {rename[k]: v for k, v in sources.items()})
 
 
 def _align_prefix(state: dict, sources: dict, prefix: str, expected: dict) -> tuple[dict, dict]:

@@ -233,6 +233,18 @@ def test_file_instead_of_folder(tmp_path, no_hub):
         resolve_checkpoint(str(folder / "model.safetensors"))
 
 
+def test_invalid_repo_id_that_is_no_folder(no_hub):
+    with pytest.raises(CheckpointError, match=r"^org/name/extra: no such checkpoint folder.*nor is it a Hugging Face repo id"):
+        resolve_checkpoint("org/name/extra")
+
+
+def test_unreadable_config_names_the_file(tmp_path, no_hub):
+    folder = saved(tmp_path, tiny_model())
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(ConfigError, match=rf"^{folder / 'config.json'}: not valid JSON"):
+        load_pretrained(modeling.SqueezeBertModel, str(folder))
+
+
 def test_folder_without_config(tmp_path, no_hub):
     folder = saved(tmp_path, tiny_model())
     (folder / "config.json").unlink()
@@ -461,9 +473,20 @@ def test_tied_weights_in_any_form(tmp_path, stored, no_hub):
     assert model.cls.predictions.decoder.weight is model.transformer.embeddings.word_embeddings.weight
 
 
-def test_position_ids_buffer_in_old_checkpoints_is_ignored(tmp_path, no_hub):
+def test_old_checkpoint_buffers_are_ignored(tmp_path, no_hub):
     model = tiny_model()
-    folder = saved(tmp_path, model, add={"transformer.embeddings.position_ids": torch.arange(64)[None]})
+    folder = saved(tmp_path, model, add={"transformer.embeddings.position_ids": torch.arange(64)[None],
+                                         "transformer.embeddings.token_type_ids": torch.zeros(1, 64)})
+    assert_same_weights(load_pretrained(type(model), str(folder)), model)
+
+
+def test_tensorflow_layernorm_names_are_renamed(tmp_path, no_hub):
+    # bert-base-uncased's own files: LayerNorm.gamma / LayerNorm.beta
+    model = tiny_model("ForMaskedLM", arch="Bert")
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in model.state_dict().items()}
+    assert sum(k.endswith("LayerNorm.gamma") for k in state) == 2 * 2 + 2   # 2 per layer, embeddings, MLM head
+    folder = write_checkpoint(tmp_path / "old", model.config, state, "bin")
     assert_same_weights(load_pretrained(type(model), str(folder)), model)
 
 
@@ -623,7 +646,7 @@ def test_round_trip_with_transformers(tmp_path, head, arch, no_hub):
 
     theirs, info = getattr(transformers, arch + head).from_pretrained(
         tmp_path / "ours", output_loading_info=True)
-    assert info["missing_keys"] == set() or not info["missing_keys"], info
+    assert not info["missing_keys"], info
     assert not info["unexpected_keys"] and not info["mismatched_keys"], info
     theirs.eval()
     x = inputs(ours)
