@@ -412,7 +412,7 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
     aliases = dict(model.tied_weights)
     state, sources = _rename_legacy(state, sources)
     state, sources = _align_prefix(state, sources, model.base_model_prefix, expected)
-    state = _fold_tied(state, aliases)
+    state = _fold_tied(state, aliases, origin)
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
     state = _drop_other_heads(state, model, origin)
     state = _drop_absent_pooler(state, expected, model, origin)
@@ -457,13 +457,23 @@ def _align_prefix(state: dict, sources: dict, prefix: str, expected: dict) -> tu
             {rename[k]: v for k, v in sources.items()})
 
 
-def _fold_tied(state: dict, aliases: dict[str, str]) -> dict:
-    """Drop tied aliases (decoder.weight, ...); an alias stored without its source becomes it."""
+def _fold_tied(state: dict, aliases: dict[str, str], origin: Path) -> dict:
+    """Drop tied aliases (decoder.weight, ...); an alias stored without its source becomes it.
+
+    Raises CheckpointError when both are stored and differ (an untied checkpoint,
+    tie_word_embeddings false): the model ties them, so one of the two would be lost.
+    """
     state = dict(state)
     for alias, source in aliases.items():
-        if alias in state:
-            value = state.pop(alias)
-            state.setdefault(source, value)
+        if alias not in state:
+            continue
+        value = state.pop(alias)
+        if source not in state:
+            state[source] = value
+        elif state[source].shape != value.shape or not torch.equal(state[source], value.to(state[source].dtype)):
+            raise CheckpointError(f"{origin}: {alias} differs from {source}, which the model ties "
+                                  f"it to; untied checkpoints (tie_word_embeddings false) are "
+                                  f"not supported")
     return state
 
 
@@ -587,7 +597,8 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> None:
     class name too. model.safetensors holds every tensor except tied aliases (safetensors
     refuses shared storage; transformers re-ties them on load). Both files are written to
     temporary files in the folder and renamed into place, weights first, so that a failure
-    leaves the previous checkpoint (or none), never a half-written one.
+    while writing leaves the previous files (or none), never a half-written file. (Between the
+    two renames, new weights sit beside the old config: two files cannot be swapped at once.)
     Raises OSError when the folder cannot be written.
     """
     folder = Path(folder)

@@ -473,6 +473,16 @@ def test_tied_weights_in_any_form(tmp_path, stored, no_hub):
     assert model.cls.predictions.decoder.weight is model.transformer.embeddings.word_embeddings.weight
 
 
+def test_untied_decoder_is_an_error(tmp_path, no_hub):
+    mlm = tiny_model("ForMaskedLM")
+    state = {**mlm.state_dict(), "cls.predictions.decoder.weight": torch.zeros(99, 32)}
+    folder = write_checkpoint(tmp_path / "untied", mlm.config, state)
+    with pytest.raises(CheckpointError, match=(
+            r"model.safetensors: cls.predictions.decoder.weight differs from "
+            r"transformer.embeddings.word_embeddings.weight, which the model ties it to")):
+        load_pretrained(type(mlm), str(folder))
+
+
 def test_old_checkpoint_buffers_are_ignored(tmp_path, no_hub):
     model = tiny_model()
     folder = saved(tmp_path, model, add={"transformer.embeddings.position_ids": torch.arange(64)[None],
