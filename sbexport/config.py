@@ -55,15 +55,17 @@ class _ConfigBase:
 
     def _normalise_labels(self) -> None:
         # config.json stores id2label with string keys ("0": "LABEL_0"); we hold ints.
+        # id2label is authoritative: its size sets num_labels and label2id is rebuilt from it
+        # unless it names exactly the same labels.
+        _require_positive_int("num_labels", self.num_labels)
         if self.id2label:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
             self.num_labels = len(self.id2label)
         else:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
-        if not self.label2id or len(self.label2id) != len(self.id2label):
-            self.label2id = {v: k for k, v in self.id2label.items()}
-        else:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+        own = {v: k for k, v in self.id2label.items()}
+        given = {str(k): int(v) for k, v in (self.label2id or {}).items()}
+        self.label2id = given if given == own else own
 
     # -- validation ---------------------------------------------------------------------
 
@@ -128,7 +130,10 @@ class _ConfigBase:
             f.write("\n")
 
     def replace(self, **changes):
-        """A copy with some fields changed (and validated)."""
+        """A copy with some fields changed (and validated). A new num_labels without new
+        labels gets placeholder labels LABEL_0..LABEL_{n-1}."""
+        if "num_labels" in changes and "id2label" not in changes:
+            changes.update(id2label=None, label2id=None)
         return dataclasses.replace(self, **changes)
 
 
@@ -186,6 +191,9 @@ class BertConfig(_ConfigBase):
 
     def validate(self) -> None:
         super().validate()
+        p = self.classifier_dropout
+        if p is not None and (not isinstance(p, (int, float)) or not 0.0 <= p < 1.0):
+            raise ConfigError(f"classifier_dropout: must be in [0, 1) or null, got {p!r}")
         if self.position_embedding_type != "absolute":
             raise ConfigError(f"position_embedding_type: only 'absolute' is supported, got "
                               f"{self.position_embedding_type!r}")

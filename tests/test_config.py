@@ -190,23 +190,28 @@ def test_replace_validates():
         tiny_squeezebert_config().replace(q_groups=3)
 
 
-# -- known defects, kept visible (strict: they fail loudly once fixed) ---------------------
+# -- label count, classifier dropout and label types ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: id2label's length silently overrides a new "
-                                       "num_labels in replace(); checkpoints.load_pretrained works around it")
 def test_replace_num_labels_changes_the_label_count():
     assert tiny_squeezebert_config().replace(num_labels=3).num_labels == 3
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: BertConfig does not validate classifier_dropout")
 def test_bert_classifier_dropout_validated():
     with pytest.raises(ConfigError, match="classifier_dropout"):
         tiny_bert_config(classifier_dropout=1.5)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="config.py: _normalise_labels runs range(num_labels) before validate()")
 def test_float_num_labels_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^num_labels: must be a positive integer"):
         tiny_squeezebert_config(num_labels=2.0)
+
+
+def test_label2id_that_disagrees_with_id2label_is_rebuilt_from_it():
+    config = tiny_squeezebert_config(id2label={0: "neg", 1: "pos"}, label2id={"a": 0, "b": 1})
+    assert config.label2id == {"neg": 0, "pos": 1}
+
+
+def test_replace_num_labels_gives_placeholder_labels():
+    config = tiny_squeezebert_config(id2label={0: "neg", 1: "pos"}).replace(num_labels=3)
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
