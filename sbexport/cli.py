@@ -247,3 +247,116 @@ def convert_bert(src: str, dst: str, overwrite: bool) -> None:
     """
     from .convert import convert_bert_to_squeezebert
     click.echo(convert_bert_to_squeezebert(src, dst, overwrite=overwrite))
+
+
+# --------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------
+
+
+def _split(value: str, option: str, kind=str) -> tuple:
+    """'8,32,128' -> (8, 32, 128); one SbexportError naming the option otherwise."""
+    try:
+        return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise SbexportError(f"{option}: expected comma-separated integers, got {value!r}") from None
+
+
+@cli.command()
+@click.option("--task", "task_name", type=TASK_CHOICE, default="mnli", show_default=True, help="The head to time.")
+@click.option("--seq-lens", default="8,32,128,512", show_default=True, help="Sequence lengths, comma-separated.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Sequences per call (ExecuTorch files are exported at it).")
+@click.option("--threads", type=int, default=None, help="Threads of every runtime. Default: all cores.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per shape, after the first.")
+@click.option("--runs", type=int, default=20, show_default=True, help="Timed calls per model and shape.")
+@click.option("--formats", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")
+@click.option("--models", default="squeezebert,bert", show_default=True, help="Models, comma-separated.")
+@click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID", help="A SqueezeBERT checkpoint instead of random weights.")
+@click.option("--model-bert", default=None, metavar="PATH_OR_HUB_ID", help="A BERT checkpoint instead of random weights.")
+@click.option("--random-init", is_flag=True, help="Random weights for both models (the default; latency does not depend on them).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON (schema sbexport.bench/1).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write latency against sequence length as PNG.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep exported files here and reuse them. Default: a temporary folder.")
+@click.option("--no-verify", is_flag=True, help="Time exports without checking their parity first.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, model_squeezebert, model_bert,
+          random_init, json_path, plot_path, workdir, no_verify, no_memory, seed) -> None:
+    """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
+
+    Exports each model once per format, times both interleaved run by run, and prints per
+    model, runtime and length: latency percentiles, load and first-run time, FLOPs, GFLOP/s,
+    % of the machine's sgemm rate, file size, peak memory and the BERT / SqueezeBERT ratio.
+
+    \b
+    Example:
+      sbexport bench --seq-lens 128 --json bench.json --plot bench.png
+      sbexport bench --formats onnx --threads 1 --runs 50
+    """
+    from .bench import BenchConfig, run_bench, table
+
+    checkpoints = {arch: path for arch, path in (("squeezebert", model_squeezebert), ("bert", model_bert)) if path}
+    if random_init and checkpoints:
+        raise SbexportError("--random-init and --model-squeezebert/--model-bert exclude each other")
+    config = BenchConfig(task=task_name, seq_lens=_split(seq_lens, "--seq-lens", int), batch=batch, threads=threads,
+                         warmup=warmup, runs=runs, formats=_split(formats, "--formats"),
+                         models=_split(models, "--models"), checkpoints=checkpoints, workdir=workdir,
+                         verify=not no_verify, memory=not no_memory, seed=seed)
+    result = run_bench(config, json_path=json_path, plot_path=plot_path)
+    click.echo(table(result))
+    for path in (json_path, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------
+# eval
+# --------------------------------------------------------------------------------------
+
+
+@cli.command("eval")
+@click.option("--task", "task_name", required=True, type=TASK_CHOICE, help="GLUE task, stsb, squad or ner.")
+@click.option("--data", required=True, metavar="FILE", help="The labelled file (a dev set; see above).")
+@click.option("--format", "fmt", default="auto", show_default=True, metavar="auto|glue|jsonl|squad|conll",
+              help="File layout; auto decides from the task and the file name.")
+@click.option("--model", default=None, metavar="PATH_OR_HUB_ID",
+              help="Checkpoint of the PyTorch model. Default: the first artifact's source, else the task's checkpoint.")
+@click.option("--random-init", is_flag=True, help="Random weights for the PyTorch model (scores meaningless).")
+@click.option("--arch", type=click.Choice(["squeezebert", "bert"]), default="squeezebert", show_default=True,
+              help="Architecture of --model / --random-init.")
+@click.option("--artifact", "artifacts", multiple=True, type=click.Path(), metavar="DIR",
+              help="Exported artifact folder to evaluate beside PyTorch; repeat for several.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N valid rows.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Rows per call (a fixed-batch ExecuTorch file uses its own).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON (schema sbexport.eval/1).")
+def eval_command(task_name, data, fmt, model, random_init, arch, artifacts, limit, batch_size, json_path) -> None:
+    """Score the PyTorch model and each artifact on a labelled file: the task's metric, its
+    delta to PyTorch and how often each artifact predicts what PyTorch predicts.
+
+    Metrics: accuracy (F1 too for mrpc and qqp), Matthews correlation (cola), Pearson and
+    Spearman (stsb), exact match and F1 (squad), entity F1 (ner). Malformed rows are skipped,
+    counted and listed by line. Long inputs are truncated to the file's maximum sequence
+    (SQuAD contexts too: there is no doc stride yet).
+
+    \b
+    The dev sets are not shipped; download them yourself:
+      GLUE       gluebenchmark.com, or the `glue` dataset on the Hugging Face Hub
+                 (MNLI dev_matched.tsv / dev_mismatched.tsv, SST-2 dev.tsv, ...)
+      SQuAD 1.1  dev-v1.1.json from rajpurkar.github.io/SQuAD-explorer
+      CoNLL-2003 eng.testa / eng.testb from the CoNLL-2003 shared task distribution
+
+    \b
+    Example:
+      sbexport eval --task mnli --data glue/MNLI/dev_matched.tsv \\
+          --artifact artifacts/mnli-onnx --artifact artifacts/mnli-pte --json eval.json
+    """
+    from .eval import report_json, run_eval
+
+    report = run_eval(task_name, data, fmt, model=model, random_init=random_init, artifacts=artifacts,
+                      arch=arch, limit=limit, batch_size=batch_size, log=lambda line: click.echo(line, err=True))
+    click.echo(report.table())
+    if json_path:
+        _write_text(json_path, report_json(report))
+        click.echo(f"wrote {json_path}")

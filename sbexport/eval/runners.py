@@ -1,0 +1,150 @@
+"""Batched prediction on evaluation examples, the same way for the PyTorch reference and for
+every exported file: tokenize a batch (padded to its longest row, truncated to the runner's
+maximum sequence), run it, decode each row with predict's decoders.
+
+A fixed-batch file (ExecuTorch, manifest dims.batch [n, n]) gets batches of exactly n rows;
+the last is filled with copies of its last row, whose outputs are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..artifact import open_artifact
+from ..errors import SbexportError
+from ..predict import DECODERS
+from ..runtime import open_runner
+from ..tasks import INPUT_NAMES, Task
+from ..tokenizer import SqueezeBertTokenizer
+from ..verify import reference_outputs
+from .datasets import QAExample, TagExample, TextExample
+
+
+@dataclass
+class Runner:
+    """One model to evaluate: PyTorch or an exported file, with how it must be fed."""
+
+    name: str                                   # "pytorch" or the artifact folder
+    kind: str                                   # "pytorch", "onnx" or "executorch"
+    run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+    labels: list[str]
+    tokenizer: SqueezeBertTokenizer
+    max_seq: int
+    batch: int
+    fixed_batch: bool = False
+
+
+@dataclass
+class Predictions:
+    values: list                 # one per example: label name, score, answer text or word tags
+    seconds: float               # time inside the model only (not tokenizing or decoding)
+    truncated: int               # examples longer than max_seq, cut to it
+
+
+def pytorch_runner(model: torch.nn.Module, task: Task, tokenizer, max_seq: int, batch: int) -> Runner:
+    """The PyTorch reference as a runner (no_grad, eval mode, float32 outputs)."""
+    def run(feeds):
+        with torch.no_grad():
+            return reference_outputs(model, task, feeds)
+    return Runner("pytorch", "pytorch", run, model_labels(model, task), tokenizer, max_seq, batch)
+
+
+def model_labels(model: torch.nn.Module, task: Task) -> list[str]:
+    config = model.config
+    if task.head in ("sequence-classification", "token-classification"):
+        return [config.id2label[i] for i in range(config.num_labels)]
+    return []
+
+
+def open_artifact_for(folder: str | Path, task: Task) -> dict:
+    """The manifest of the artifact at `folder`, checked to be an export of `task`."""
+    manifest = open_artifact(folder)
+    if manifest["task"] != task.name:
+        raise SbexportError(f"{folder}: the artifact is a {manifest['task']} export, not {task.name}; "
+                            f"evaluate it with --task {manifest['task']}")
+    return manifest
+
+
+def artifact_runner(folder: str | Path, task: Task, tokenizer, batch: int, labels: list[str]) -> Runner:
+    """A runner for the artifact at `folder`, using its own tokenizer when it has one (else
+    `tokenizer`, the reference's). Raises SbexportError when the artifact is of another task or
+    names other labels than `labels`, the reference's."""
+    folder = Path(folder)
+    manifest = open_artifact_for(folder, task)
+    if sorted(manifest["labels"]) != sorted(labels):
+        raise SbexportError(f"{folder}: the artifact's labels ({', '.join(manifest['labels'])}) are not "
+                            f"the PyTorch model's ({', '.join(labels)})")
+    if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+        tokenizer = SqueezeBertTokenizer.from_pretrained(folder)
+    lo, hi = manifest["dims"]["batch"]
+    runner = open_runner(folder / manifest["model_file"], INPUT_NAMES)
+    return Runner(str(folder), manifest["format"], runner.run, list(manifest["labels"]), tokenizer,
+                  manifest["dims"]["sequence"][1], hi if lo == hi else max(lo, min(batch, hi)), lo == hi)
+
+
+def predict_examples(runner: Runner, task: Task, examples: list) -> Predictions:
+    """Predict every example, a batch at a time. The first batch runs once untimed first:
+    first calls pay for lazy initialisation (allocators, thread pools, kernel selection)."""
+    values, seconds, truncated = [], 0.0, 0
+    for start in range(0, len(examples), runner.batch):
+        chunk = examples[start:start + runner.batch]
+        rows = chunk + [chunk[-1]] * (runner.batch - len(chunk)) if runner.fixed_batch else chunk
+        enc, texts, cut = _encode(task, runner.tokenizer, rows, runner.max_seq)
+        feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}
+        if start == 0:
+            runner.run(feeds)
+        started = time.perf_counter()
+        outputs = dict(zip(task.outputs, runner.run(feeds)))
+        seconds += time.perf_counter() - started
+        truncated += sum(cut[:len(chunk)])
+        for i, example in enumerate(chunk):
+            row_out = {k: v[i:i + 1] for k, v in outputs.items()}
+            row_enc = {k: v[i:i + 1] for k, v in enc.items()}
+            decoded = DECODERS[task.head](row_out, row_enc, runner.tokenizer, {"labels": runner.labels},
+                                          1, texts[i])
+            values.append(_prediction(task, decoded, example))
+    return Predictions(values, seconds, truncated)
+
+
+def _encode(task: Task, tokenizer, rows: list, max_seq: int):
+    """Tokenize a batch; returns (encoding as [batch, seq] arrays with offsets, the text each
+    row's offsets point into, whether each row was truncated)."""
+    if task.head == "question-answering":
+        first, second = [r.question for r in rows], [r.context for r in rows]
+        texts, truncation = second, "only_second"
+    elif task.head == "token-classification":
+        first, second = [" ".join(r.words) for r in rows], None
+        texts, truncation = first, True
+    else:
+        first, second = [r.text for r in rows], ([r.text_pair for r in rows] if task.pair else None)
+        texts, truncation = first, True
+    enc = tokenizer(first, second, padding="longest", truncation=truncation, max_length=max_seq,
+                    return_tensors="np", return_offsets_mapping=True)
+    full = tokenizer(first, second)["input_ids"]
+    return enc, texts, [len(ids) > max_seq for ids in full]
+
+
+def _prediction(task: Task, decoded: dict, example):
+    if isinstance(example, QAExample):
+        return decoded["answer"]
+    if isinstance(example, TagExample):
+        return word_tags(decoded["tokens"], example.words)
+    assert isinstance(example, TextExample)
+    return decoded["score"] if "score" in decoded else decoded["labels"][0]["label"]
+
+
+def word_tags(tokens: list[dict], words) -> list[str]:
+    """One tag per word: the tag of the word's first word piece. Words joined with single
+    spaces, so word k starts at sum(len(words[:k])) + k; a word with no piece (cut by
+    truncation, or only characters the tokenizer drops) gets O."""
+    by_start = {}
+    for token in tokens:
+        by_start.setdefault(token["start"], token["label"])
+    starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+    return [by_start.get(int(s), "O") for s in starts]
