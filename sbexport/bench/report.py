@@ -1,0 +1,134 @@
+"""The benchmark's result as a terminal table, a markdown table, versioned JSON and a PNG plot.
+
+The JSON is the result dict of host.run_bench under schema "sbexport.bench/1": keys schema,
+created, sbexport_version, machine, config, method, ceiling, artifacts, rows, skipped. Each row
+is one model x runtime x sequence length (ROW_FIELDS). A change that renames or removes a key
+bumps the version; adding keys does not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import SbexportError
+
+SCHEMA = "sbexport.bench/1"
+TOP_FIELDS = ("schema", "created", "sbexport_version", "machine", "config", "method", "ceiling",
+              "artifacts", "rows", "skipped")
+ROW_FIELDS = ("model", "runtime", "seq_len", "batch", "threads", "load_ms", "first_run_ms", "min_ms", "p50_ms",
+              "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs", "throughput_seq_per_s", "file", "file_bytes",
+              "peak_rss_mb", "rss_increase_mb", "flops", "flops_by_op", "gflops_per_s", "pct_of_ceiling",
+              "ratio_bert_over_squeezebert")
+LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
+RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK"}
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a path whose folder does not exist or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise SbexportError(f"cannot write {path}: it is a folder")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SbexportError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SbexportError(f"cannot write {path}: permission denied")
+
+
+def write_json(result: dict, path: str | os.PathLike) -> None:
+    """Write the result as indented JSON, via a temporary file renamed into place."""
+    _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+
+
+def table(result: dict) -> str:
+    """The rows as a fixed-width terminal table, then the ceiling, machine and skipped runtimes."""
+    head = (f"{'runtime':<11}{'model':<12}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'min ms':>9}{'first':>9}"
+            f"{'load':>8}{'seq/s':>8}{'GFLOP':>7}{'GF/s':>7}{'%ceil':>6}{'size MB':>8}{'+RSS MB':>8}{'ratio':>7}")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        rss = f"{r['rss_increase_mb']:.0f}" if r["rss_increase_mb"] is not None else "-"
+        ratio = f"{r['ratio_bert_over_squeezebert']:.2f}x" if r["ratio_bert_over_squeezebert"] else "-"
+        lines.append(f"{r['runtime']:<11}{r['model']:<12}{r['seq_len']:>5}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
+                     f"{r['min_ms']:>9.2f}{r['first_run_ms']:>9.1f}{r['load_ms']:>8.0f}"
+                     f"{r['throughput_seq_per_s']:>8.1f}{r['flops'] / 1e9:>7.2f}{r['gflops_per_s']:>7.1f}"
+                     f"{r['pct_of_ceiling']:>6.1f}{r['file_bytes'] / 1e6:>8.1f}{rss:>8}{ratio:>7}")
+    m, c = result["machine"], result["ceiling"]
+    lines.append(f"ratio = BERT-base p50 / SqueezeBERT p50 at the same runtime and shape; first and load in ms; "
+                 f"+RSS = peak RSS increase of a fresh process loading that model")
+    lines.append(f"sgemm ceiling {c['gflops']:.1f} GFLOP/s ({c['op']}, {c['threads']} threads); "
+                 f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}; "
+                 f"batch {result['config']['batch']}, {result['config']['runs']} runs")
+    lines.append(result["method"]["verified"])
+    lines += [f"skipped {s['runtime']} ({s['model']}): {s['reason']}" for s in result["skipped"]]
+    return "\n".join(lines)
+
+
+def markdown_table(result: dict, seq_lens=None) -> str:
+    """Per sequence length: runtime | SqueezeBERT p50 | BERT-base p50 | ratio | GFLOP/s of each."""
+    seq_lens = seq_lens or result["config"]["seq_lens"]
+    by_key = {(r["runtime"], r["model"], r["seq_len"]): r for r in result["rows"]}
+    runtimes = list(dict.fromkeys(r["runtime"] for r in result["rows"]))
+    lines = []
+    for seq_len in seq_lens:
+        lines += [f"Batch {result['config']['batch']}, sequence {seq_len}, {result['config']['threads']} threads, "
+                  f"fp32, median of {result['config']['runs']} interleaved runs:", "",
+                  "| runtime | SqueezeBERT | BERT-base | ratio | SqueezeBERT GFLOP/s | BERT-base GFLOP/s |",
+                  "|---|---|---|---|---|---|"]
+        for rt in runtimes:
+            sb, bert = by_key.get((rt, "squeezebert", seq_len)), by_key.get((rt, "bert", seq_len))
+            cells = [RUNTIME_LABELS[rt],
+                     f"{sb['p50_ms']:.1f} ms" if sb else "-", f"{bert['p50_ms']:.1f} ms" if bert else "-",
+                     f"{sb['ratio_bert_over_squeezebert']:.2f}x" if sb and bert else "-",
+                     f"{sb['gflops_per_s']:.0f}" if sb else "-", f"{bert['gflops_per_s']:.0f}" if bert else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    c = result["ceiling"]
+    lines.append(f"sgemm ceiling: {c['gflops']:.0f} GFLOP/s ({c['op']}, {c['threads']} threads).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str | os.PathLike) -> None:
+    """p50 latency against sequence length (log-log), one line per runtime and model, the band
+    from min to p90 shaded; PNG at `path`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green"}
+    styles = {"squeezebert": ("-", "o"), "bert": ("--", "s")}
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for (rt, model) in dict.fromkeys((r["runtime"], r["model"]) for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["runtime"] == rt and r["model"] == model),
+                      key=lambda r: r["seq_len"])
+        xs = [r["seq_len"] for r in rows]
+        line, marker = styles[model]
+        ax.plot(xs, [r["p50_ms"] for r in rows], line, marker=marker, color=colors[rt],
+                label=f"{LABELS[model]}, {RUNTIME_LABELS[rt]}")
+        ax.fill_between(xs, [r["min_ms"] for r in rows], [r["p90_ms"] for r in rows], color=colors[rt], alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("latency p50 (ms), band min..p90")
+    m, cfg = result["machine"], result["config"]
+    ax.set_title(f"{cfg['task']}, batch {cfg['batch']}, {cfg['threads']} threads, fp32 - {m['cpu']}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    _atomic_write(Path(path), buffer.getvalue())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".sbexport-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SbexportError(f"cannot write {path}: {e.strerror or e}") from None

@@ -1,0 +1,185 @@
+"""The host benchmark on tiny configs: the JSON schema, the arithmetic of its figures, the files
+it writes, and its refusals. No timing assertions: speed is checked in benchmarks/."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import TINY
+from sbexport import cli
+from sbexport.bench import BenchConfig, host, markdown_table, run_bench, table
+from sbexport.bench.report import ROW_FIELDS, SCHEMA, TOP_FIELDS
+from sbexport.errors import SbexportError
+
+TINY_OVERRIDES = {
+    "squeezebert": {**TINY, "embedding_size": TINY["hidden_size"], "q_groups": 2, "k_groups": 2, "v_groups": 2,
+                    "post_attention_groups": 1, "intermediate_groups": 2, "output_groups": 2},
+    "bert": dict(TINY),
+}
+SEQ_LENS = (8, 16)
+
+
+def tiny(**changes) -> BenchConfig:
+    fields = dict(seq_lens=SEQ_LENS, runs=2, warmup=1, formats=("eager", "onnx"), config_overrides=TINY_OVERRIDES,
+                  sgemm_size=256)
+    return BenchConfig(**{**fields, **changes})
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory):
+    """One smoke run, shared: eager and ONNX Runtime, both models, two lengths, memory probes on."""
+    out = tmp_path_factory.mktemp("bench")
+    json_path, plot_path = out / "bench.json", out / "bench.png"
+    result = run_bench(tiny(workdir=str(out / "work")), json_path=str(json_path), plot_path=str(plot_path),
+                       progress=False, log=lambda msg: None)
+    return result, json_path, plot_path, out
+
+
+def test_json_schema(bench_run):
+    result, json_path, _, _ = bench_run
+    data = json.loads(json_path.read_text())
+    assert data["schema"] == SCHEMA == "sbexport.bench/1"
+    assert set(TOP_FIELDS) <= set(data)
+    machine = data["machine"]
+    for key in ("cpu", "cores", "flags", "python", "versions", "threads"):
+        assert key in machine
+    assert {"torch", "onnxruntime", "executorch"} <= set(machine["versions"])
+    assert data["config"]["seq_lens"] == list(SEQ_LENS) and data["config"]["runs"] == 2
+    assert data["ceiling"]["gflops"] > 0
+    assert data["rows"], "no rows"
+    for row in data["rows"]:
+        assert set(ROW_FIELDS) <= set(row), set(ROW_FIELDS) - set(row)
+        assert row["runs"] == 2
+    for entry in data["skipped"]:
+        assert entry["reason"]
+
+
+def test_every_runtime_and_model_ran_or_says_why(bench_run):
+    result = bench_run[0]
+    ran = {(r["runtime"], r["model"]) for r in result["rows"]}
+    skipped = {(s["runtime"], s["model"]) for s in result["skipped"]}
+    for runtime in ("eager", "onnx"):
+        for model in ("squeezebert", "bert"):
+            assert (runtime, model) in ran or (runtime, model) in skipped or (runtime, "*") in skipped
+    assert {("eager", "squeezebert"), ("eager", "bert"), ("onnx", "squeezebert")} <= ran
+
+
+def test_statistics_and_ratio_arithmetic(bench_run):
+    result = bench_run[0]
+    rows = {(r["runtime"], r["model"], r["seq_len"]): r for r in result["rows"]}
+    for (runtime, model, seq_len), r in rows.items():
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_seq_per_s"] == pytest.approx(r["batch"] * 1000 / r["p50_ms"], rel=1e-2)
+        assert r["gflops_per_s"] == pytest.approx(r["flops"] / r["p50_ms"] / 1e6, rel=1e-2)
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["gflops_per_s"] / result["ceiling"]["gflops"], rel=1e-2)
+        other = rows.get((runtime, "bert" if model == "squeezebert" else "squeezebert", seq_len))
+        if other is None:
+            assert r["ratio_bert_over_squeezebert"] is None
+        else:
+            bert, sb = (r, other) if model == "bert" else (other, r)
+            assert r["ratio_bert_over_squeezebert"] == pytest.approx(bert["p50_ms"] / sb["p50_ms"], rel=1e-2)
+        assert r["file_bytes"] > 0 and r["load_ms"] > 0 and r["first_run_ms"] > 0
+        assert r["peak_rss_mb"] > 0 and r["rss_increase_mb"] is not None
+
+
+def test_flops_counted_equal_across_runtimes_and_growing_with_length(bench_run):
+    result = bench_run[0]
+    by_shape = {}
+    for r in result["rows"]:
+        assert r["flops"] > 0 and sum(r["flops_by_op"].values()) == r["flops"]
+        by_shape.setdefault((r["model"], r["seq_len"]), set()).add(r["flops"])
+    assert all(len(v) == 1 for v in by_shape.values()), by_shape
+    for model in ("squeezebert", "bert"):
+        assert by_shape[model, 16].pop() > by_shape[model, 8].pop()
+    sb_ops = next(r["flops_by_op"] for r in result["rows"] if r["model"] == "squeezebert")
+    assert "convolution" in sb_ops, "SqueezeBERT's projections are convolutions"
+
+
+def test_table_markdown_and_plot(bench_run):
+    result, _, plot_path, _ = bench_run
+    text = table(result)
+    assert "p50 ms" in text and "sgemm ceiling" in text and "squeezebert" in text
+    md = markdown_table(result)
+    assert "| runtime | SqueezeBERT | BERT-base | ratio |" in md and "PyTorch eager" in md
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cached_exports_are_reused(bench_run):
+    out = bench_run[3]
+    messages = []
+    result = run_bench(tiny(workdir=str(out / "work"), formats=("onnx",), models=("squeezebert",), runs=1,
+                            memory=False), progress=False, log=messages.append)
+    assert any("using cached export" in m for m in messages), messages
+    assert [r["model"] for r in result["rows"]] == ["squeezebert"] * len(SEQ_LENS)
+
+
+def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
+    real = host.runtime_unavailable
+    monkeypatch.setattr(host, "runtime_unavailable",
+                        lambda rt: "executorch.runtime does not import (test)" if rt == "executorch" else real(rt))
+    result = run_bench(tiny(formats=("eager", "executorch"), runs=1, memory=False), progress=False, log=lambda m: None)
+    assert {r["runtime"] for r in result["rows"]} == {"eager"}
+    assert result["skipped"] == [{"runtime": "executorch", "model": "*",
+                                  "reason": "executorch.runtime does not import (test)"}]
+    assert "skipped executorch" in table(result)
+
+
+def test_executorch_threads_follow_the_setting():
+    pytest.importorskip("executorch.runtime")
+    from executorch.extension.pybindings import portable_lib
+
+    before = portable_lib._threadpool_get_thread_count()
+    target = 1 if before != 1 else 2
+    with host.thread_settings("executorch", target):
+        assert portable_lib._threadpool_get_thread_count() == target
+    assert portable_lib._threadpool_get_thread_count() == before
+
+
+# -- refusals: each before any work, one clear message -----------------------------------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail loudly if the benchmark gets past its checks."""
+    def started(*args, **kwargs):
+        raise AssertionError("the benchmark started working before refusing")
+    monkeypatch.setattr(host, "sgemm_ceiling", started)
+
+
+@pytest.mark.parametrize("config, message", [
+    (tiny(runs=0), "--runs must be at least 1"),
+    (tiny(seq_lens=(8, 65)), "sequence length 65 exceeds the SqueezeBERT model's maximum of 64"),
+    (BenchConfig(seq_lens=(128, 1024)), "sequence length 1024 exceeds the SqueezeBERT model's maximum of 512"),
+    (tiny(checkpoints={"bert": "/nonexistent/bert-base"}, config_overrides={}), "no such checkpoint folder"),
+    (tiny(formats=("tflite",)), "unknown format 'tflite'"),
+    (tiny(models=("gpt2",)), "unknown model 'gpt2'"),
+])
+def test_bad_input_refused(no_work, config, message):
+    with pytest.raises(SbexportError, match=message.replace("(", r"\(")):
+        run_bench(config, progress=False)
+
+
+def test_unwritable_json_refused_before_the_run(no_work, tmp_path):
+    with pytest.raises(SbexportError, match="cannot write .*folder .* does not exist"):
+        run_bench(tiny(), json_path=str(tmp_path / "missing" / "bench.json"), progress=False)
+    with pytest.raises(SbexportError, match="it is a folder"):
+        run_bench(tiny(), plot_path=str(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runs", "0"], "error: --runs must be at least 1"),
+    (["--seq-lens", "8,1024"], "error: sequence length 1024 exceeds"),
+    (["--seq-lens", "8,abc"], "error: --seq-lens"),
+    (["--model-bert", "/nonexistent/bert"], "error: /nonexistent/bert: no such checkpoint folder"),
+    (["--json", "/nonexistent/dir/out.json"], "error: cannot write /nonexistent/dir/out.json"),
+])
+def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
