@@ -22,13 +22,10 @@ import gc
 import hashlib
 import json
 import os
-import platform
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -42,14 +39,12 @@ from ..source import ModelSource, _random_init_config, build_reference, resolve_
 from ..tasks import INPUT_NAMES, Task, get_task
 from . import memory, report
 from .flops import COUNTED, count_flops
+from .machine import available_cores, load_average, machine_info, runtime_unavailable, sgemm_ceiling, thread_settings
 
 RUNTIMES = ("eager", "onnx", "executorch")
 MODELS = ("squeezebert", "bert")
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 EXPORTED = {"onnx": "onnx", "executorch": "executorch"}    # runtime -> export format
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
-                     "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "asimddp", "i8mm",
-                     "sve", "sve2", "bf16")
 
 
 @dataclass(frozen=True)
@@ -112,6 +107,7 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
     per_block = (1 + config.warmup + config.runs) * len(models)
     total = 1 + n_exports + len(models) + len(runtimes) * len(config.seq_lens) * per_block \
         + (len(models) * len(runtimes) if config.memory else 0)
+    machine = machine_info(threads)          # before the work: its load average is the others'
     with tqdm(total=total, file=sys.stderr, disable=not progress, unit="step", dynamic_ncols=True) as bar, \
             _workdir(config.workdir) as workdir:
         say = log or (lambda msg: bar.write(msg, file=sys.stderr))
@@ -153,7 +149,7 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
         "schema": report.SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sbexport_version": __version__,
-        "machine": machine_info(threads),
+        "machine": {**machine, "load_average_end": load_average()},
         "config": {**{k: v for k, v in asdict(config).items() if k not in ("checkpoints", "workdir")},
                    "seq_lens": list(config.seq_lens), "formats": list(config.formats),
                    "models": list(config.models), "threads": threads,
@@ -349,104 +345,6 @@ def _file_facts(run) -> dict:
     return {"file": run.file_name, "file_bytes": run.file_bytes}
 
 
-# --------------------------------------------------------------------------------------
-# threads, machine, ceiling
-# --------------------------------------------------------------------------------------
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def set_threads(runtime: str, threads: int) -> int | None:
-    """Give `runtime` `threads` threads: torch's intra-op pool for eager (and the ExecuTorch
-    runner, which sets it too), ExecuTorch's own pool (XNNPACK runs on it; torch's setting
-    does not reach it). ONNX Runtime takes its count per session (OnnxRunner). Returns the
-    ExecuTorch pool's previous size when it was changed. Call only while no ExecuTorch
-    program is loaded: resetting the pool under a loaded delegate is unsafe."""
-    torch.set_num_threads(threads)
-    if runtime != "executorch":
-        return None
-    from executorch.extension.pybindings import portable_lib
-
-    before = portable_lib._threadpool_get_thread_count()
-    if before != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-        return before
-    return None
-
-
-@contextlib.contextmanager
-def thread_settings(runtime: str, threads: int):
-    """set_threads for the block, then the previous settings back."""
-    torch_before = torch.get_num_threads()
-    et_before = set_threads(runtime, threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_before)
-        if et_before is not None:
-            gc.collect()
-            from executorch.extension.pybindings import portable_lib
-            portable_lib._unsafe_reset_threadpool(et_before)
-
-
-def sgemm_ceiling(threads: int, n: int = 2048, repeats: int = 5) -> dict:
-    """The machine's fp32 matrix-multiply rate: best of `repeats` n^3 torch.mm on `threads`."""
-    torch_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        out = torch.empty(n, n)
-        torch.mm(a, b, out=out)                  # first call: pack buffers, wake the pool
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter_ns()
-            torch.mm(a, b, out=out)
-            best = min(best, (time.perf_counter_ns() - started) / 1e9)
-    finally:
-        torch.set_num_threads(torch_before)
-    return {"gflops": round(2 * n**3 / best / 1e9, 2), "size": n, "repeats": repeats, "threads": threads,
-            "best_ms": round(best * 1e3, 3), "op": f"torch.mm fp32 {n}x{n} @ {n}x{n}, best of {repeats}"}
-
-
-def runtime_unavailable(runtime: str) -> str | None:
-    """Why `runtime` cannot be benchmarked here (its packages do not import), or None."""
-    needs = {"eager": (), "onnx": ("onnx", "onnxscript", "onnxruntime"),
-             "executorch": ("executorch.exir", "executorch.runtime",
-                            "executorch.backends.xnnpack.partition.xnnpack_partitioner")}[runtime]
-    import importlib
-    for name in needs:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # ImportError, or OSError from a shared library that does not load
-            return f"{name} does not import ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
-    return None
-
-
-def machine_info(threads: int) -> dict:
-    """CPU model, cores, SIMD flags and library versions, for the report."""
-    cpuinfo = _read("/proc/cpuinfo")
-    model = _cpuinfo_field(cpuinfo, "model name") or _cpuinfo_field(cpuinfo, "Hardware") or platform.processor() \
-        or platform.machine()
-    flags = set((_cpuinfo_field(cpuinfo, "flags") or _cpuinfo_field(cpuinfo, "Features") or "").split())
-    versions = {}
-    for package in ("torch", "onnxruntime", "onnx", "executorch", "numpy"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": model, "machine": platform.machine(), "platform": platform.platform(),
-            "cores": os.cpu_count(), "cores_available": available_cores(),
-            "flags": [f for f in INTERESTING_FLAGS if f in flags], "virtualised": "hypervisor" in flags,
-            "python": platform.python_version(), "versions": versions, "threads": threads}
-
-
 def method_notes(config: BenchConfig) -> dict:
     """How each figure was measured, stored beside the figures."""
     return {
@@ -543,16 +441,8 @@ def _check_folder(folder: Path) -> None:
         raise SbexportError(f"--workdir {folder}: cannot create or write it ({existing} is not writable)")
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
 
 
-def _cpuinfo_field(text: str, name: str) -> str | None:
-    match = re.search(rf"^{re.escape(name)}\s*:\s*(.*)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else None
 
 
 def _str(path) -> str | None:
