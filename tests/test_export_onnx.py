@@ -1,0 +1,184 @@
+"""ONNX export: every registered task, its inputs and outputs, and every grouped projection kept
+as one native Conv node with its group count (no MatMul, Gemm or per-group split in its place).
+
+The artifacts are the session-wide tiny exports of conftest (random init with EXPORT_TINY, whose
+six projections each have their own group count, and tiny local checkpoints for one task per
+head); every one of them passed the verify sweep when it was written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from conftest import EXPORT_TINY, HEAD_TASKS
+from sbexport.artifact import sha256_file
+from sbexport.checkpoints import checkpoint_fingerprint
+from sbexport.runtime import OnnxRunner
+from sbexport.tasks import INPUT_NAMES, TASKS
+from sbexport.verify import rebuild_reference, reference_outputs
+
+PROJECTIONS = {  # weight name inside a layer -> SqueezeBertConfig.groups key
+    "attention.query": "query", "attention.key": "key", "attention.value": "value",
+    "post_attention.conv1d": "post_attention", "intermediate.conv1d": "intermediate",
+    "output.conv1d": "output",
+}
+CONV_WEIGHT = re.compile(r"encoder\.layers\.(\d+)\.(" + "|".join(map(re.escape, PROJECTIONS)) + r")\.weight$")
+
+
+def _load(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return onnx.load(str(folder / manifest["model_file"])), manifest
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_grouped_projections_stay_native_convs(task_name, onnx_artifact):
+    """Per layer and projection exactly one Conv, kernel 1, group = the config's; MatMul only for
+    the two attention products per layer; Gemm / weight-carrying MatMul only for head layers."""
+    folder = onnx_artifact(task_name)
+    model, manifest = _load(folder)
+    onnx.checker.check_model(model, full_check=True)
+    config = rebuild_reference(folder, manifest, TASKS[task_name]).config
+    layers, groups = config.num_hidden_layers, config.groups
+    assert len(set(groups.values())) == 6, "EXPORT_TINY must give each projection its own group count"
+    inits = {i.name: i for i in model.graph.initializer}
+
+    found = Counter()
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        match = CONV_WEIGHT.search(node.input[1])
+        assert match, f"Conv {node.name} reads {node.input[1]}, not a projection weight"
+        layer, proj = int(match.group(1)), PROJECTIONS[match.group(2)]
+        found[layer, proj] += 1
+        attrs = _attrs(node)
+        assert attrs.get("group", 1) == groups[proj], (layer, proj, attrs)
+        assert list(attrs.get("kernel_shape", [1])) == [1], (layer, proj, attrs)
+        weight = inits[node.input[1]]
+        cin, cout = {"intermediate": (config.hidden_size, config.intermediate_size),
+                     "output": (config.intermediate_size, config.hidden_size)}.get(
+            proj, (config.hidden_size, config.hidden_size))
+        assert list(weight.dims) == [cout, cin // groups[proj], 1], (layer, proj)
+    assert found == Counter({(i, p): 1 for i in range(layers) for p in groups}), found
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    attention = [n for n in model.graph.node if n.op_type == "MatMul" and not set(n.input) & inits.keys()]
+    assert len(attention) == 2 * layers, ops
+    assert ops["MatMul"] + ops["Gemm"] == len(attention) + len(_head_weight_nodes(model, inits))
+    _assert_head_nodes_are_head_layers(folder, manifest, model, inits)
+    # No conv-derived op in disguise: the only matrix products are the ones counted above.
+    assert not {"ConvInteger", "QLinearConv", "Einsum"} & ops.keys()
+
+
+def _head_weight_nodes(model, inits) -> list:
+    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & inits.keys()]
+
+
+def _assert_head_nodes_are_head_layers(folder, manifest, model, inits) -> None:
+    """Each weight-carrying MatMul/Gemm holds (maybe transposed) the weight of one Linear outside
+    the encoder (pooler, classifier, qa_outputs, the masked-LM transform and decoder)."""
+    reference = rebuild_reference(folder, manifest, TASKS[manifest["task"]])
+    linears = {name: m.weight.detach().numpy() for name, m in reference.named_modules()
+               if isinstance(m, torch.nn.Linear)}
+    assert linears and not any(".encoder." in f".{n}" for n in linears)
+    used = []
+    for node in _head_weight_nodes(model, inits):
+        weights = [numpy_helper.to_array(inits[i]) for i in node.input if i in inits and inits[i].dims and len(inits[i].dims) == 2]
+        assert len(weights) == 1, node
+        w = weights[0]
+        owner = [n for n, lw in linears.items()
+                 if (w.shape == lw.shape and np.array_equal(w, lw)) or (w.shape == lw.T.shape and np.array_equal(w, lw.T))]
+        assert len(owner) == 1, f"{node.op_type} {node.name} carries a weight of no head Linear"
+        used.append(owner[0])
+    assert len(used) == len(set(used)) >= 1, used
+
+
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_inputs_outputs_and_dynamic_axes(task_name, onnx_artifact):
+    """int64 input_ids, attention_mask, token_type_ids with symbolic batch (choices) and sequence;
+    float outputs named as the task says; the manifest agrees."""
+    task = TASKS[task_name]
+    model, manifest = _load(onnx_artifact(task_name))
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    assert list(inputs) == list(INPUT_NAMES)
+    for t in inputs.values():
+        assert t.elem_type == TensorProto.INT64
+        assert [d.dim_param for d in t.shape.dim] == list(task.input_axes)
+    outputs = {o.name: o.type.tensor_type for o in model.graph.output}
+    assert list(outputs) == list(task.outputs)
+    for name, t in outputs.items():
+        assert t.elem_type == TensorProto.FLOAT
+        axes = task.output_axes(name)
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        assert len(dims) == len(axes)
+        for axis, dim in zip(axes, dims):
+            if axis in ("batch", "sequence", "choices"):
+                assert dim == axis, (name, dims)
+            else:
+                assert isinstance(dim, int) and dim > 0, (name, dims)
+    assert manifest["inputs"] == {n: {"dtype": "int64", "axes": list(task.input_axes)} for n in INPUT_NAMES}
+    assert list(manifest["outputs"]) == list(task.outputs)
+    assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
+    assert ("choices" in manifest["dims"]) == (task.head == "multiple-choice")
+
+
+@pytest.mark.parametrize("batch, choices, seq", [(2, 2, 5), (1, 5, 9), (3, 1, 3)])
+def test_multiple_choice_number_of_choices_is_dynamic(batch, choices, seq, onnx_artifact):
+    """The swag file was traced with 4 choices; it must take any count, as the reference does."""
+    folder = onnx_artifact("swag")
+    model, manifest = _load(folder)
+    task = TASKS["swag"]
+    reference = rebuild_reference(folder, manifest, task)
+    rng = np.random.default_rng(batch * 100 + choices * 10 + seq)
+    ids = rng.integers(1, EXPORT_TINY["vocab_size"], (batch, choices, seq))
+    mask = np.ones_like(ids)
+    mask[..., seq - 1:] = 0 if seq > 1 else 1
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    with torch.no_grad():
+        (expected,) = reference_outputs(reference, task, feeds)
+    (got,) = OnnxRunner(folder / "model.onnx").run(feeds)
+    assert got.shape == (batch, choices)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=task.atol)
+
+
+@pytest.mark.parametrize("task_name", sorted(set(HEAD_TASKS.values())))
+def test_local_checkpoint_export(task_name, onnx_artifact, tiny_checkpoint):
+    """From a save_pretrained folder: the manifest names the checkpoint and its weights' hash,
+    the tokenizer is copied, the sweep included real sentences, every file is hashed."""
+    folder = onnx_artifact(task_name, local=True)
+    checkpoint = tiny_checkpoint(task_name)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    task = TASKS[task_name]
+    assert manifest["task"] == task_name and manifest["head"] == task.head
+    assert manifest["source"]["random_init"] is False
+    assert manifest["source"]["checkpoint"] == str(checkpoint)
+    assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(checkpoint)
+    assert manifest["labels"] == (list(task.labels) if task.head in ("sequence-classification", "token-classification") else [])
+    for name in ("model.onnx", "config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        assert manifest["files"][name]["sha256"] == sha256_file(folder / name), name
+    assert set(manifest["files"]) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    for key in ("sbexport_version", "torch_version", "onnx_version", "opset"):
+        assert manifest[key], key
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["atol"] == task.atol == 1e-4
+    # 2 batches x 3 lengths of random ids, and 2 batches of sentences through the tokenizer.
+    assert parity["cases"] == 8
+    for out in parity["outputs"].values():
+        assert out["max_abs"] <= task.atol
+    assert not list(folder.parent.glob(f".{folder.name}.*")), "staging folder left behind"
+
+
+def test_random_init_skips_a_tokenizer_too_big_for_the_model(onnx_artifact):
+    """The bundled bert-base vocabulary (30522 tokens) would give ids a 99-row model cannot embed."""
+    folder = onnx_artifact("mnli")
+    assert not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists()
+    assert json.loads((folder / "manifest.json").read_text())["source"]["random_init"] is True
