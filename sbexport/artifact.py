@@ -12,8 +12,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -33,11 +33,15 @@ def sha256_file(path: Path) -> str:
 
 def check_destination(out_dir: Path, overwrite: bool) -> None:
     """Fail early, before any work, when `out_dir` exists (and may not be replaced) or its
-    parent cannot be written."""
+    parent cannot be written. Only an artifact folder (one with a manifest) or an empty folder
+    may be replaced: --overwrite pointed at a checkpoint or a home folder must not delete it."""
     if out_dir.exists() and not overwrite:
         raise SbexportError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise SbexportError(f"{out_dir} exists and is not a folder")
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+        raise SbexportError(f"{out_dir} is not an sbexport artifact folder (no {MANIFEST}) and not "
+                            f"empty; refusing to replace it: choose another output folder")
     parent = out_dir.parent
     with contextlib.suppress(OSError):
         parent.mkdir(parents=True, exist_ok=True)
@@ -50,18 +54,38 @@ def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir`; on success rename it to `out_dir` (replacing
     an old one only when `overwrite`), on any failure delete it and leave `out_dir` untouched."""
     check_destination(out_dir, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and the artifact keeps the
+    # mode of its staging folder; os.mkdir applies the umask like any other new folder.
+    tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.partial"
+    try:
+        os.mkdir(tmp)
+    except OSError as e:
+        raise SbexportError(f"cannot write to {out_dir.parent}: {e.strerror or e}") from None
     try:
         yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        _move_into_place(tmp, out_dir, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished `tmp` to `out_dir`. The destination is checked again: it may have
+    appeared while the export ran. A replaced folder is restored if the second rename fails."""
+    check_destination(out_dir, overwrite)
+    try:
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.old"
+            os.replace(out_dir, old)
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                os.replace(old, out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)   # fails (ENOTEMPTY) rather than replace a folder that just appeared
+    except OSError as e:
+        raise SbexportError(f"cannot move the finished artifact into {out_dir}: {e.strerror or e}") from None
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:
@@ -88,7 +112,32 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise SbexportError(f"{path}: unknown manifest schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}; "
                             f"expected {SCHEMA!r}")
+    _check_fields(path, manifest)
     return manifest
+
+
+# Manifest fields every reader relies on, with their JSON types.
+REQUIRED_FIELDS = {"task": str, "head": str, "arch": str, "model_class": str, "format": str,
+                   "description": str, "model_file": str, "files": dict, "dims": dict,
+                   "source": dict, "inputs": dict, "outputs": dict, "labels": list}
+
+
+def _check_fields(path: Path, manifest: dict) -> None:
+    """Raise SbexportError naming the first missing or mistyped field of a manifest."""
+    for name, kind in REQUIRED_FIELDS.items():
+        if not isinstance(manifest.get(name), kind):
+            raise SbexportError(f"{path}: field {name!r} is missing or not a JSON {kind.__name__}; "
+                                f"the manifest is damaged (re-export the artifact)")
+    files = manifest["files"]
+    if not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
+        raise SbexportError(f"{path}: every entry of 'files' needs a sha256; the manifest is damaged")
+    if manifest["model_file"] not in files:
+        raise SbexportError(f"{path}: the model file {manifest['model_file']!r} is not among the hashed "
+                            f"files; the manifest is damaged (re-export the artifact)")
+    for axis in ("batch", "sequence"):
+        value = manifest["dims"].get(axis)
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+            raise SbexportError(f"{path}: dims.{axis} must be [min, max]; the manifest is damaged")
 
 
 def open_artifact(folder: str | os.PathLike) -> dict:

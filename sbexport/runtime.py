@@ -28,6 +28,7 @@ class OnnxRunner:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = path
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
@@ -35,7 +36,12 @@ class OnnxRunner:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
+        """Outputs for `feeds`; raises SbexportError naming the input shapes when the file
+        refuses them (a shape outside its dims, a wrong dtype)."""
+        try:
+            return self.session.run(None, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
+        except Exception as e:  # onnxruntime's errors are untyped
+            raise _run_error(self.path, feeds, e) from None
 
 
 class ExecuTorchRunner:
@@ -47,6 +53,7 @@ class ExecuTorchRunner:
 
         if threads:
             torch.set_num_threads(threads)  # XNNPACK's pool follows the process's thread count
+        self.path = path
         try:
             self.program = Runtime.get().load_program(str(path))
             self.method = self.program.load_method("forward")
@@ -55,9 +62,14 @@ class ExecuTorchRunner:
         self.input_names = list(input_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for `feeds`; raises SbexportError naming the input shapes when the program
+        refuses them (a batch other than its fixed one, a sequence past its maximum)."""
         import torch
 
-        outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names])
+        try:
+            outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names])
+        except Exception as e:  # the pybind layer raises RuntimeError with an error code
+            raise _run_error(self.path, feeds, e) from None
         return [o.detach().numpy() for o in outputs]
 
 
@@ -69,6 +81,11 @@ def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
     if path.suffix == ".pte":
         return ExecuTorchRunner(path, input_names, threads)
     raise SbexportError(f"{path}: unknown model file type (expected .onnx or .pte)")
+
+
+def _run_error(path: Path, feeds: dict[str, np.ndarray], e: Exception) -> SbexportError:
+    shapes = ", ".join(f"{k} {list(np.shape(v))} {np.asarray(v).dtype}" for k, v in feeds.items())
+    return SbexportError(f"{path}: the model refused inputs {shapes} ({_first_line(e)})")
 
 
 def _first_line(e: Exception) -> str:

@@ -1,0 +1,204 @@
+"""Artifact folders: staged and renamed into place, never half-written, never replacing a good
+folder unasked (nor a folder that is not an artifact), hashed, and refused once tampered with.
+
+Most tests run export_artifact with the ONNX exporter replaced by a stub (what is tested is the
+folder handling around it, not ONNX), or use the shared tiny artifacts after copying them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+
+from conftest import EXPORT_TINY
+from sbexport import artifact
+from sbexport.artifact import open_artifact, read_manifest, sha256_file, staged_folder, write_manifest
+from sbexport.errors import ExportError, SbexportError
+from sbexport.export import ExportOptions, export_artifact
+from sbexport.export import onnx as onnx_format
+from sbexport.source import resolve_source
+from sbexport.tasks import TASKS
+
+MNLI = TASKS["mnli"]
+
+
+def _export(out_dir, **kwargs):
+    return export_artifact("onnx", MNLI, resolve_source(MNLI, random_init=True), out_dir,
+                           config_overrides=EXPORT_TINY, verify=False, log=lambda _: None, **kwargs)
+
+
+@pytest.fixture
+def stub_exporter(monkeypatch):
+    """Replace the ONNX exporter by one that writes a few bytes (or fails as told)."""
+    calls = {"fail": None}
+
+    def export(wrapper, example, max_seq, path, options):
+        path.write_bytes(b"half a model")
+        if calls["fail"] is not None:
+            raise calls["fail"]
+        path.write_bytes(b"a whole model")
+        return {"dims": {"batch": [1, 4]}}
+    monkeypatch.setattr(onnx_format, "export", export)
+    return calls
+
+
+def _leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_stub_export_writes_a_complete_hashed_folder(tmp_path, stub_exporter):
+    out = _export(tmp_path / "art")
+    manifest = open_artifact(out)
+    assert sorted(manifest["files"]) == ["config.json", "model.onnx"]
+    assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(out / "model.onnx")
+    assert _leftovers(tmp_path) == []
+
+
+def test_artifact_folder_gets_the_umask_mode_not_0700(tmp_path, stub_exporter):
+    """tempfile.mkdtemp made every artifact folder private (0700) to its creator."""
+    mask = os.umask(0o022)
+    try:
+        out = _export(tmp_path / "art")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("error", [RuntimeError("exporter crashed"), KeyboardInterrupt()])
+def test_failed_or_interrupted_export_leaves_nothing(tmp_path, stub_exporter, error):
+    stub_exporter["fail"] = error
+    with pytest.raises(ExportError if isinstance(error, RuntimeError) else KeyboardInterrupt):
+        _export(tmp_path / "art")
+    assert not (tmp_path / "art").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_export_with_overwrite_keeps_the_good_folder(tmp_path, stub_exporter):
+    good = _export(tmp_path / "art")
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    stub_exporter["fail"] = RuntimeError("exporter crashed")
+    with pytest.raises(ExportError, match="exporter crashed"):
+        _export(good, overwrite=True)
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_existing_folder_needs_overwrite(tmp_path, stub_exporter):
+    good = _export(tmp_path / "art")
+    manifest = (good / "manifest.json").read_bytes()
+    with pytest.raises(SbexportError, match="already exists; pass --overwrite"):
+        _export(good)
+    assert (good / "manifest.json").read_bytes() == manifest
+    _export(good, overwrite=True)          # replaced when asked
+    open_artifact(good)
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_artifact(tmp_path, stub_exporter):
+    """--overwrite pointed at a checkpoint (or a home folder) would have deleted it."""
+    precious = tmp_path / "my-checkpoint"
+    precious.mkdir()
+    (precious / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(SbexportError, match="not an sbexport artifact folder"):
+        _export(precious, overwrite=True)
+    assert (precious / "model.safetensors").read_bytes() == b"weights"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _export(empty, overwrite=True)         # an empty folder may be filled
+    open_artifact(empty)
+
+
+def test_folder_that_appears_during_the_export_is_not_replaced(tmp_path):
+    out = tmp_path / "art"
+    with pytest.raises(SbexportError, match="already exists"):
+        with staged_folder(out, overwrite=False) as tmp:
+            (tmp / "model.onnx").write_bytes(b"new")
+            out.mkdir()                                    # another process, meanwhile
+            (out / "theirs.txt").write_text("theirs")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "art"
+    out.mkdir()
+    write_manifest(out, {"placeholder": True})
+    before = (out / "manifest.json").read_bytes()
+    real_replace, calls = os.replace, []
+
+    def flaky_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:                                # the new folder's rename
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+    with pytest.raises(SbexportError, match="No space left on device"):
+        with staged_folder(out, overwrite=True) as tmp:
+            (tmp / "model.onnx").write_bytes(b"new")
+            monkeypatch.setattr(artifact.os, "replace", flaky_replace)
+    assert (out / "manifest.json").read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_unwritable_destination_fails_before_any_work(tmp_path, stub_exporter):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SbexportError, match="cannot write to .*a-file: not a writable folder"):
+        _export(blocker / "art")
+    with pytest.raises(SbexportError, match="exists and is not a folder"):
+        _export(blocker, overwrite=True)
+
+
+# -- reading an artifact ------------------------------------------------------------------
+
+
+@pytest.fixture
+def onnx_copy(tmp_path, onnx_artifact):
+    """A private copy of the shared mnli ONNX artifact (from a local checkpoint: it has a tokenizer)."""
+    return shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / "mnli-onnx")
+
+
+def test_flipped_byte_is_refused_naming_the_file(onnx_copy):
+    model = onnx_copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(SbexportError, match=r"model\.onnx: sha256 does not match the manifest"):
+        open_artifact(onnx_copy)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json"])
+def test_every_file_is_hashed_not_only_the_model(onnx_copy, name):
+    (onnx_copy / name).write_text((onnx_copy / name).read_text() + " ")
+    with pytest.raises(SbexportError, match=f"{name}: sha256 does not match"):
+        open_artifact(onnx_copy)
+    (onnx_copy / name).unlink()
+    with pytest.raises(SbexportError, match=f"{name}: listed in the manifest but missing"):
+        open_artifact(onnx_copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("files"), "field 'files' is missing"),
+    (lambda m: m.update(model_file="other.onnx"), "not among the hashed files"),
+    (lambda m: m["dims"].update(sequence=None), "dims.sequence must be"),
+    (lambda m: m.update(schema="something/9"), "unknown manifest schema"),
+])
+def test_damaged_manifest_is_one_clear_error(onnx_copy, edit, message):
+    manifest = json.loads((onnx_copy / "manifest.json").read_text())
+    edit(manifest)
+    (onnx_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SbexportError, match=message):
+        read_manifest(onnx_copy)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(SbexportError, match="no such folder"):
+        open_artifact(tmp_path / "nothing")
+    with pytest.raises(SbexportError, match="no manifest.json"):
+        open_artifact(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(SbexportError, match="not valid JSON"):
+        open_artifact(tmp_path)

@@ -1,0 +1,139 @@
+"""ExecuTorch export: one task per head lowered to XNNPACK, one to the portable kernels.
+
+The .pte files themselves are read back (program flatbuffer and each XNNPACK payload): every
+convolution must sit inside an XNNPACK delegate with its config's group count, and nothing
+convolution-like may run outside. The files run in executorch.runtime at a dynamic sequence
+length and a fixed batch; parity against PyTorch was checked by the export's verify sweep and
+is rechecked here at lengths the sweep does not use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EXPORT_TINY, HEAD_TASKS
+from sbexport.errors import SbexportError
+from sbexport.runtime import ExecuTorchRunner
+from sbexport.tasks import HEADS, INPUT_NAMES, TASKS
+from sbexport.verify import rebuild_reference, reference_outputs
+
+PROJECTION_ORDER = ("query", "key", "value", "post_attention", "intermediate", "output")
+
+
+def read_pte(path) -> tuple[list[str], list[str], list[dict]]:
+    """(operators run outside delegates, delegate backend ids, every XNNPACK node in order)
+    of a .pte file, decoded with executorch's own schema and flatc."""
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader, _get_schema_bytes
+    from executorch.exir._serialize._flatbuffer import _get_flatc_path
+    from executorch.exir._serialize._program import _extract_delegate_payload, deserialize_pte_binary
+
+    data = path.read_bytes()
+    plan = deserialize_pte_binary(data).program.execution_plan[0]
+    nodes = []
+    for index, delegate in enumerate(plan.delegates):
+        if delegate.id != "XnnpackBackend":
+            continue
+        payload = _extract_delegate_payload(data, "XnnpackBackend", index)
+        header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+        flatbuffer = payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size]
+        folder = path.parent.parent / f".{path.parent.name}-xnn-{index}"
+        folder.mkdir(exist_ok=True)
+        (folder / "schema.fbs").write_bytes(_get_schema_bytes())
+        (folder / "graph.bin").write_bytes(flatbuffer)
+        subprocess.run([_get_flatc_path(), "--json", "--strict-json", "--raw-binary", "-o", str(folder),
+                        str(folder / "schema.fbs"), "--", str(folder / "graph.bin")], check=True)
+        nodes += json.loads((folder / "graph.json").read_text())["xnodes"]
+    return [op.name for op in plan.operators], [d.id for d in plan.delegates], nodes
+
+
+def expected_convs(config) -> list[tuple[int, int, int]]:
+    """(groups, input channels per group, output channels per group) of every projection, in
+    graph order: layer by layer, query, key, value, post-attention, intermediate, output."""
+    h, i = config.hidden_size, config.intermediate_size
+    channels = {"intermediate": (h, i), "output": (i, h)}
+    out = []
+    for _ in range(config.num_hidden_layers):
+        for proj in PROJECTION_ORDER:
+            g = config.groups[proj]
+            cin, cout = channels.get(proj, (h, h))
+            out.append((g, cin // g, cout // g))
+    return out
+
+
+def test_every_task_maps_to_an_exported_head():
+    """Keeps the registry honest: a task with a head these tests do not export fails here."""
+    assert set(HEAD_TASKS) == set(HEADS)
+    for task in TASKS.values():
+        assert task.head in HEAD_TASKS, f"task {task.name}: head {task.head} has no export test"
+        assert TASKS[HEAD_TASKS[task.head]].head == task.head
+
+
+@pytest.mark.parametrize("task_name", sorted(HEAD_TASKS.values()))
+def test_xnnpack_holds_every_convolution(task_name, et_artifact):
+    folder = et_artifact(task_name)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    operators, delegates, nodes = read_pte(folder / "model.pte")
+    assert delegates and set(delegates) == {"XnnpackBackend"}
+    assert not [op for op in operators if "conv" in op], operators
+    config = rebuild_reference(folder, manifest, TASKS[task_name]).config
+    convs = [n["xnode_union"] for n in nodes if "Conv" in n["xnode_union_type"]]
+    assert {n["xnode_union_type"] for n in nodes if "Conv" in n["xnode_union_type"]} == {"XNNConv2d"}
+    assert [(c["groups"], c["group_input_channels"], c["group_output_channels"]) for c in convs] \
+        == expected_convs(config)
+    assert all(c["kernel_height"] == c["kernel_width"] == 1 for c in convs)
+    # The exporter's own summary (read from the lowered graph) agrees.
+    graph = manifest["graph"]
+    assert graph["convolutions_in_delegate"] == 6 * config.num_hidden_layers
+    assert graph["convolutions_outside_delegate"] == 0
+    assert manifest["backend"] == "xnnpack" and manifest["executorch_version"]
+    assert manifest["parity"]["passed"]
+
+
+def test_portable_backend_runs_without_delegates(et_artifact):
+    folder = et_artifact("mnli", backend="portable")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    operators, delegates, _ = read_pte(folder / "model.pte")
+    assert delegates == []
+    assert "aten::convolution" in operators
+    assert manifest["backend"] == "portable"
+    assert manifest["graph"]["delegates"] == 0
+    assert manifest["parity"]["passed"]
+
+
+@pytest.mark.parametrize("task_name", sorted(HEAD_TASKS.values()))
+def test_runs_in_executorch_runtime_at_any_length(task_name, et_artifact):
+    """Dynamic sequence (lengths the sweep skips), fixed batch 1 (choices fixed at 4 for swag)."""
+    folder = et_artifact(task_name)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    task = TASKS[task_name]
+    assert manifest["dims"]["batch"] == [1, 1]
+    assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
+    assert manifest["dims"].get("choices") == ([4, 4] if task.head == "multiple-choice" else None)
+    reference = rebuild_reference(folder, manifest, task)
+    runner = ExecuTorchRunner(folder / "model.pte", INPUT_NAMES)
+    rng = np.random.default_rng(1)
+    for seq in (2, 33):
+        shape = (1, task.num_choices, seq) if task.num_choices else (1, seq)
+        mask = np.ones(shape, dtype=np.int64)
+        mask[..., seq // 2 + 1:] = 0
+        feeds = {"input_ids": rng.integers(1, EXPORT_TINY["vocab_size"], shape) * mask,
+                 "attention_mask": mask, "token_type_ids": np.zeros(shape, dtype=np.int64)}
+        with torch.no_grad():
+            expected = reference_outputs(reference, task, feeds)
+        for name, ref, got in zip(task.outputs, expected, runner.run(feeds)):
+            assert got.shape == ref.shape, name
+            np.testing.assert_allclose(got, ref, rtol=0, atol=task.atol, err_msg=name)
+
+
+def test_fixed_batch_refuses_other_shapes_with_a_clear_error(et_artifact):
+    runner = ExecuTorchRunner(et_artifact("mnli") / "model.pte", INPUT_NAMES)
+    for shape in ((2, 5), (1, EXPORT_TINY["max_position_embeddings"] + 1)):
+        ones = np.ones(shape, dtype=np.int64)
+        with pytest.raises(SbexportError, match=r"model\.pte.*input_ids \[" + str(shape[0])):
+            runner.run({"input_ids": ones, "attention_mask": ones, "token_type_ids": ones * 0})
