@@ -61,11 +61,14 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
                     config=None) -> torch.nn.Module:
     """The PyTorch reference for `task` in eval mode.
 
-    Random init: `config` when given (verify passes the artifact's config.json), else the public
-    architecture's config with the task's labels and `config_overrides` (tests use tiny ones);
-    weights drawn from `source.seed`, so that verify rebuilds the same model later. Checkpoint: loaded unchanged; a head the checkpoint lacks (a -headless or a
-    pretrained-only checkpoint under a fine-tuning task) is initialised randomly with a warning.
-    Raises CheckpointError when the weights on disk no longer match the recorded fingerprint.
+    `config`, when given, is the exact config to build (verify passes the artifact's
+    config.json, which holds every override the export applied). Without it: random init uses
+    the public architecture's config with the task's labels and `config_overrides` (tests use
+    tiny ones); a checkpoint uses its own config.json with the task's labels where it has none,
+    and `config_overrides`. Random weights (all of them for random init; a head the checkpoint
+    lacks, as in a -headless or pretrained-only checkpoint under a fine-tuning task, with a
+    warning) are drawn from `source.seed`, so that verify rebuilds the same model later.
+    Raises SbexportError when the weights on disk no longer match the recorded fingerprint.
     """
     cls = task.model_class(source.arch)
     if source.random_init:
@@ -78,13 +81,17 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
     if source.fingerprint and checkpoint_fingerprint(folder) != source.fingerprint:
         raise SbexportError(f"{folder}: the checkpoint's weights changed since the artifact was made "
                             f"(sha256 differs from the manifest's {source.fingerprint[:12]}...)")
-    config = load_config(folder / "config.json")
-    overrides = dict(config_overrides or {})
-    if task.head in ("sequence-classification", "token-classification") and not _has_own_labels(config, task):
-        overrides.update(task.config_overrides())
-    with warnings.catch_warnings():
+    if config is not None:
+        kwargs = {"config": config}
+    else:
+        kwargs = dict(config_overrides or {})
+        own = load_config(folder / "config.json")
+        if task.head in ("sequence-classification", "token-classification") and not _has_own_labels(own, task):
+            kwargs = {**task.config_overrides(), **kwargs}
+    with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("always")
-        return load_pretrained(cls, str(folder), allow_missing_head=True, **overrides).eval()
+        torch.manual_seed(source.seed)
+        return load_pretrained(cls, str(folder), allow_missing_head=True, **kwargs).eval()
 
 
 def load_tokenizer(source: ModelSource) -> SqueezeBertTokenizer | None:

@@ -46,9 +46,11 @@ class OutputParity:
 
     def add(self, ref: np.ndarray, got: np.ndarray, axis_of_classes: int | None) -> None:
         diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        # A NaN or inf from the file is an infinite error: max() would skip a NaN silently.
+        worst = float(diff.max(initial=0.0)) if np.isfinite(diff).all() else float("inf")
+        self.max_abs = max(self.max_abs, worst)
         scale = float(np.abs(ref).max(initial=0.0)) or 1.0
-        self.max_rel = max(self.max_rel, float(diff.max(initial=0.0)) / scale)
+        self.max_rel = max(self.max_rel, worst / scale)
         if axis_of_classes is not None and ref.shape[axis_of_classes] > 1:
             agree = ref.argmax(axis_of_classes) == got.argmax(axis_of_classes)
             self.argmax_agree += int(agree.sum())
@@ -71,7 +73,7 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return all(o.max_abs <= self.atol for o in self.outputs.values())
+        return self.cases > 0 and all(o.max_abs <= self.atol for o in self.outputs.values())
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "atol": self.atol, "cases": self.cases,
@@ -88,6 +90,8 @@ class ParityReport:
         return "\n".join(rows)
 
     def raise_on_failure(self) -> None:
+        if not self.outputs:
+            raise ParityError(f"{self.folder}: parity not checked for {self.task}: the sweep ran no case")
         if not self.passed:
             worst = max(self.outputs.values(), key=lambda o: o.max_abs)
             raise ParityError(f"{self.folder}: parity FAILED for {self.task}: {worst.name} differs from "
@@ -120,10 +124,10 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
 
 
 def rebuild_reference(folder: Path, manifest: dict, task: Task) -> torch.nn.Module:
-    """The reference the artifact was made from, rebuilt from its manifest's source."""
+    """The reference the artifact was made from: its manifest's source (seed or checkpoint)
+    built with its config.json, which holds every override the export applied."""
     source = ModelSource.from_dict(manifest["source"])
-    config = load_config(folder / "config.json") if source.random_init else None
-    return build_reference(task, source, config=config)
+    return build_reference(task, source, config=load_config(folder / "config.json"))
 
 
 def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
