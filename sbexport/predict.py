@@ -32,6 +32,8 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     task = get_task(manifest["task"])
     if not text.strip() or (text_pair is not None and not text_pair.strip()):
         raise SbexportError("empty text: give at least one non-blank character")
+    if task.head == "token-classification" and text_pair is not None:
+        raise SbexportError(f"task {task.name} tags the words of one text; got a second text")
     if task.head in ("question-answering", "multiple-choice") and text_pair is None:
         raise SbexportError(f"task {task.name} needs a second text ("
                             f"{'the context' if task.head == 'question-answering' else 'endings separated by |'})")
@@ -44,6 +46,9 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}
     if task.head == "multiple-choice":
         feeds = {k: v[None] for k, v in feeds.items()}                   # [1, choices, S]
+    batch = manifest["dims"]["batch"][0]
+    if batch > 1:   # a fixed-batch file (ExecuTorch --batch N): repeat the row, decode row 0
+        feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
     outputs = dict(zip(task.outputs, open_runner(folder / manifest["model_file"], INPUT_NAMES).run(feeds)))
     return {"task": task.name, **DECODERS[task.head](outputs, enc, tokenizer, manifest, top_k,
                                                     text_pair if task.head == "question-answering" else text)}
@@ -61,9 +66,10 @@ def _texts(task, text, text_pair, manifest):
     if task.head != "multiple-choice":
         return [text], ([text_pair] if text_pair is not None else None)
     endings = [e.strip() for e in text_pair.split(CHOICE_SEPARATOR) if e.strip()]
-    fixed = manifest["dims"].get("choices")
-    if fixed and len(endings) != fixed[1]:
-        raise SbexportError(f"this file takes exactly {fixed[1]} endings, got {len(endings)}")
+    lo, hi = manifest["dims"].get("choices", (1, len(endings) or 1))
+    if not lo <= len(endings) <= hi:
+        takes = f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
+        raise SbexportError(f"this file takes {takes} endings separated by {CHOICE_SEPARATOR!r}, got {len(endings)}")
     return [text] * len(endings), endings
 
 
