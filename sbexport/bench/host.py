@@ -98,53 +98,31 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
     for path in (json_path, plot_path):
         if path:
             report.check_writable(path)
-    from tqdm import tqdm
-
     skipped = [{"runtime": rt, "model": "*", "reason": why} for rt in config.formats
                if (why := runtime_unavailable(rt))]
     runtimes = [rt for rt in config.formats if not any(s["runtime"] == rt for s in skipped)]
-    n_exports = len(models) * sum(rt in EXPORTED for rt in runtimes)
-    per_block = (1 + config.warmup + config.runs) * len(models)
-    total = 1 + n_exports + len(models) + len(runtimes) * len(config.seq_lens) * per_block \
-        + (len(models) * len(runtimes) if config.memory else 0)
     machine = machine_info(threads)          # before the work: its load average is the others'
-    with tqdm(total=total, file=sys.stderr, disable=not progress, unit="step", dynamic_ncols=True) as bar, \
-            _workdir(config.workdir) as workdir:
+    with _progress(config, models, runtimes, progress) as bar, _workdir(config.workdir) as workdir:
         say = log or (lambda msg: bar.write(msg, file=sys.stderr))
         bar.set_description("sgemm ceiling")
         ceiling = sgemm_ceiling(threads, config.sgemm_size)
         bar.update(1)
-        artifacts, lineup = {}, {rt: list(models) for rt in runtimes}     # lineup: who runs where
-        for rt in [rt for rt in runtimes if rt in EXPORTED]:
-            for model in models:
-                bar.set_description(f"export {model.arch} to {rt}")
-                try:
-                    artifacts[model.arch, rt] = export_cached(rt, task, model, config, workdir, say)
-                except ExportError as e:      # the exporter failed: time the others, say why
-                    say(f"skipping {model.arch} on {rt}: {e}")
-                    skipped.append({"runtime": rt, "model": model.arch, "reason": str(e)})
-                    lineup[rt].remove(model)
-                bar.update(1)
+        artifacts, lineup = export_all(runtimes, task, models, config, workdir, skipped, bar, say)
         runtimes = [rt for rt in runtimes if lineup[rt]]
         bar.set_description("count FLOPs")
         flops = {}
         for model in models:
             flops[model.arch] = model_flops(task, model, config.batch, config.seq_lens)
             bar.update(1)
-        timings = {}
-        for rt in runtimes:
-            timings[rt] = time_runtime(rt, task, lineup[rt], artifacts, config, threads, bar)
+        timings = {rt: time_runtime(rt, task, lineup[rt], artifacts, config, threads, bar) for rt in runtimes}
         peaks = {}
-        if config.memory:
-            for rt in runtimes:
-                for model in lineup[rt]:
-                    bar.set_description(f"memory {model.arch} on {rt}")
-                    spec = memory.probe_spec(rt, model, task.name, _str(artifacts.get((model.arch, rt))),
-                                             config.seq_lens, config.batch, threads)
-                    peaks[model.arch, rt] = memory.probe(spec)
-                    bar.update(1)
+        for rt in runtimes if config.memory else ():
+            for model in lineup[rt]:
+                bar.set_description(f"memory {model.arch} on {rt}")
+                peaks[model.arch, rt] = memory.probe(memory.probe_spec(
+                    rt, model, task.name, _str(artifacts.get((model.arch, rt))), config.seq_lens, config.batch, threads))
+                bar.update(1)
         artifact_info = {f"{arch}/{rt}": _artifact_info(folder) for (arch, rt), folder in artifacts.items()}
-    rows = build_rows(runtimes, lineup, config, threads, timings, flops, peaks, ceiling)
     result = {
         "schema": report.SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -157,7 +135,7 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
         "method": method_notes(config),
         "ceiling": ceiling,
         "artifacts": artifact_info,
-        "rows": rows,
+        "rows": build_rows(runtimes, lineup, config, threads, timings, flops, peaks, ceiling),
         "skipped": skipped,
     }
     if json_path:
@@ -251,6 +229,26 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
             return folder
     return export_artifact(EXPORTED[runtime], task, model.source, folder, options, overwrite=True,
                            verify=config.verify, config_overrides=model.overrides or None, log=log)
+
+
+def export_all(runtimes, task: Task, models: list[BenchModel], config: BenchConfig, workdir: Path,
+               skipped: list, bar, log) -> tuple[dict, dict]:
+    """Export every model for every runtime that needs a file. Returns (artifacts: (arch,
+    runtime) -> folder, lineup: runtime -> the models it will time). A model whose export
+    fails (ExportError) is left out of that runtime's lineup and listed in `skipped`; a parity
+    failure raises: a fast wrong graph is not worth timing."""
+    artifacts, lineup = {}, {rt: list(models) for rt in runtimes}
+    for rt in [rt for rt in runtimes if rt in EXPORTED]:
+        for model in models:
+            bar.set_description(f"export {model.arch} to {rt}")
+            try:
+                artifacts[model.arch, rt] = export_cached(rt, task, model, config, workdir, log)
+            except ExportError as e:
+                log(f"skipping {model.arch} on {rt}: {e}")
+                skipped.append({"runtime": rt, "model": model.arch, "reason": str(e)})
+                lineup[rt].remove(model)
+            bar.update(1)
+    return artifacts, lineup
 
 
 def model_flops(task: Task, model: BenchModel, batch: int, seq_lens) -> dict[int, dict]:
@@ -419,6 +417,17 @@ def _artifact_info(folder: Path) -> dict:
 # --------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------
+
+
+def _progress(config: BenchConfig, models, runtimes, enabled: bool):
+    """A tqdm bar on stderr counting the ceiling, exports, FLOP counts, every call, probes."""
+    from tqdm import tqdm
+
+    n_exports = len(models) * sum(rt in EXPORTED for rt in runtimes)
+    per_block = (1 + config.warmup + config.runs) * len(models)
+    total = 1 + n_exports + len(models) + len(runtimes) * len(config.seq_lens) * per_block \
+        + (len(models) * len(runtimes) if config.memory else 0)
+    return tqdm(total=total, file=sys.stderr, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
 @contextlib.contextmanager
