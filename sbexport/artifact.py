@@ -31,16 +31,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_destination(out_dir: Path, overwrite: bool) -> None:
+def check_destination(out_dir: Path, overwrite: bool, marker: str = MANIFEST) -> None:
     """Fail early, before any work, when `out_dir` exists (and may not be replaced) or its
-    parent cannot be written. Only an artifact folder (one with a manifest) or an empty folder
-    may be replaced: --overwrite pointed at a checkpoint or a home folder must not delete it."""
+    parent cannot be written. Only a folder of the kind being written (one holding `marker`:
+    manifest.json for artifacts, config.json for checkpoints) or an empty folder may be
+    replaced: --overwrite pointed at a home folder must not delete it."""
     if out_dir.exists() and not overwrite:
         raise SbexportError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise SbexportError(f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
-        raise SbexportError(f"{out_dir} is not an sbexport artifact folder (no {MANIFEST}) and not "
+    if out_dir.exists() and not (out_dir / marker).is_file() and any(out_dir.iterdir()):
+        kind = "an sbexport artifact" if marker == MANIFEST else "a checkpoint"
+        raise SbexportError(f"{out_dir} is not {kind} folder (no {marker}) and not "
                             f"empty; refusing to replace it: choose another output folder")
     parent = out_dir.parent
     with contextlib.suppress(OSError):
@@ -50,10 +52,11 @@ def check_destination(out_dir: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+def staged_folder(out_dir: Path, overwrite: bool, marker: str = MANIFEST) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir`; on success rename it to `out_dir` (replacing
-    an old one only when `overwrite`), on any failure delete it and leave `out_dir` untouched."""
-    check_destination(out_dir, overwrite)
+    an old one only when `overwrite`, see check_destination), on any failure delete it and
+    leave `out_dir` untouched."""
+    check_destination(out_dir, overwrite, marker)
     # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and the artifact keeps the
     # mode of its staging folder; os.mkdir applies the umask like any other new folder.
     tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.partial"
@@ -63,15 +66,15 @@ def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
         raise SbexportError(f"cannot write to {out_dir.parent}: {e.strerror or e}") from None
     try:
         yield tmp
-        _move_into_place(tmp, out_dir, overwrite)
+        _move_into_place(tmp, out_dir, overwrite, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool, marker: str) -> None:
     """Rename the finished `tmp` to `out_dir`. The destination is checked again: it may have
     appeared while the export ran. A replaced folder is restored if the second rename fails."""
-    check_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite, marker)
     try:
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.old"

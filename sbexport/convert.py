@@ -81,7 +81,7 @@ def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: 
     model_class = _squeezebert_class(bert)
     config = squeezebert_config(bert, model_class.__name__)
     state = convert_state_dict(read_state_dict(folder), folder)
-    with staged_folder(dst, overwrite) as tmp:
+    with staged_folder(dst, overwrite, marker="config.json") as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         config.to_json_file(tmp / "config.json")
         for name in TOKENIZER_FILES:

@@ -161,8 +161,15 @@ def test_refuses_existing_destination(tmp_path):
     with pytest.raises(SbexportError, match="already exists"):
         convert_bert_to_squeezebert(tmp_path / "bert", dst)
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+    # --overwrite replaces a checkpoint folder only, never a folder of other files.
+    with pytest.raises(SbexportError, match="not a checkpoint folder"):
+        convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+    (dst / "keep.txt").unlink()
+    convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)   # an empty folder may go
+    (dst / "marker.txt").write_text("from the first conversion")
     convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
-    assert (dst / "model.safetensors").is_file() and not (dst / "keep.txt").exists()
+    assert (dst / "model.safetensors").is_file() and not (dst / "marker.txt").exists()
     with pytest.raises(SbexportError, match="source"):
         convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "bert", overwrite=True)
 
