@@ -153,10 +153,13 @@ def predict(folder, text, text_pair, top_k, as_json) -> None:
     import json
     import warnings
 
+    from .predict import PredictWarning
     from .predict import predict as run_predict
 
+    # Only predict's own warnings reach the user; the runtimes' deprecation notices are noise here.
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", PredictWarning)
         result = run_predict(folder, text, text_pair, top_k=top_k)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)

@@ -16,6 +16,10 @@ from .runtime import open_runner
 from .tasks import INPUT_NAMES, get_task
 from .tokenizer import SqueezeBertTokenizer
 
+class PredictWarning(UserWarning):
+    """Something the user should know about a prediction (its text was truncated)."""
+
+
 CHOICE_SEPARATOR = "|"
 MAX_ANSWER_TOKENS = 30
 
@@ -77,7 +81,8 @@ def _warn_if_truncated(tokenizer, first, second, max_seq) -> None:
     full = tokenizer(first, second)
     longest = max(len(ids) for ids in full["input_ids"])
     if longest > max_seq:
-        warnings.warn(f"input is {longest} tokens; truncated to the model's maximum of {max_seq}", stacklevel=3)
+        warnings.warn(f"input is {longest} tokens; truncated to the model's maximum of {max_seq}",
+                      PredictWarning, stacklevel=3)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,9 @@ exported files through here.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +52,18 @@ class ExecuTorchRunner:
 
     def __init__(self, path: Path, input_names: tuple[str, ...], threads: int = 0):
         import torch
-        from executorch.runtime import Runtime
 
+        Runtime = _executorch_runtime()
         if threads:
             torch.set_num_threads(threads)  # XNNPACK's pool follows the process's thread count
         self.path = path
-        try:
-            self.program = Runtime.get().load_program(str(path))
-            self.method = self.program.load_method("forward")
-        except Exception as e:  # the pybind layer raises RuntimeError/ValueError on bad files
-            raise SbexportError(f"{path}: not a loadable ExecuTorch program ({_first_line(e)})") from None
+        with _runtime_log() as log:
+            try:
+                self.program = Runtime.get().load_program(str(path))
+                self.method = self.program.load_method("forward")
+            except Exception as e:  # the pybind layer raises RuntimeError/ValueError on bad files
+                raise SbexportError(f"{path}: not a loadable ExecuTorch program "
+                                    f"({_log_reason(log) or _first_line(e)})") from None
         self.input_names = list(input_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -66,11 +71,49 @@ class ExecuTorchRunner:
         refuses them (a batch other than its fixed one, a sequence past its maximum)."""
         import torch
 
-        try:
-            outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names])
-        except Exception as e:  # the pybind layer raises RuntimeError with an error code
-            raise _run_error(self.path, feeds, e) from None
+        with _runtime_log() as log:
+            try:
+                outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[k]))
+                                               for k in self.input_names])
+            except Exception as e:  # the pybind layer raises RuntimeError with an error code
+                raise _run_error(self.path, feeds, _log_reason(log) or e) from None
         return [o.detach().numpy() for o in outputs]
+
+
+def _executorch_runtime():
+    """executorch.runtime.Runtime. Its first import logs two warnings on every run (torchao's
+    optional CUDA kernels are missing; a torch deprecation inside torchao) that concern neither
+    this tool nor its user; they are held back so that an error stays the one line on stderr."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        from executorch.runtime import Runtime
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return Runtime
+
+
+@contextlib.contextmanager
+def _runtime_log():
+    """Collect what executorch's runtime logs while it loads or runs (it writes to sys.stderr:
+    cpuinfo probes, then the cause of a failure), so that a failure names its cause in its one
+    error line and a success prints nothing."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+def _log_reason(buffer: io.StringIO) -> str:
+    """The first line the runtime logged that is not a cpuinfo probe, without its [file:line]."""
+    for line in buffer.getvalue().splitlines():
+        if line.strip() and not line.startswith("[cpuinfo"):
+            return re.sub(r"^\[[^\]]*\]\s*", "", line.strip())[:300]
+    return ""
 
 
 def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
@@ -83,9 +126,10 @@ def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
     raise SbexportError(f"{path}: unknown model file type (expected .onnx or .pte)")
 
 
-def _run_error(path: Path, feeds: dict[str, np.ndarray], e: Exception) -> SbexportError:
+def _run_error(path: Path, feeds: dict[str, np.ndarray], reason: Exception | str) -> SbexportError:
     shapes = ", ".join(f"{k} {list(np.shape(v))} {np.asarray(v).dtype}" for k, v in feeds.items())
-    return SbexportError(f"{path}: the model refused inputs {shapes} ({_first_line(e)})")
+    reason = reason if isinstance(reason, str) else _first_line(reason)
+    return SbexportError(f"{path}: the model refused inputs {shapes} ({reason})")
 
 
 def _first_line(e: Exception) -> str:

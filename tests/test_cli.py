@@ -1,0 +1,256 @@
+"""The command line: one end-to-end run of the installed `sbexport` (onnx, verify, info, predict)
+and every user error as one line on stderr with a non-zero exit and no traceback.
+
+Most error cases call sbexport.cli.main in-process with sys.argv patched (a subprocess costs
+seconds of imports); a representative few run the installed console script.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sbexport.artifact import read_manifest, write_manifest
+from sbexport.cli import main
+from sbexport.tasks import TASKS
+
+SBEXPORT = str(Path(sys.executable).with_name("sbexport"))
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `sbexport ARGS` run in this process. An exception that
+    escapes main() fails the test: that is a traceback a user would see."""
+    monkeypatch.setattr(sys, "argv", ["sbexport", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_script(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([SBEXPORT, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(code, out, err, match):
+    """Exit 1, and stderr is exactly one 'error: ...' line containing `match`."""
+    assert code == 1, (code, out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert match in lines[0], lines[0]
+
+
+# -- the whole path, through the installed script ----------------------------------------
+
+
+def test_end_to_end_onnx_verify_info_predict(tmp_path, tiny_checkpoint):
+    out = tmp_path / "mnli-onnx"
+    export = run_script("onnx", "--task", "mnli", "--model", tiny_checkpoint("mnli"), "-o", out)
+    assert export.returncode == 0, export.stderr
+    assert "PASS: 8 cases" in export.stdout and f"wrote {out}" in export.stdout
+
+    verify = run_script("verify", out, "--json", tmp_path / "report.json")
+    assert verify.returncode == 0, verify.stderr
+    assert "PASS" in verify.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and report["task"] == "mnli" and report["cases"] == 8
+
+    info = run_script("info", out)
+    assert info.returncode == 0, info.stderr
+    for expected in ("task      mnli (sequence-classification)", "entailment, neutral, contradiction",
+                     "input     input_ids int64 [batch, sequence]", "parity    PASS", "model.onnx"):
+        assert expected in info.stdout, info.stdout
+
+    predict = run_script("predict", out, "A man plays the guitar.", "Someone makes music.", "--json")
+    assert predict.returncode == 0, predict.stderr
+    result = json.loads(predict.stdout)
+    assert sorted(r["label"] for r in result["labels"]) == sorted(TASKS["mnli"].labels)
+
+    # The representative failure, seen by a user: a tampered file.
+    model = out / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[100] ^= 0xFF
+    model.write_bytes(bytes(data))
+    tampered = run_script("predict", out, "A man plays the guitar.", "Someone makes music.")
+    assert_one_error_line(tampered.returncode, tampered.stdout, tampered.stderr, "sha256 does not match")
+
+
+def test_unknown_task_lists_the_tasks():
+    result = run_script("onnx", "--task", "summarize", "--random-init")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "'summarize' is not one of" in result.stderr
+    for name in TASKS:
+        assert f"'{name}'" in result.stderr
+
+
+# -- export errors -------------------------------------------------------------------------
+
+
+def test_missing_checkpoint(monkeypatch, capsys, tmp_path):
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", tmp_path / "no-such",
+                              "-o", tmp_path / "out")
+    assert_one_error_line(code, out, err, "no such checkpoint folder")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def corrupt_checkpoint(tmp_path, tiny_checkpoint):
+    folder = shutil.copytree(tiny_checkpoint("mnli"), tmp_path / "corrupt")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])          # truncated
+    return folder
+
+
+def test_corrupt_weights(monkeypatch, capsys, tmp_path, corrupt_checkpoint):
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", corrupt_checkpoint,
+                              "-o", tmp_path / "out")
+    assert_one_error_line(code, out, err, "not a readable safetensors file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_folder(monkeypatch, capsys, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "sst2", "--random-init",
+                              "-o", tmp_path / "a-file" / "out")
+    assert_one_error_line(code, out, err, "not a writable folder")
+
+
+@pytest.fixture
+def artifact_copy(tmp_path, onnx_artifact):
+    return shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / "mnli-onnx")
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_existing_output_folder_is_kept(monkeypatch, capsys, tmp_path, tiny_checkpoint, artifact_copy):
+    before = _snapshot(artifact_copy)
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", tiny_checkpoint("mnli"),
+                              "-o", artifact_copy)
+    assert_one_error_line(code, out, err, "already exists; pass --overwrite")
+    assert _snapshot(artifact_copy) == before
+
+
+def test_failing_export_with_overwrite_keeps_the_old_folder(monkeypatch, capsys, artifact_copy, corrupt_checkpoint):
+    before = _snapshot(artifact_copy)
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", corrupt_checkpoint,
+                              "-o", artifact_copy, "--overwrite")
+    assert_one_error_line(code, out, err, "not a readable safetensors file")
+    assert _snapshot(artifact_copy) == before
+    assert sorted(p.name for p in artifact_copy.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_max_seq_len_beyond_the_model(monkeypatch, capsys, tmp_path, tiny_checkpoint):
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", tiny_checkpoint("mnli"),
+                              "--max-seq-len", 65, "-o", tmp_path / "out")
+    assert_one_error_line(code, out, err, "--max-seq-len 65 is outside 1..64")
+
+
+# -- reading artifacts ---------------------------------------------------------------------
+
+
+def _tamper(folder):
+    model = folder / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    model.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("command", [["verify"], ["info"], ["predict", "TEXT", "A man.", "A woman."]])
+def test_tampered_artifact_is_refused(monkeypatch, capsys, artifact_copy, command):
+    _tamper(artifact_copy)
+    args = [artifact_copy if a == "TEXT" else a for a in command]
+    if command == ["verify"] or command == ["info"]:
+        args.append(artifact_copy)
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error_line(code, out, err, "model.onnx: sha256 does not match the manifest")
+
+
+@pytest.fixture
+def garbage_model(tmp_path, onnx_artifact, et_artifact, request):
+    """A manifest-valid folder whose model file is garbage (the hashes were rewritten)."""
+    source = onnx_artifact("mnli", local=True) if request.param == "onnx" else et_artifact("mnli")
+    folder = shutil.copytree(source, tmp_path / "garbage")
+    manifest = read_manifest(folder)
+    (folder / manifest["model_file"]).write_bytes(b"\x00garbage, not a model" * 40)
+    write_manifest(folder, {k: v for k, v in manifest.items() if k not in ("schema", "files")})
+    return folder, manifest["model_file"]
+
+
+@pytest.mark.parametrize("garbage_model", ["onnx", "executorch"], indirect=True)
+@pytest.mark.parametrize("command", ["verify", "predict"])
+def test_model_file_that_is_not_one(monkeypatch, capsys, garbage_model, command):
+    folder, name = garbage_model
+    args = [folder] if command == "verify" else [folder, "A man.", "A woman."]
+    code, out, err = run_main(monkeypatch, capsys, command, *args)
+    kind = "ONNX model" if name.endswith(".onnx") else "ExecuTorch program"
+    assert_one_error_line(code, out, err, f"{name}: not a loadable {kind}")
+    if name.endswith(".pte"):    # the runtime's own log names the cause, inside the one line
+        assert "Program identifier" in err
+
+
+@pytest.mark.parametrize("garbage_model", ["executorch"], indirect=True)
+def test_garbage_program_is_one_line_from_the_script(garbage_model):
+    """In a real process executorch's runtime logs to stderr and its import logs warnings:
+    the user still sees one line."""
+    folder, _ = garbage_model
+    result = run_script("predict", folder, "A man.", "A woman.")
+    assert_one_error_line(result.returncode, result.stdout, result.stderr, "not a loadable ExecuTorch program")
+
+
+def test_not_an_artifact_folder(monkeypatch, capsys, tmp_path):
+    for command in (["verify", tmp_path], ["info", tmp_path], ["predict", tmp_path, "text"]):
+        code, out, err = run_main(monkeypatch, capsys, *command)
+        assert_one_error_line(code, out, err, "not an artifact folder (no manifest.json)")
+
+
+def test_verify_parity_failure_exits_1(monkeypatch, capsys, artifact_copy):
+    import torch
+
+    from sbexport import verify
+
+    real = verify.rebuild_reference
+
+    def off_by_a_bit(*args):
+        model = real(*args)
+        with torch.no_grad():
+            model.classifier.bias += 1e-3
+        return model
+    monkeypatch.setattr(verify, "rebuild_reference", off_by_a_bit)
+    code, out, err = run_main(monkeypatch, capsys, "verify", artifact_copy)
+    assert "FAIL: 8 cases" in out
+    assert_one_error_line(code, out, err, "parity FAILED for mnli: logits differs from PyTorch by 1.0")
+
+
+# -- predict inputs ------------------------------------------------------------------------
+
+
+def test_predict_long_text_is_truncated_with_a_warning(monkeypatch, capsys, onnx_artifact):
+    long_text = " ".join(["the cat sat on the mat"] * 30)
+    code, out, err = run_main(monkeypatch, capsys, "predict", onnx_artifact("mnli", local=True), long_text, "A cat.")
+    assert code == 0, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("warning: input is 186 tokens; truncated to the model's maximum of 64"), line
+    assert len(out.strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_predict_empty_text(monkeypatch, capsys, onnx_artifact, text):
+    code, out, err = run_main(monkeypatch, capsys, "predict", onnx_artifact("mnli", local=True), text)
+    assert_one_error_line(code, out, err, "empty text")
+
+
+def test_info_lists_tasks(monkeypatch, capsys):
+    code, out, err = run_main(monkeypatch, capsys, "info", "--tasks")
+    assert code == 0
+    assert [line.split()[0] for line in out.strip().splitlines()] == list(TASKS)
