@@ -146,7 +146,8 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
         for seq_len in seq_lens:
             yield _random_inputs(task, config, batch, seq_len, rng)
     tokenizer = _artifact_tokenizer(folder)
-    if tokenizer is not None:
+    # [CLS] a [SEP] (b [SEP]) with at least one token of each text must fit.
+    if tokenizer is not None and max_seq >= (5 if task.pair else 3):
         for batch in batches:
             yield _sentence_inputs(task, tokenizer, batch, max_seq)
 

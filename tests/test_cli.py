@@ -153,7 +153,7 @@ def test_failing_export_with_overwrite_keeps_the_old_folder(monkeypatch, capsys,
 def test_max_seq_len_beyond_the_model(monkeypatch, capsys, tmp_path, tiny_checkpoint):
     code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", tiny_checkpoint("mnli"),
                               "--max-seq-len", 65, "-o", tmp_path / "out")
-    assert_one_error_line(code, out, err, "--max-seq-len 65 is outside 1..64")
+    assert_one_error_line(code, out, err, "--max-seq-len 65 is outside 2..64")
 
 
 # -- reading artifacts ---------------------------------------------------------------------

@@ -50,6 +50,35 @@ def test_sweep_covers_batches_lengths_masks_pairs_and_sentences(task_name, tiny_
     assert tokenizer.convert_ids_to_tokens(int(first[0])) == SPECIAL_TOKENS[2]
 
 
+def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
+    task = TASKS["sst2"]
+    config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
+    manifest = {"dims": {"batch": [1, 1], "sequence": [1, 512]}}
+    lengths = [c["input_ids"].shape[-1] for c in sweep(task, manifest, config, tiny_vocab_dir)]
+    assert lengths[:4] == [1, 7, 128, 512] and len(lengths) == 5
+
+
+@pytest.mark.parametrize("task_name, max_seq, sentences", [("mnli", 4, 0), ("mnli", 5, 2), ("sst2", 2, 0), ("sst2", 3, 2)])
+def test_short_files_skip_sentences_that_cannot_fit(tiny_vocab_dir, task_name, max_seq, sentences):
+    """A --max-seq-len 2 export failed its own verify: the tokenizer cannot fit a pair in 2."""
+    task = TASKS[task_name]
+    config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
+    manifest = {"dims": {"batch": [1, 3], "sequence": [1, max_seq]}}
+    cases = list(sweep(task, manifest, config, tiny_vocab_dir))
+    assert len(cases) == 2 * len({1, 7, max_seq} & set(range(1, max_seq + 1))) + sentences
+
+
+def test_max_seq_len_must_leave_a_range():
+    from sbexport.export import ExportOptions, max_sequence
+
+    config = build_reference(TASKS["sst2"], resolve_source(TASKS["sst2"], random_init=True), EXPORT_TINY).config
+    assert max_sequence(config, ExportOptions()) == 64
+    assert max_sequence(config, ExportOptions(max_seq_len=2)) == 2
+    for bad in (1, 65):
+        with pytest.raises(SbexportError, match=f"--max-seq-len {bad} is outside 2..64"):
+            max_sequence(config, ExportOptions(max_seq_len=bad))
+
+
 def test_fixed_batch_file_sweeps_its_own_batch(et_artifact):
     """ExecuTorch files have a fixed batch: the sweep uses it (1), every length, one sentence batch."""
     manifest = json.loads((et_artifact("mnli") / "manifest.json").read_text())

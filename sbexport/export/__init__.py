@@ -74,11 +74,13 @@ def example_inputs(task: Task, config, batch: int = 2, seq_len: int = 8) -> dict
 
 
 def max_sequence(config, options: ExportOptions) -> int:
+    """The upper bound of the exported sequence dimension; raises SbexportError outside
+    2..max_position_embeddings (a dynamic dimension needs a range: 1..1 cannot be one)."""
     limit = config.max_position_embeddings
     if options.max_seq_len is None:
         return limit
-    if not 1 <= options.max_seq_len <= limit:
-        raise SbexportError(f"--max-seq-len {options.max_seq_len} is outside 1..{limit} "
+    if not 2 <= options.max_seq_len <= limit:
+        raise SbexportError(f"--max-seq-len {options.max_seq_len} is outside 2..{limit} "
                             f"(the model's max_position_embeddings)")
     return options.max_seq_len
 
