@@ -182,3 +182,28 @@ def test_random_init_skips_a_tokenizer_too_big_for_the_model(onnx_artifact):
     folder = onnx_artifact("mnli")
     assert not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists()
     assert json.loads((folder / "manifest.json").read_text())["source"]["random_init"] is True
+
+
+def test_graph_check_counts_the_projections(onnx_artifact):
+    from sbexport.errors import ExportError
+    from sbexport.export.onnx import graph_summary
+
+    model, _ = _load(onnx_artifact("mnli"))
+    assert graph_summary(model, 12)["conv_groups"] == {"2": 2, "4": 2, "8": 2, "1": 2, "16": 2, "32": 2}
+    with pytest.raises(ExportError, match="has 12 Conv nodes where the model has 13"):
+        graph_summary(model, 13)
+
+
+def test_bert_baseline_exports(tmp_path):
+    """`sbexport onnx --arch bert` always failed: the exporter demanded Conv nodes of every model."""
+    from conftest import TINY
+    from sbexport.export import export_artifact
+    from sbexport.source import resolve_source
+
+    task = TASKS["sst2"]
+    out = export_artifact("onnx", task, resolve_source(task, random_init=True, arch="bert"), tmp_path / "bert",
+                          config_overrides=TINY, log=lambda _: None)
+    model, manifest = _load(out)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["Conv"] == 0 and ops["MatMul"] + ops["Gemm"] >= 6 * TINY["num_hidden_layers"]
+    assert manifest["arch"] == "bert" and manifest["parity"]["passed"]

@@ -38,7 +38,7 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
     if example["input_ids"].dim() == 3:   # multiple choice: [batch, choices, sequence]
         dims["choices"] = [1, MAX_CHOICES]
     return {"opset": options.opset, "onnx_version": onnx.__version__, "dims": dims,
-            "graph": graph_summary(model)}
+            "graph": graph_summary(model, expected_convs(wrapper.model.config))}
 
 
 @contextlib.contextmanager
@@ -73,10 +73,17 @@ def conv_nodes(model) -> list[dict]:
     return out
 
 
-def graph_summary(model) -> dict:
-    """Op counts and the Conv groups, for the manifest and `sbexport info`."""
+def expected_convs(config) -> int:
+    """Six grouped 1x1 projections per SqueezeBERT layer; the BERT baseline has none."""
+    return 6 * config.num_hidden_layers if config.model_type == "squeezebert" else 0
+
+
+def graph_summary(model, expected: int | None = None) -> dict:
+    """Op counts and the Conv groups, for the manifest and `sbexport info`. Raises ExportError
+    when the graph does not hold `expected` Conv nodes (the projections were not kept)."""
     convs = conv_nodes(model)
-    if not convs:
-        raise ExportError("the ONNX graph has no Conv node: the grouped projections were not kept")
+    if expected is not None and len(convs) != expected:
+        raise ExportError(f"the ONNX graph has {len(convs)} Conv nodes where the model has {expected} "
+                          f"grouped projections: they were not kept as native convolutions")
     return {"ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
             "conv_groups": dict(Counter(str(c["group"]) for c in convs))}
