@@ -273,17 +273,28 @@ class SqueezeBertEncoder(nn.Module):
         self.layers = nn.ModuleList(SqueezeBertModule(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x, mask=None, head_masks=None, output_attentions=False, output_hidden_states=False):
-        hidden_states = (x,) if output_hidden_states else None
-        attentions = () if output_attentions else None
-        head_masks = head_masks or [None] * len(self.layers)
-        x = x.permute(0, 2, 1)                                             # [B, S, H] -> [B, H, S]
-        for layer, head_mask in zip(self.layers, head_masks):
-            x, probs = layer(x, mask, head_mask)
-            if output_hidden_states:
-                hidden_states += (x.permute(0, 2, 1),)
-            if output_attentions:
-                attentions += (probs,)
-        return x.permute(0, 2, 1), hidden_states, attentions               # [B, S, H]
+        to_bsh = lambda t: t.permute(0, 2, 1)                              # noqa: E731  [B, H, S] <-> [B, S, H]
+        x, hidden_states, attentions = run_layers(self.layers, to_bsh(x), mask, head_masks, output_attentions,
+                                                  output_hidden_states, view=to_bsh)
+        return to_bsh(x), hidden_states, attentions                        # [B, S, H]
+
+
+def run_layers(layers, x, mask, head_masks, output_attentions: bool, output_hidden_states: bool,
+               view=lambda t: t):
+    """Run a stack of layers, each `layer(x, mask, head_mask) -> (x, probs)`.
+
+    Returns (x, hidden states or None, attentions or None); hidden states are the input and
+    every layer's output passed through `view` (SqueezeBERT's turns [B, H, S] into [B, S, H]).
+    """
+    hidden_states = (view(x),) if output_hidden_states else None
+    attentions = () if output_attentions else None
+    for layer, head_mask in zip(layers, head_masks or [None] * len(layers)):
+        x, probs = layer(x, mask, head_mask)
+        if output_hidden_states:
+            hidden_states += (view(x),)
+        if output_attentions:
+            attentions += (probs,)
+    return x, hidden_states, attentions
 
 
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .config import BertConfig
 from .modeling import (BaseModelOutput, Embeddings, ForMaskedLM, ForMultipleChoice,
                        ForQuestionAnswering, ForSequenceClassification, ForTokenClassification,
                        Pooler, PreTrainedModel, activation, extended_attention_mask,
-                       per_layer_head_mask)
+                       per_layer_head_mask, run_layers)
 
 
 class BertEmbeddings(Embeddings):
@@ -123,16 +123,7 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x, mask=None, head_masks=None, output_attentions=False, output_hidden_states=False):
-        hidden_states = (x,) if output_hidden_states else None
-        attentions = () if output_attentions else None
-        head_masks = head_masks or [None] * len(self.layer)
-        for layer, head_mask in zip(self.layer, head_masks):
-            x, probs = layer(x, mask, head_mask)
-            if output_hidden_states:
-                hidden_states += (x,)
-            if output_attentions:
-                attentions += (probs,)
-        return x, hidden_states, attentions
+        return run_layers(self.layer, x, mask, head_masks, output_attentions, output_hidden_states)
 
 
 class BertModel(PreTrainedModel):
