@@ -81,17 +81,33 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
     if source.fingerprint and checkpoint_fingerprint(folder) != source.fingerprint:
         raise SbexportError(f"{folder}: the checkpoint's weights changed since the artifact was made "
                             f"(sha256 differs from the manifest's {source.fingerprint[:12]}...)")
+    own = load_config(folder / "config.json")
     if config is not None:
         kwargs = {"config": config}
     else:
         kwargs = dict(config_overrides or {})
-        own = load_config(folder / "config.json")
         if task.head in ("sequence-classification", "token-classification") and not _has_own_labels(own, task):
             kwargs = {**task.config_overrides(), **kwargs}
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("always")
         torch.manual_seed(source.seed)
+        wanted = config or own.replace(**{k: v for k, v in kwargs.items()})
+        if task.head in ("sequence-classification", "token-classification") and wanted.num_labels != own.num_labels:
+            return _with_new_head(cls, folder, own, wanted).eval()
         return load_pretrained(cls, str(folder), allow_missing_head=True, **kwargs).eval()
+
+
+def _with_new_head(cls, folder: Path, own, wanted):
+    """The checkpoint's backbone under a new, randomly initialised head of `wanted`'s label
+    count: the task's labels do not fit the checkpoint's classifier (sst2, 2 labels, from the
+    3-way squeezebert-mnli). Warns, since the head must be fine-tuned before use."""
+    trained = load_pretrained(cls, str(folder), allow_missing_head=True, config=own)
+    model = cls(wanted)
+    model.backbone.load_state_dict(trained.backbone.state_dict())
+    warnings.warn(f"{folder}: its classifier has {own.num_labels} labels, the task has {wanted.num_labels}: "
+                  f"the backbone is the checkpoint's, the classifier was initialised randomly; fine-tune "
+                  f"the model before using its outputs")
+    return model
 
 
 def load_tokenizer(source: ModelSource) -> SqueezeBertTokenizer | None:
