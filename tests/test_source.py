@@ -9,7 +9,7 @@ from sbexport.modeling import SqueezeBertForSequenceClassification
 from sbexport.source import build_reference, resolve_source
 from sbexport.tasks import get_task
 
-from .conftest import tiny_squeezebert_config
+from conftest import tiny_squeezebert_config
 
 
 @pytest.fixture(scope="module")
