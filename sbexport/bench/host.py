@@ -39,7 +39,8 @@ from ..source import ModelSource, _random_init_config, build_reference, resolve_
 from ..tasks import INPUT_NAMES, Task, get_task
 from . import memory, report
 from .flops import COUNTED, count_flops
-from .machine import available_cores, load_average, machine_info, runtime_unavailable, sgemm_ceiling, thread_settings
+from .machine import (available_cores, cpu_wait_pct, load_average, machine_info, runtime_unavailable,
+                      scheduler_times, sgemm_ceiling, thread_settings)
 
 RUNTIMES = ("eager", "onnx", "executorch")
 MODELS = ("squeezebert", "bert")
@@ -105,7 +106,7 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
     with _progress(config, models, runtimes, progress) as bar, _workdir(config.workdir) as workdir:
         say = log or (lambda msg: bar.write(msg, file=sys.stderr))
         bar.set_description("sgemm ceiling")
-        ceiling = sgemm_ceiling(threads, config.sgemm_size)
+        first_ceiling = sgemm_ceiling(threads, config.sgemm_size)
         bar.update(1)
         artifacts, lineup = export_all(runtimes, task, models, config, workdir, skipped, bar, say)
         runtimes = [rt for rt in runtimes if lineup[rt]]
@@ -123,6 +124,9 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
                     rt, model, task.name, _str(artifacts.get((model.arch, rt))), config.seq_lens, config.batch, threads))
                 bar.update(1)
         artifact_info = {f"{arch}/{rt}": _artifact_info(folder) for (arch, rt), folder in artifacts.items()}
+        bar.set_description("sgemm ceiling again")
+        ceiling = best_ceiling(first_ceiling, sgemm_ceiling(threads, config.sgemm_size))
+        bar.update(1)
     result = {
         "schema": report.SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -143,6 +147,15 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
     if plot_path:
         report.plot(result, plot_path)
     return result
+
+
+def best_ceiling(start: dict, end: dict) -> dict:
+    """The ceiling is what the machine can do, so the better of the run's two measurements
+    (before the exports and after the timing); both are kept, their gap shows the drift."""
+    best = max(start, end, key=lambda c: c["gflops"])
+    return {**best, "start_gflops": start["gflops"], "end_gflops": end["gflops"],
+            "cpu_wait_pct": [start["cpu_wait_pct"], end["cpu_wait_pct"]],
+            "op": best["op"] + ", measured before the exports and after the timing, the better kept"}
 
 
 def prepare(config: BenchConfig) -> tuple[Task, int, list[BenchModel]]:
@@ -269,7 +282,7 @@ def time_runtime(runtime: str, task: Task, models: list[BenchModel], artifacts: 
     """Load every model on `runtime`, then time them interleaved at each sequence length.
 
     Returns {arch: {"load_s": float, "file_bytes": int, "file": str,
-                    seq_len: {"first_s": float, "times_s": [float, ...]}}}.
+                    seq_len: {"first_s": float, "times_s": [float, ...], "cpu_wait_pct": float}}}.
     """
     out = {}
     with thread_settings(runtime, threads):
@@ -286,12 +299,18 @@ def time_runtime(runtime: str, task: Task, models: list[BenchModel], artifacts: 
             for arch in order:                            # the first call at this shape
                 out[arch][seq_len] = {"first_s": _timed(runs[arch], feeds[arch]), "times_s": []}
                 bar.update(1)
-            for i in range(config.warmup + config.runs):
+            for i in range(config.warmup):
                 for arch in (order if i % 2 == 0 else order[::-1]):
-                    seconds = _timed(runs[arch], feeds[arch])
-                    if i >= config.warmup:
-                        out[arch][seq_len]["times_s"].append(seconds)
+                    runs[arch](feeds[arch])
                     bar.update(1)
+            sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
+            for i in range(config.runs):
+                for arch in (order if i % 2 == 0 else order[::-1]):
+                    out[arch][seq_len]["times_s"].append(_timed(runs[arch], feeds[arch]))
+                    bar.update(1)
+            wait = cpu_wait_pct(sched_before, wall_before)
+            for arch in order:
+                out[arch][seq_len]["cpu_wait_pct"] = wait
         del runs
         gc.collect()
     return out
@@ -359,8 +378,12 @@ def method_notes(config: BenchConfig) -> dict:
         "flops": COUNTED + "; counted on the eager model at each shape, so equal across runtimes",
         "memory": (memory.__doc__.strip().split("\n\n")[0].replace("\n", " ") if config.memory
                    else "not measured (memory=False)"),
-        "ceiling": "best of several 2048^3-class torch.mm fp32 on the same threads; pct_of_ceiling = "
-                   "achieved GFLOP/s at p50 / that rate",
+        "ceiling": f"best of 5 torch.mm fp32 {config.sgemm_size}^3 on the same threads, measured before the "
+                   "exports and after the timing, the better kept; pct_of_ceiling = achieved GFLOP/s at p50 / "
+                   "that rate",
+        "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the timed runs "
+                        "(Linux schedstat), as % of wall time, summed over threads: near 0 on a quiet "
+                        "machine; above a few %, other work took the cores and the latencies are inflated",
         "verified": "each export was parity-checked against PyTorch before timing" if config.verify
                     else "exports were NOT parity-checked (verify=False)",
     }
@@ -401,6 +424,7 @@ def _row(runtime, model, seq_len, config, threads, timing, flops, peak, ceiling,
         "flops": flops["total"], "flops_by_op": flops["by_op"], "gflops_per_s": _r(gflops),
         "pct_of_ceiling": _r(100 * gflops / ceiling["gflops"]),
         "ratio_bert_over_squeezebert": _r(ratio) if ratio is not None else None,
+        "cpu_wait_pct": timing[seq_len]["cpu_wait_pct"],
     }
 
 
@@ -425,7 +449,7 @@ def _progress(config: BenchConfig, models, runtimes, enabled: bool):
 
     n_exports = len(models) * sum(rt in EXPORTED for rt in runtimes)
     per_block = (1 + config.warmup + config.runs) * len(models)
-    total = 1 + n_exports + len(models) + len(runtimes) * len(config.seq_lens) * per_block \
+    total = 2 + n_exports + len(models) + len(runtimes) * len(config.seq_lens) * per_block \
         + (len(models) * len(runtimes) if config.memory else 0)
     return tqdm(total=total, file=sys.stderr, disable=not enabled, unit="step", dynamic_ncols=True)
 

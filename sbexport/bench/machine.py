@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import glob
 import os
 import platform
 import re
@@ -70,14 +71,44 @@ def sgemm_ceiling(threads: int, n: int = 2048, repeats: int = 5) -> dict:
         out = torch.empty(n, n)
         torch.mm(a, b, out=out)                  # first call: pack buffers, wake the pool
         best = float("inf")
+        sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
         for _ in range(repeats):
             started = time.perf_counter_ns()
             torch.mm(a, b, out=out)
             best = min(best, (time.perf_counter_ns() - started) / 1e9)
+        wait = cpu_wait_pct(sched_before, wall_before)
     finally:
         torch.set_num_threads(torch_before)
     return {"gflops": round(2 * n**3 / best / 1e9, 2), "size": n, "repeats": repeats, "threads": threads,
-            "best_ms": round(best * 1e3, 3), "op": f"torch.mm fp32 {n}x{n} @ {n}x{n}, best of {repeats}"}
+            "best_ms": round(best * 1e3, 3), "cpu_wait_pct": wait,
+            "op": f"torch.mm fp32 {n}x{n} @ {n}x{n}, best of {repeats}"}
+
+
+def cpu_wait_pct(sched_before: tuple[int, int] | None, wall_before_ns: int) -> float | None:
+    """Time this process's threads waited for a CPU since `sched_before`, as % of the wall time
+    since `wall_before_ns` (summed over threads, so 2 starved threads give 200)."""
+    sched_after, wall = scheduler_times(), time.perf_counter_ns() - wall_before_ns
+    if sched_before is None or sched_after is None or wall <= 0:
+        return None
+    return round(100 * (sched_after[1] - sched_before[1]) / wall, 1)
+
+
+def scheduler_times() -> tuple[int, int] | None:
+    """(ns on a CPU, ns ready but waiting for one), summed over this process's live threads
+    (Linux /proc/self/task/*/schedstat), or None where the kernel does not provide it.
+
+    The waiting time is the direct measure of other work taking the cores: near zero on a
+    quiet machine, whatever the load of this process."""
+    on_cpu = waiting = 0
+    found = False
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                fields = f.read().split()
+        except OSError:          # the thread ended between listing and reading
+            continue
+        on_cpu, waiting, found = on_cpu + int(fields[0]), waiting + int(fields[1]), True
+    return (on_cpu, waiting) if found else None
 
 
 def runtime_unavailable(runtime: str) -> str | None:

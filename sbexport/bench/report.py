@@ -22,7 +22,7 @@ TOP_FIELDS = ("schema", "created", "sbexport_version", "machine", "config", "met
 ROW_FIELDS = ("model", "runtime", "seq_len", "batch", "threads", "load_ms", "first_run_ms", "min_ms", "p50_ms",
               "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs", "throughput_seq_per_s", "file", "file_bytes",
               "peak_rss_mb", "rss_increase_mb", "flops", "flops_by_op", "gflops_per_s", "pct_of_ceiling",
-              "ratio_bert_over_squeezebert")
+              "ratio_bert_over_squeezebert", "cpu_wait_pct")
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK"}
 
@@ -47,18 +47,21 @@ def write_json(result: dict, path: str | os.PathLike) -> None:
 def table(result: dict) -> str:
     """The rows as a fixed-width terminal table, then the ceiling, machine and skipped runtimes."""
     head = (f"{'runtime':<11}{'model':<12}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'min ms':>9}{'first':>9}"
-            f"{'load':>8}{'seq/s':>8}{'GFLOP':>7}{'GF/s':>7}{'%ceil':>6}{'size MB':>8}{'+RSS MB':>8}{'ratio':>7}")
+            f"{'load':>8}{'seq/s':>8}{'GFLOP':>7}{'GF/s':>7}{'%ceil':>6}{'size MB':>8}{'+RSS MB':>8}{'ratio':>7}"
+            f"{'wait%':>6}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         rss = f"{r['rss_increase_mb']:.0f}" if r["rss_increase_mb"] is not None else "-"
         ratio = f"{r['ratio_bert_over_squeezebert']:.2f}x" if r["ratio_bert_over_squeezebert"] else "-"
+        wait = f"{r['cpu_wait_pct']:.0f}" if r["cpu_wait_pct"] is not None else "-"
         lines.append(f"{r['runtime']:<11}{r['model']:<12}{r['seq_len']:>5}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
                      f"{r['min_ms']:>9.2f}{r['first_run_ms']:>9.1f}{r['load_ms']:>8.0f}"
                      f"{r['throughput_seq_per_s']:>8.1f}{r['flops'] / 1e9:>7.2f}{r['gflops_per_s']:>7.1f}"
-                     f"{r['pct_of_ceiling']:>6.1f}{r['file_bytes'] / 1e6:>8.1f}{rss:>8}{ratio:>7}")
+                     f"{r['pct_of_ceiling']:>6.1f}{r['file_bytes'] / 1e6:>8.1f}{rss:>8}{ratio:>7}{wait:>6}")
     m, c = result["machine"], result["ceiling"]
-    lines.append(f"ratio = BERT-base p50 / SqueezeBERT p50 at the same runtime and shape; first and load in ms; "
-                 f"+RSS = peak RSS increase of a fresh process loading that model")
+    lines.append("ratio = BERT-base p50 / SqueezeBERT p50 at the same runtime and shape; first and load in ms; "
+                 "+RSS = peak RSS increase of a fresh process loading that model; wait% = time our threads "
+                 "waited for a CPU during the timed runs (near 0 on a quiet machine)")
     lines.append(f"sgemm ceiling {c['gflops']:.1f} GFLOP/s ({c['op']}, {c['threads']} threads); "
                  f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}; "
                  f"batch {result['config']['batch']}, {result['config']['runs']} runs")
@@ -88,6 +91,10 @@ def markdown_table(result: dict, seq_lens=None) -> str:
         lines.append("")
     c = result["ceiling"]
     lines.append(f"sgemm ceiling: {c['gflops']:.0f} GFLOP/s ({c['op']}, {c['threads']} threads).")
+    waits = [r["cpu_wait_pct"] for r in result["rows"] if r["cpu_wait_pct"] is not None]
+    if waits:
+        lines.append(f"CPU wait during the timed runs (time our threads waited for a core, % of wall time): "
+                     f"{min(waits):.0f} to {max(waits):.0f}% (near 0 on a quiet machine).")
     return "\n".join(lines) + "\n"
 
 
