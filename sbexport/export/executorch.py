@@ -34,6 +34,12 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
     else:
         edge = to_edge(program)
     summary = graph_summary(edge.exported_program().graph_module)
+    config = wrapper.model.config
+    expected = 6 * config.num_hidden_layers if config.model_type == "squeezebert" else 0
+    found = summary["convolutions_in_delegate"] + summary["convolutions_outside_delegate"]
+    if found != expected:
+        raise ExportError(f"the lowered graph has {found} convolutions where the model has {expected} "
+                          f"grouped projections: they were not kept as native convolutions")
     if options.backend == "xnnpack" and summary["convolutions_outside_delegate"]:
         raise ExportError(f"{summary['convolutions_outside_delegate']} convolution(s) fell out of the "
                           f"XNNPACK delegate")
