@@ -219,7 +219,7 @@ def model_config(task: Task, source: ModelSource, overrides: dict):
 def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConfig, workdir: Path,
                   log: Callable[[str], None]) -> Path:
     """The artifact folder of `model` for `runtime`, exported unless the work folder holds one
-    made from the same inputs (and verified, when verification is asked for)."""
+    made from the same inputs and the same sbexport source (and verified, when asked)."""
     from ..artifact import open_artifact
     from ..export import ExportOptions, export_artifact
     from ..verify import verify_folder
@@ -228,7 +228,7 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
                             max_batch=max(1024, config.batch))
     key = json.dumps({"fmt": EXPORTED[runtime], "task": task.name, "source": model.source.to_dict(),
                       "overrides": model.overrides, "options": asdict(options), "sbexport": __version__,
-                      "torch": torch.__version__}, sort_keys=True)
+                      "code": _code_fingerprint(), "torch": torch.__version__}, sort_keys=True)
     folder = workdir / f"{task.name}-{model.arch}-{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if folder.is_dir():
         try:
@@ -262,6 +262,17 @@ def export_all(runtimes, task: Task, models: list[BenchModel], config: BenchConf
                 lineup[rt].remove(model)
             bar.update(1)
     return artifacts, lineup
+
+
+def _code_fingerprint() -> str:
+    """sha256 of the package's source outside bench/: a change to the model or an exporter
+    makes the cached exports stale."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "bench" not in path.relative_to(root).parts:
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def model_flops(task: Task, model: BenchModel, batch: int, seq_lens) -> dict[int, dict]:
