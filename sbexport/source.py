@@ -52,7 +52,8 @@ def resolve_source(task: Task, model: str | None = None, random_init: bool = Fal
             raise SbexportError("--model and --random-init exclude each other")
         return ModelSource(arch=arch, random_init=True, seed=seed)
     model = model or (task.default_checkpoint if arch == "squeezebert" else BERT_BASE)
-    folder = resolve_checkpoint(model)
+    # Absolute, so that a manifest's source still resolves from another working directory.
+    folder = resolve_checkpoint(model).resolve()
     return ModelSource(arch=arch, checkpoint=model, resolved_path=str(folder),
                        fingerprint=checkpoint_fingerprint(folder))
 

@@ -121,6 +121,17 @@ def test_standalone_verify_of_a_headless_export_with_overrides(headless_artifact
     assert report.passed, report.table()
 
 
+def test_relative_checkpoint_path_is_recorded_absolute(tmp_path, monkeypatch, tiny_checkpoint):
+    """A relative --model was recorded as given: verify from another folder could not find it."""
+    checkpoint = tiny_checkpoint("mnli")
+    monkeypatch.chdir(checkpoint.parent)
+    source = resolve_source(TASKS["mnli"], model=checkpoint.name)
+    assert source.checkpoint == checkpoint.name
+    assert source.resolved_path == str(checkpoint.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert build_reference(TASKS["mnli"], source).config.num_labels == 3
+
+
 def test_changed_checkpoint_is_refused(tmp_path, headless_artifact):
     folder, checkpoint = headless_artifact
     copy = shutil.copytree(checkpoint, tmp_path / "ckpt")
