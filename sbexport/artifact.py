@@ -96,8 +96,21 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"schema": SCHEMA, **manifest, "files": files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    _write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write via a temporary file and a rename, so that an interrupted write never leaves a
+    truncated manifest (which would make the artifact unreadable). Raises SbexportError."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SbexportError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -162,5 +175,5 @@ def update_manifest(folder: Path, **fields) -> dict:
     """Set top-level fields of an existing manifest (e.g. new parity figures), keeping hashes."""
     manifest = read_manifest(folder)
     manifest.update(fields)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    _write_json(Path(folder) / MANIFEST, manifest)
     return manifest

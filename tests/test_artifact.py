@@ -202,3 +202,31 @@ def test_not_an_artifact(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(SbexportError, match="not valid JSON"):
         open_artifact(tmp_path)
+
+
+def test_manifest_update_is_all_or_nothing(onnx_copy, monkeypatch):
+    """The manifest was rewritten in place: an interrupted write left it truncated and the
+    artifact unreadable. Now a failed write leaves the old manifest and no temporary file."""
+    from sbexport.artifact import update_manifest
+
+    before = (onnx_copy / "manifest.json").read_bytes()
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(artifact.os, "replace", no_space)
+    with pytest.raises(SbexportError, match="cannot write .*manifest.json: No space left on device"):
+        update_manifest(onnx_copy, parity={"passed": True})
+    assert (onnx_copy / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in onnx_copy.iterdir() if p.name.startswith(".")) == []
+
+
+def test_read_only_artifact_can_still_be_verified(onnx_copy, monkeypatch):
+    from sbexport.verify import verify_folder
+
+    def read_only(src, dst):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(artifact.os, "replace", read_only)
+    lines = []
+    report = verify_folder(onnx_copy, log=lines.append)
+    assert report.passed
+    assert any("not recorded in the manifest" in line and "Read-only file system" in line for line in lines)
