@@ -233,18 +233,24 @@ class SqueezeBertSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def forward(self, x, mask=None, head_mask=None):
-        """x [B, C, S], mask [B, 1, 1, S] additive -> (context [B, C, S], probs [B, h, S, S])."""
-        q = self.query(x).unflatten(1, (self.num_heads, self.head_size))   # [B, h, d, S]
-        k = self.key(x).unflatten(1, (self.num_heads, self.head_size))     # [B, h, d, S]
-        v = self.value(x).unflatten(1, (self.num_heads, self.head_size))   # [B, h, d, S]
-        scores = q.transpose(2, 3) @ k / math.sqrt(self.head_size)         # [B, h, S, S]
+        """x [B, C, S], mask [B*h, 1, S] additive -> (context [B, C, S], probs [B, h, S, S]).
+
+        Heads are folded into the batch so that both products are 3-D bmm, and each reshape
+        names its sizes as ints plus one -1 (the sequence): with a fixed batch, ExecuTorch keeps
+        them inside the XNNPACK delegate, whose reshape refuses symbolic sizes.
+        """
+        b, h, d = x.shape[0], self.num_heads, self.head_size
+        q = self.query(x).view(b * h, d, -1)                               # [B*h, d, S]
+        k = self.key(x).view(b * h, d, -1)                                 # [B*h, d, S]
+        v = self.value(x).view(b * h, d, -1)                               # [B*h, d, S]
+        scores = torch.bmm(q.transpose(1, 2), k) / math.sqrt(d)            # [B*h, S, S]
         if mask is not None:
             scores = scores + mask
         probs = scores.softmax(dim=-1)
-        if head_mask is not None:
-            probs = probs * head_mask                                      # [1, h, 1, 1]
-        context = v @ self.dropout(probs).transpose(2, 3)                  # [B, h, d, S]
-        return context.flatten(1, 2), probs                                # [B, C, S]
+        if head_mask is not None:                                          # [1, h, 1, 1]
+            probs = (probs.unflatten(0, (b, h)) * head_mask).flatten(0, 1)
+        context = torch.bmm(v, self.dropout(probs).transpose(1, 2))        # [B*h, d, S]
+        return context.view(b, h * d, -1), probs.unflatten(0, (b, h))      # [B, C, S], [B, h, S, S]
 
 
 class SqueezeBertModule(nn.Module):
@@ -270,9 +276,12 @@ class SqueezeBertEncoder(nn.Module):
 
     def __init__(self, config: SqueezeBertConfig):
         super().__init__()
+        self.num_heads = config.num_attention_heads
         self.layers = nn.ModuleList(SqueezeBertModule(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x, mask=None, head_masks=None, output_attentions=False, output_hidden_states=False):
+        if mask is not None:   # the attention folds heads into the batch: expand once, not per layer
+            mask = mask.expand(-1, self.num_heads, -1, -1).flatten(0, 1)   # [B, 1, 1, S] -> [B*h, 1, S]
         to_bsh = lambda t: t.permute(0, 2, 1)                              # noqa: E731  [B, H, S] <-> [B, S, H]
         x, hidden_states, attentions = run_layers(self.layers, to_bsh(x), mask, head_masks, output_attentions,
                                                   output_hidden_states, view=to_bsh)
