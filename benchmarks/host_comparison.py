@@ -10,6 +10,7 @@ Run it on a quiet machine (`make bench`); a busy one shows in the JSON's load av
 
     python benchmarks/host_comparison.py                    # seq 8, 32, 128, 512; 20 runs
     python benchmarks/host_comparison.py --seq-lens 128 --runs 30
+    python benchmarks/host_comparison.py --threads 1     # writes host_<date>_1t.* and host_table_1t.md
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"host_{date.today().isoformat()}"
+    suffix = f"_{args.threads}t" if args.threads else ""       # a run on chosen threads keeps its own files
+    stem = out / f"host_{date.today().isoformat()}{suffix}"
     config = BenchConfig(seq_lens=tuple(int(s) for s in args.seq_lens.split(",")), runs=args.runs,
                          warmup=args.warmup, threads=args.threads, formats=tuple(args.formats.split(",")),
                          workdir=args.workdir)
@@ -47,9 +49,10 @@ def main(argv=None) -> int:
     except SbexportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    (out / "host_table.md").write_text(table_page(result, stem.name), encoding="utf-8")
+    table_path = out / f"host_table{suffix}.md"
+    table_path.write_text(table_page(result, stem.name), encoding="utf-8")
     print(table(result))
-    print(f"wrote {stem}.json, {stem}.png, {out / 'host_table.md'}")
+    print(f"wrote {stem}.json, {stem}.png, {table_path}")
     return 0
 
 

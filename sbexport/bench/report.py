@@ -104,6 +104,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green"}
     styles = {"squeezebert": ("-", "o"), "bert": ("--", "s")}
@@ -118,6 +119,9 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         ax.fill_between(xs, [r["min_ms"] for r in rows], [r["p90_ms"] for r in rows], color=colors[rt], alpha=0.12)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    seq_lens = sorted({r["seq_len"] for r in result["rows"]})
+    ax.set_xticks(seq_lens, [str(s) for s in seq_lens])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("latency p50 (ms), band min..p90")
     m, cfg = result["machine"], result["config"]
