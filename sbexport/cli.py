@@ -30,6 +30,11 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:   # one line, like every other error; usage is one --help away
+        command = e.ctx.command_path if e.ctx else "sbexport"
+        message = " ".join(e.format_message().split())
+        click.echo(f"error: {message} (see '{command} --help')", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

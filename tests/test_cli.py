@@ -88,8 +88,17 @@ def test_unknown_task_lists_the_tasks():
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
     assert "'summarize' is not one of" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     for name in TASKS:
         assert f"'{name}'" in result.stderr
+
+
+def test_missing_option_is_one_line():
+    result = run_script("onnx")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Missing option '--task'. Choose from: mnli, sst2, qqp, qnli, rte, mrpc, cola, wnli, "
+        "stsb, squad, ner, swag, fill-mask, features (see 'sbexport onnx --help')"]
 
 
 # -- export errors -------------------------------------------------------------------------
