@@ -11,11 +11,13 @@ Run it on a quiet machine (`make bench`); a busy one shows in the JSON's load av
     python benchmarks/host_comparison.py                    # seq 8, 32, 128, 512; 20 runs
     python benchmarks/host_comparison.py --seq-lens 128 --runs 30
     python benchmarks/host_comparison.py --threads 1     # writes host_<date>_1t.* and host_table_1t.md
+    python benchmarks/host_comparison.py --seq-lens 128 --runs 40 --tag seq128
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import date
 from pathlib import Path
@@ -35,11 +37,23 @@ def main(argv=None) -> int:
     parser.add_argument("--formats", default="eager,onnx,executorch")
     parser.add_argument("--workdir", default=None, help="keep the exports here and reuse them")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    parser.add_argument("--tag", default="", help="suffix of the result files of a variant run (default: "
+                                                   "<n>t with --threads, none otherwise)")
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="only rewrite the markdown table from an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.from_json:
+        path = Path(args.from_json)
+        tag = path.stem.split("_", 2)[2] if path.stem.count("_") >= 2 else ""
+        table_path = path.parent / f"host_table{'_' + tag if tag else ''}.md"
+        table_path.write_text(table_page(json.loads(path.read_text()), path.stem), encoding="utf-8")
+        print(f"wrote {table_path}")
+        return 0
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = f"_{args.threads}t" if args.threads else ""       # a run on chosen threads keeps its own files
+    tag = args.tag or (f"{args.threads}t" if args.threads else "")   # a variant run keeps its own files
+    suffix = f"_{tag}" if tag else ""
     stem = out / f"host_{date.today().isoformat()}{suffix}"
     config = BenchConfig(seq_lens=tuple(int(s) for s in args.seq_lens.split(",")), runs=args.runs,
                          warmup=args.warmup, threads=args.threads, formats=tuple(args.formats.split(",")),
@@ -63,8 +77,8 @@ def table_page(result: dict, stem: str) -> str:
              f"Machine: {m['cpu']} ({', '.join(f'{k} {v}' for k, v in m['cpu_id'].items())}), "
              f"{m['cores']} cores, flags {' '.join(m['flags'])}{', virtualised' if m['virtualised'] else ''}; "
              f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
-             f"Load average before / after the run: {m['load_average']} / {m['load_average_end']} "
-             f"(above {m['cores']}, other work shared the CPU).",
+             f"Load average (1, 5, 15 min) before / after the run: {m['load_average']} / {m['load_average_end']}; "
+             f"CPU wait per row in the JSON (`cpu_wait_pct`) says whether other work took the cores.",
              f"Random weights, task {result['config']['task']}; {result['method']['verified']}.",
              f"Full figures (percentiles, load, first run, memory, FLOPs): `{stem}.json`; plot: `{stem}.png`.", "",
              markdown_table(result)]
