@@ -178,6 +178,8 @@ def test_unwritable_json_refused_before_the_run(no_work, tmp_path):
     (["--seq-lens", "8,abc"], "error: --seq-lens"),
     (["--model-bert", "/nonexistent/bert"], "error: /nonexistent/bert: no such checkpoint folder"),
     (["--json", "/nonexistent/dir/out.json"], "error: cannot write /nonexistent/dir/out.json"),
+    (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-squeezebert/--model-bert exclude"),
+    (["--formats", "onnx,tflite"], "error: unknown format 'tflite'"),
 ])
 def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
     monkeypatch.setattr(sys, "argv", ["sbexport", "bench", *args])
