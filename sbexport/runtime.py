@@ -51,11 +51,9 @@ class ExecuTorchRunner:
     """The `forward` method of a .pte program in executorch's Python runtime."""
 
     def __init__(self, path: Path, input_names: tuple[str, ...], threads: int = 0):
-        import torch
-
         Runtime = _executorch_runtime()
         if threads:
-            torch.set_num_threads(threads)  # XNNPACK's pool follows the process's thread count
+            _executorch_threads(threads)
         self.path = path
         with _runtime_log() as log:
             try:
@@ -114,6 +112,16 @@ def _log_reason(buffer: io.StringIO) -> str:
         if line.strip() and not line.startswith("[cpuinfo"):
             return re.sub(r"^\[[^\]]*\]\s*", "", line.strip())[:300]
     return ""
+
+
+def _executorch_threads(threads: int) -> None:
+    """Size ExecuTorch's own thread pool, which XNNPACK runs on (torch's thread count does not
+    reach it). Resized only when it differs: resizing under a loaded delegate is unsafe, and
+    programs loaded side by side (bench) ask for the same count."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
 
 
 def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
