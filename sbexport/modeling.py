@@ -363,17 +363,14 @@ class PreTrainedModel(nn.Module):
         save_pretrained(self, folder)
 
 
-class SqueezeBertModel(PreTrainedModel):
-    """The bare encoder: last_hidden_state [B, S, H] and pooler_output [B, H]."""
+class Backbone(PreTrainedModel):
+    """Embeddings, an encoder and an optional pooler: the forward SqueezeBERT and BERT share.
+
+    Subclasses build `embeddings`, `encoder` (x [B, S, H] -> (x, hidden states, attentions))
+    and `pooler` (None when a head does not use it).
+    """
 
     base_model_prefix = ""
-
-    def __init__(self, config: SqueezeBertConfig):
-        super().__init__(config)
-        self.embeddings = Embeddings(config)
-        self.encoder = SqueezeBertEncoder(config)
-        self.pooler = Pooler(config)
-        self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 head_mask=None, inputs_embeds=None, output_attentions=False,
@@ -386,8 +383,20 @@ class SqueezeBertModel(PreTrainedModel):
                                          self.config.num_attention_heads)
         x, hidden_states, attentions = self.encoder(x, mask, head_masks, output_attentions,
                                                     output_hidden_states)
-        out = BaseModelOutput(x, self.pooler(x), hidden_states, attentions)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        out = BaseModelOutput(x, pooled, hidden_states, attentions)
         return out if return_dict else out.to_tuple()
+
+
+class SqueezeBertModel(Backbone):
+    """The bare encoder: last_hidden_state [B, S, H] and pooler_output [B, H]."""
+
+    def __init__(self, config: SqueezeBertConfig):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.encoder = SqueezeBertEncoder(config)
+        self.pooler = Pooler(config)
+        self.init_weights()
 
 
 class _Head(PreTrainedModel):

@@ -20,10 +20,9 @@ from __future__ import annotations
 from torch import nn
 
 from .config import BertConfig
-from .modeling import (BaseModelOutput, Embeddings, ForMaskedLM, ForMultipleChoice,
+from .modeling import (Backbone, Embeddings, ForMaskedLM, ForMultipleChoice,
                        ForQuestionAnswering, ForSequenceClassification, ForTokenClassification,
-                       Pooler, PreTrainedModel, activation, extended_attention_mask,
-                       per_layer_head_mask, run_layers)
+                       Pooler, activation, run_layers)
 
 
 class BertEmbeddings(Embeddings):
@@ -126,11 +125,10 @@ class BertEncoder(nn.Module):
         return run_layers(self.layer, x, mask, head_masks, output_attentions, output_hidden_states)
 
 
-class BertModel(PreTrainedModel):
+class BertModel(Backbone):
     """The bare encoder: last_hidden_state [B, S, H] and pooler_output [B, H] (None without pooler)."""
 
     config_class = BertConfig
-    base_model_prefix = ""
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -138,21 +136,6 @@ class BertModel(PreTrainedModel):
         self.encoder = BertEncoder(config)
         self.pooler = Pooler(config) if add_pooling_layer else None
         self.init_weights()
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                head_mask=None, inputs_embeds=None, output_attentions=False,
-                output_hidden_states=False, return_dict=True):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # [B, S, H]
-        mask = extended_attention_mask(attention_mask, x.dtype)                    # [B, 1, 1, S]
-        head_masks = per_layer_head_mask(head_mask, self.config.num_hidden_layers,
-                                         self.config.num_attention_heads)
-        x, hidden_states, attentions = self.encoder(x, mask, head_masks, output_attentions,
-                                                    output_hidden_states)
-        pooled = self.pooler(x) if self.pooler is not None else None
-        out = BaseModelOutput(x, pooled, hidden_states, attentions)
-        return out if return_dict else out.to_tuple()
 
 
 class _BertHead:
