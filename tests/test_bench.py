@@ -131,7 +131,6 @@ def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
 
 
 def test_executorch_threads_follow_the_setting():
-    pytest.importorskip("executorch.runtime")
     from executorch.extension.pybindings import portable_lib
 
     before = portable_lib._threadpool_get_thread_count()
