@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..artifact import staged_folder, write_manifest
+from ..artifact import check_destination, staged_folder, write_manifest
 from ..errors import ExportError, SbexportError
 from ..source import ModelSource, build_reference, load_tokenizer
 from ..tasks import INPUT_NAMES, Task
@@ -98,7 +98,6 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     if fmt not in FORMATS:
         raise SbexportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     exporter, out_dir = FORMATS[fmt], Path(out_dir)
-    from ..artifact import check_destination
     check_destination(out_dir, overwrite)        # fail before minutes of work, not after
     if source.random_init:
         log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
