@@ -64,7 +64,8 @@ def _export_options(f):
                      help="Largest sequence the file accepts. Default: max_position_embeddings."),
         click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
                      help="Artifact folder. Default: artifacts/<task>-<format>."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an existing artifact folder (only one sbexport wrote, holding nothing else)."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init weights."),
     ]):
@@ -229,7 +230,8 @@ def info(folder, list_tasks) -> None:
 @cli.command("convert-bert")
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace DST if an earlier convert-bert wrote it (and it holds nothing else).")
 def convert_bert(src: str, dst: str, overwrite: bool) -> None:
     """Convert the BERT checkpoint SRC into an equivalent SqueezeBERT checkpoint DST.
 
