@@ -64,7 +64,8 @@ def _export_options(f):
                      help="Largest sequence the file accepts. Default: max_position_embeddings."),
         click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
                      help="Artifact folder. Default: artifacts/<task>-<format>."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an existing artifact folder (only one sbexport wrote, holding nothing else)."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init weights."),
     ]):
@@ -81,7 +82,7 @@ def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_
     task = get_task(task_name)
     source = resolve_source(task, model=model, random_init=random_init, arch=arch, seed=seed)
     options = ExportOptions(max_seq_len=max_seq_len, **format_options)
-    out_dir = out_dir or f"artifacts/{task.name}-{fmt}"
+    out_dir = f"artifacts/{task.name}-{fmt}" if out_dir is None else out_dir   # "" is refused, not defaulted
     export_artifact(fmt, task, source, out_dir, options, overwrite=overwrite, verify=not no_verify, log=click.echo)
 
 
@@ -130,11 +131,14 @@ def verify(folder, threads, json_path) -> None:
     Example:
       sbexport verify artifacts/mnli-onnx
     """
+    from .reportfile import check_report_path, write_report
     from .verify import report_json, verify_folder
 
+    if json_path is not None:
+        check_report_path(json_path)          # before the sweep, not after it
     report = verify_folder(folder, threads=threads, log=click.echo)
-    if json_path:
-        _write_text(json_path, report_json(report))
+    if json_path is not None:
+        write_report(json_path, report_json(report) + "\n")
     report.raise_on_failure()
 
 
@@ -223,25 +227,11 @@ def info(folder, list_tasks) -> None:
     click.echo("\n".join(lines))
 
 
-def _write_text(path: str, text: str) -> None:
-    """Write via a temporary file and rename, with one clear error when the place is unwritable."""
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sbexport-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SbexportError(f"cannot write {path}: {e.strerror or e}") from None
-
-
 @cli.command("convert-bert")
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace DST if an earlier convert-bert wrote it (and it holds nothing else).")
 def convert_bert(src: str, dst: str, overwrite: bool) -> None:
     """Convert the BERT checkpoint SRC into an equivalent SqueezeBERT checkpoint DST.
 
@@ -254,7 +244,7 @@ def convert_bert(src: str, dst: str, overwrite: bool) -> None:
       sbexport convert-bert ./bert-base-uncased ./squeezebert-from-bert
     """
     from .convert import convert_bert_to_squeezebert
-    click.echo(convert_bert_to_squeezebert(src, dst, overwrite=overwrite))
+    click.echo(convert_bert_to_squeezebert(src, dst, overwrite=overwrite, log=lambda line: click.echo(line, err=True)))
 
 
 # --------------------------------------------------------------------------------------
@@ -313,7 +303,7 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, mo
     result = run_bench(config, json_path=json_path, plot_path=plot_path)
     click.echo(table(result))
     for path in (json_path, plot_path):
-        if path:
+        if path is not None:
             click.echo(f"wrote {path}")
 
 
@@ -361,10 +351,13 @@ def eval_command(task_name, data, fmt, model, random_init, arch, artifacts, limi
           --artifact artifacts/mnli-onnx --artifact artifacts/mnli-pte --json eval.json
     """
     from .eval import report_json, run_eval
+    from .reportfile import check_report_path, write_report
 
+    if json_path is not None:
+        check_report_path(json_path)          # before the evaluation, not after it
     report = run_eval(task_name, data, fmt, model=model, random_init=random_init, artifacts=artifacts,
                       arch=arch, limit=limit, batch_size=batch_size, log=lambda line: click.echo(line, err=True))
     click.echo(report.table())
-    if json_path:
-        _write_text(json_path, report_json(report))
+    if json_path is not None:
+        write_report(json_path, report_json(report) + "\n")
         click.echo(f"wrote {json_path}")

@@ -22,12 +22,14 @@ import dataclasses
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
 
 from . import modeling
-from .artifact import staged_folder
+from . import __version__
+from .artifact import CHECKPOINT, check_destination, output_folder, staged_folder, write_record
 from .checkpoints import load_pretrained, read_state_dict, resolve_checkpoint
 from .config import BertConfig, SqueezeBertConfig, load_config
 from .errors import CheckpointError, SbexportError
@@ -57,23 +59,28 @@ TIED = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias"}
 
 
-def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> Path:
+def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: bool = False,
+                                log: Callable[[str], None] = print) -> Path:
     """Write the SqueezeBERT equivalent of the BERT checkpoint `src` into the folder `dst`.
 
     src is a folder with config.json and weights (safetensors, pytorch_model.bin, or a sharded
     index of either), or a Hub id already in the Hugging Face cache. dst gets config.json
     (the BERT config with embedding_size = hidden_size and every *_groups = 1; labels,
     problem_type and other fields kept), model.safetensors (dtype kept) and the tokenizer files
-    src has. It is written in a temporary folder, checked by loading it into the matching
-    sbexport SqueezeBERT class, and renamed into place.
-    Returns dst. Raises SbexportError when dst exists and not overwrite (or is src);
+    src has, and sbexport-checkpoint.json listing them (the proof that a later --overwrite may
+    replace the folder). It is written in a temporary folder, checked by loading it into the
+    matching sbexport SqueezeBERT class, and renamed into place. `log` gets notes about what
+    killed conversions left beside dst.
+    Returns dst. Raises SbexportError when dst is empty, exists and not overwrite (or is src,
+    or holds anything but what an earlier conversion wrote: see artifact.check_destination);
     CheckpointError when src is missing, not a BERT checkpoint (naming the model_type found),
     or holds a tensor the mapping does not know; ConfigError for an invalid config.json.
     """
+    dst = output_folder(dst)
     folder = resolve_checkpoint(str(src), local_files_only=True)
-    dst = Path(dst)
     if dst.exists() and dst.resolve() == folder.resolve():
         raise SbexportError(f"{dst}: is the source checkpoint; choose another destination")
+    check_destination(dst, overwrite, CHECKPOINT)      # before reading the weights
     bert = load_config(folder / "config.json")
     if not isinstance(bert, BertConfig):
         raise CheckpointError(f"{folder / 'config.json'}: model_type is {bert.model_type!r}, not "
@@ -81,7 +88,7 @@ def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: 
     model_class = _squeezebert_class(bert)
     config = squeezebert_config(bert, model_class.__name__)
     state = convert_state_dict(read_state_dict(folder), folder)
-    with staged_folder(dst, overwrite, marker="config.json") as tmp:
+    with staged_folder(dst, overwrite, CHECKPOINT, log) as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         config.to_json_file(tmp / "config.json")
         for name in TOKENIZER_FILES:
@@ -92,6 +99,7 @@ def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: 
         except CheckpointError as e:
             raise CheckpointError(f"{folder}: the converted weights do not load into "
                                   f"{model_class.__name__}: {e}") from None
+        write_record(tmp, CHECKPOINT, {"sbexport_version": __version__, "converted_from": str(src)})
     return dst
 
 

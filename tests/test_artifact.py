@@ -27,8 +27,9 @@ MNLI = TASKS["mnli"]
 
 
 def _export(out_dir, **kwargs):
+    kwargs.setdefault("log", lambda _: None)
     return export_artifact("onnx", MNLI, resolve_source(MNLI, random_init=True), out_dir,
-                           config_overrides=EXPORT_TINY, verify=False, log=lambda _: None, **kwargs)
+                           config_overrides=EXPORT_TINY, verify=False, **kwargs)
 
 
 @pytest.fixture
@@ -103,13 +104,113 @@ def test_overwrite_refuses_a_folder_that_is_not_an_artifact(tmp_path, stub_expor
     precious = tmp_path / "my-checkpoint"
     precious.mkdir()
     (precious / "model.safetensors").write_bytes(b"weights")
-    with pytest.raises(SbexportError, match="not an sbexport artifact folder"):
+    with pytest.raises(SbexportError, match="not an sbexport artifact folder \\(no valid manifest.json\\)"):
         _export(precious, overwrite=True)
     assert (precious / "model.safetensors").read_bytes() == b"weights"
     empty = tmp_path / "empty"
     empty.mkdir()
     _export(empty, overwrite=True)         # an empty folder may be filled
     open_artifact(empty)
+
+
+def _snapshot(folder):
+    """Every path under `folder` with its bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def _webapp(folder, manifest):
+    """A web app that ships an exported model: its own files beside the artifact's."""
+    (folder / "index.html").write_text("<html>my app</html>")
+    (folder / "assets").mkdir()
+    (folder / "assets" / "app.js").write_text("run()")
+    if manifest is not None:
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("manifest", ["sbexport", {"name": "My App", "start_url": "/"}])
+def test_overwrite_keeps_files_sbexport_did_not_write(tmp_path, stub_exporter, manifest):
+    """`-o webapp --overwrite` on manifest.json + index.html + assets/ deleted the app: a
+    folder holding anything its manifest does not list is refused, naming the first entry.
+    Both an artifact folder the user added files to, and a web app's own manifest.json."""
+    webapp = tmp_path / "webapp"
+    if manifest == "sbexport":
+        _export(webapp)
+        _webapp(webapp, None)
+        message = "webapp holds assets, which sbexport did not write there"
+    else:
+        webapp.mkdir()
+        _webapp(webapp, manifest)
+        message = "webapp is not an sbexport artifact folder \\(no valid manifest.json\\)"
+    before = _snapshot(webapp)
+    with pytest.raises(SbexportError, match=message):
+        _export(webapp, overwrite=True)
+    assert _snapshot(webapp) == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_a_subfolder_in_place_of_a_listed_file(tmp_path, stub_exporter):
+    art = _export(tmp_path / "art")
+    (art / "config.json").unlink()
+    (art / "config.json").mkdir()
+    (art / "config.json" / "mine.txt").write_text("mine")
+    with pytest.raises(SbexportError, match="config.json is a folder where sbexport wrote a file"):
+        _export(art, overwrite=True)
+    assert (art / "config.json" / "mine.txt").read_text() == "mine"
+
+
+def test_an_artifact_never_replaces_a_checkpoint(tmp_path, stub_exporter):
+    """A folder convert-bert wrote (its record lists its files) is not an artifact to replace."""
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    artifact.write_record(checkpoint, artifact.CHECKPOINT, {})
+    before = _snapshot(checkpoint)
+    with pytest.raises(SbexportError, match="ckpt is an sbexport checkpoint folder, not an sbexport artifact one"):
+        _export(checkpoint, overwrite=True)
+    assert _snapshot(checkpoint) == before
+
+
+def test_file_added_during_the_export_stops_the_swap(tmp_path):
+    """The proof is taken again right before the swap: a file that arrived meanwhile stays."""
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"old")
+    write_manifest(out, {})
+    with pytest.raises(SbexportError, match="art holds notes.txt, which sbexport did not write"):
+        with staged_folder(out, overwrite=True) as tmp:
+            (tmp / "model.onnx").write_bytes(b"new")
+            (out / "notes.txt").write_text("written while the export ran")
+    assert (out / "model.onnx").read_bytes() == b"old" and (out / "notes.txt").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("out", ["", " ", ".", ".."])
+def test_output_folder_must_be_named(tmp_path, stub_exporter, monkeypatch, out):
+    """-o "" silently wrote to the default folder (Path("") is the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SbexportError, match="output folder .*(empty|names no folder)"):
+        _export(out, overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_removes_only_the_parents_it_created(tmp_path, stub_exporter, monkeypatch):
+    stub_exporter["fail"] = RuntimeError("exporter crashed")
+    with pytest.raises(ExportError):
+        _export(tmp_path / "new" / "deeper" / "art")
+    assert list(tmp_path.iterdir()) == []                  # both created parents gone
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ExportError):
+        _export(tmp_path / "mine" / "deeper" / "art")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+
+    def crash_after_someone_writes_beside(wrapper, example, max_seq, path, options):
+        (tmp_path / "new" / "theirs.txt").write_text("theirs")
+        raise RuntimeError("exporter crashed")
+    monkeypatch.setattr(onnx_format, "export", crash_after_someone_writes_beside)
+    with pytest.raises(ExportError):
+        _export(tmp_path / "new" / "deeper" / "art")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["theirs.txt"]   # not empty: kept
 
 
 def test_folder_that_appears_during_the_export_is_not_replaced(tmp_path):
@@ -230,3 +331,105 @@ def test_read_only_artifact_can_still_be_verified(onnx_copy, monkeypatch):
     report = verify_folder(onnx_copy, log=lines.append)
     assert report.passed
     assert any("not recorded in the manifest" in line and "Read-only file system" in line for line in lines)
+
+
+# -- what killed exports leave behind ------------------------------------------------------
+
+# Holds a staging folder open the way an export does, then sleeps until killed.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from sbexport.artifact import staged_folder
+with staged_folder(Path(sys.argv[1]), overwrite=False, log=print) as tmp:
+    (tmp / "model.onnx").write_bytes(b"a complete model")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def _holder(out):
+    """(a process holding a staging folder of `out`, that folder)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sbexport
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(sbexport.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()                          # reaped: a zombie would still count as running
+    return proc.pid
+
+
+def test_next_export_removes_what_a_killed_export_left_and_spares_a_running_one(tmp_path, stub_exporter):
+    """kill -9 left .partial folders (one with a complete model) that no later export cleaned
+    or mentioned. A dead owner's is removed with one line; a live process's is not touched."""
+    out = tmp_path / "art"
+    killed, killed_tmp = _holder(out)
+    running, running_tmp = _holder(out)
+    try:
+        killed.kill()
+        killed.wait()
+        assert killed_tmp.is_dir() and running_tmp.is_dir()
+        lines = []
+        _export(out, log=lines.append)
+        assert not killed_tmp.exists()
+        assert [line for line in lines if "left by" in line] == [
+            f"note: removed {killed_tmp}, left by an export into {out} that was killed (pid {killed.pid})"]
+        assert (running_tmp / "model.onnx").read_bytes() == b"a complete model"
+        open_artifact(out)
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_interrupted_swap_is_undone_by_the_next_export(tmp_path, stub_exporter):
+    """Killed between the two renames of a swap, an export left the old artifact in a hidden
+    .old folder and no artifact at all. The next export puts it back (and then, without
+    --overwrite, refuses to replace it); an .old left after a finished swap is removed."""
+    pid, host = _dead_pid(), artifact._HOST
+    previous = _export(tmp_path / "previous")
+    before = _snapshot(previous)
+    set_aside = tmp_path / f".art.{host}.{pid}.0123456789ab.old"
+    os.replace(previous, set_aside)
+    lines = []
+    with pytest.raises(SbexportError, match="already exists; pass --overwrite"):
+        _export(tmp_path / "art", log=lines.append)
+    assert _snapshot(tmp_path / "art") == before and not set_aside.exists()
+    assert [line for line in lines if "restored" in line][0].startswith(
+        f"note: restored {tmp_path / 'art'} from {set_aside}")
+    shutil.copytree(tmp_path / "art", set_aside)       # a swap that finished, but not its cleanup
+    _export(tmp_path / "art", overwrite=True, log=lines.append)
+    assert _leftovers(tmp_path) == []
+    assert [line for line in lines if "left by" in line] == [
+        f"note: removed {set_aside}, left by an export into {tmp_path / 'art'} that was killed (pid {pid})"]
+
+
+def test_unknown_owner_is_mentioned_not_removed(tmp_path, stub_exporter):
+    legacy = tmp_path / ".art.0123456789ab.partial"           # named before owners were recorded
+    elsewhere = tmp_path / f".art.other-host.{os.getpid()}.0123456789ab.partial"
+    for folder in (legacy, elsewhere):
+        folder.mkdir()
+    lines = []
+    _export(tmp_path / "art", log=lines.append)
+    assert legacy.is_dir() and elsewhere.is_dir()
+    notes = [line for line in lines if "left by" in line]
+    assert len(notes) == 2 and all("may still be running; delete it if no export into" in n for n in notes)
+
+
+@pytest.mark.parametrize("owner", ["dead", "legacy"])
+def test_a_staging_folder_is_not_an_artifact(tmp_path, onnx_artifact, owner):
+    """verify passed a killed export's .partial folder holding a complete model."""
+    name = (f".mnli-onnx.{artifact._HOST}.{_dead_pid()}.0123456789ab.partial" if owner == "dead"
+            else ".mnli-onnx.0123456789ab.partial")
+    staging = shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / name)
+    state = "killed before it finished" if owner == "dead" else "unfinished"
+    with pytest.raises(SbexportError, match=f"not an artifact but the staging folder of an export .*{state}"):
+        open_artifact(staging)

@@ -133,6 +133,17 @@ def test_unwritable_output_folder(monkeypatch, capsys, tmp_path):
     assert_one_error_line(code, out, err, "not a writable folder")
 
 
+@pytest.mark.parametrize("args", [["onnx", "--task", "sst2", "--random-init", "-o", ""],
+                                  ["executorch", "--task", "sst2", "--random-init", "--output="],
+                                  ["convert-bert", "no-such-bert", ""]])
+def test_empty_output_path_is_refused(monkeypatch, capsys, tmp_path, args):
+    """-o "" exported into the default folder artifacts/<task>-<format>."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error_line(code, out, err, "the output folder is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def artifact_copy(tmp_path, onnx_artifact):
     return shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / "mnli-onnx")

@@ -153,6 +153,10 @@ def test_legacy_bin_checkpoint(tmp_path):
     assert "transformer.encoder.layers.1.output.layernorm.weight" in a
 
 
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
 def test_refuses_existing_destination(tmp_path):
     _tiny_bert_checkpoint("base", tmp_path / "bert")
     dst = tmp_path / "sq"
@@ -162,16 +166,60 @@ def test_refuses_existing_destination(tmp_path):
         convert_bert_to_squeezebert(tmp_path / "bert", dst)
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
     # --overwrite replaces a checkpoint folder only, never a folder of other files.
-    with pytest.raises(SbexportError, match="not a checkpoint folder"):
+    with pytest.raises(SbexportError, match="not an sbexport checkpoint folder"):
         convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
     (dst / "keep.txt").unlink()
     convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)   # an empty folder may go
-    (dst / "marker.txt").write_text("from the first conversion")
-    convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
-    assert (dst / "model.safetensors").is_file() and not (dst / "marker.txt").exists()
+    record = json.loads((dst / "sbexport-checkpoint.json").read_text())
+    assert sorted(record["files"]) == sorted(p.name for p in dst.iterdir() if p.name != "sbexport-checkpoint.json")
+    convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)   # its own output may go
+    (dst / "NOTES.md").write_text("my notes on the first conversion")
+    with pytest.raises(SbexportError, match="sq holds NOTES.md, which sbexport did not write there"):
+        convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
+    assert (dst / "NOTES.md").read_text() == "my notes on the first conversion"
     with pytest.raises(SbexportError, match="source"):
         convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "bert", overwrite=True)
+
+
+def test_overwrite_keeps_a_project_with_a_config_json(tmp_path):
+    """`convert-bert SRC proj --overwrite` on config.json + src/ + NOTES.md deleted src/ and
+    NOTES.md: config.json was taken as the sign of a checkpoint."""
+    _tiny_bert_checkpoint("base", tmp_path / "bert")
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hi')")
+    (project / "config.json").write_text('{"debug": true}')
+    (project / "NOTES.md").write_text("notes")
+    before = _snapshot(project)
+    with pytest.raises(SbexportError, match="proj is not an sbexport checkpoint folder .no valid sbexport-checkpoint.json."):
+        convert_bert_to_squeezebert(tmp_path / "bert", project, overwrite=True)
+    assert _snapshot(project) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_checkpoint_never_replaces_an_artifact(tmp_path):
+    """convert-bert onto an artifact folder silently turned it into a checkpoint."""
+    from sbexport.artifact import write_manifest
+
+    _tiny_bert_checkpoint("base", tmp_path / "bert")
+    art = tmp_path / "mnli-onnx"
+    art.mkdir()
+    (art / "model.onnx").write_bytes(b"a model")
+    (art / "config.json").write_text("{}")
+    write_manifest(art, {"task": "mnli"})
+    before = _snapshot(art)
+    with pytest.raises(SbexportError, match="mnli-onnx is an sbexport artifact folder, not an sbexport checkpoint one"):
+        convert_bert_to_squeezebert(tmp_path / "bert", art, overwrite=True)
+    assert _snapshot(art) == before
+
+
+def test_empty_destination_is_refused(tmp_path, monkeypatch):
+    _tiny_bert_checkpoint("base", tmp_path / "bert")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SbexportError, match="the output folder is empty"):
+        convert_bert_to_squeezebert(tmp_path / "bert", "", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert"]
 
 
 def test_non_bert_source_names_its_model_type(tmp_path):

@@ -278,7 +278,7 @@ def test_cli_eval_prints_table_and_writes_json(mnli_files, tmp_path):
     assert [r["kind"] for r in report["runners"]] == ["pytorch", "onnx"]
     assert report["runners"][1]["agreement"] == 1.0
     assert report["reference"]["checkpoint"] == str(checkpoint)   # rebuilt from the manifest
-    assert not list(tmp_path.glob(".sbexport-*"))                 # no temporary file left
+    assert not list(tmp_path.glob(".*"))                          # no temporary file left
 
 
 def test_artifact_of_another_task_is_refused(mnli_files):

@@ -35,6 +35,7 @@ import torch
 from .. import __version__
 from ..config import load_config
 from ..errors import ExportError, SbexportError
+from ..reportfile import check_report_path
 from ..source import ModelSource, _random_init_config, build_reference, resolve_source
 from ..tasks import INPUT_NAMES, Task, get_task
 from . import memory, report
@@ -97,8 +98,8 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
     """
     task, threads, models = prepare(config)
     for path in (json_path, plot_path):
-        if path:
-            report.check_writable(path)
+        if path is not None:               # "" too: refused, not ignored
+            check_report_path(path)
     skipped = [{"runtime": rt, "model": "*", "reason": why} for rt in config.formats
                if (why := runtime_unavailable(rt))]
     runtimes = [rt for rt in config.formats if not any(s["runtime"] == rt for s in skipped)]
@@ -142,9 +143,9 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
         "rows": build_rows(runtimes, lineup, config, threads, timings, flops, peaks, ceiling),
         "skipped": skipped,
     }
-    if json_path:
+    if json_path is not None:
         report.write_json(result, json_path)
-    if plot_path:
+    if plot_path is not None:
         report.plot(result, plot_path)
     return result
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-from pathlib import Path
 
-from ..errors import SbexportError
+from ..reportfile import write_report
 
 SCHEMA = "sbexport.bench/1"
 TOP_FIELDS = ("schema", "created", "sbexport_version", "machine", "config", "method", "ceiling",
@@ -27,21 +25,10 @@ LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK"}
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Refuse, before any work, a path whose folder does not exist or cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise SbexportError(f"cannot write {path}: it is a folder")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SbexportError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise SbexportError(f"cannot write {path}: permission denied")
-
-
 def write_json(result: dict, path: str | os.PathLike) -> None:
-    """Write the result as indented JSON, via a temporary file renamed into place."""
-    _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+    """Write the result as indented JSON (reportfile.write_report: atomic for a file, straight
+    into a FIFO or device)."""
+    write_report(path, json.dumps(result, indent=2) + "\n")
 
 
 def table(result: dict) -> str:
@@ -132,14 +119,4 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    _atomic_write(Path(path), buffer.getvalue())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".sbexport-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SbexportError(f"cannot write {path}: {e.strerror or e}") from None
+    write_report(path, buffer.getvalue())

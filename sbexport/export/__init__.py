@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..artifact import check_destination, staged_folder, write_manifest
+from ..artifact import check_destination, output_folder, staged_folder, write_manifest
 from ..errors import ExportError, SbexportError
 from ..source import ModelSource, build_reference, load_tokenizer
 from ..tasks import INPUT_NAMES, Task
@@ -91,13 +91,14 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
                     log: Callable[[str], None] = print) -> Path:
     """Export `task` from `source` to format `fmt` in the folder `out_dir`.
 
-    Returns the folder. Raises SbexportError (bad options, existing folder, missing
-    checkpoint), ExportError (the exporter failed) or ParityError (verify failed); in every
-    failure `out_dir` is left as it was.
+    Returns the folder. Raises SbexportError (bad options, an empty `out_dir`, an existing
+    folder that may not be replaced (see artifact.check_destination), missing checkpoint),
+    ExportError (the exporter failed) or ParityError (verify failed); in every failure `out_dir`
+    is left as it was, and parent folders this call created are removed again.
     """
     if fmt not in FORMATS:
         raise SbexportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    exporter, out_dir = FORMATS[fmt], Path(out_dir)
+    exporter, out_dir = FORMATS[fmt], output_folder(out_dir)
     check_destination(out_dir, overwrite)        # fail before minutes of work, not after
     if source.random_init:
         log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
@@ -107,7 +108,7 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     wrapper = ExportWrapper(model, task).eval()
     example = example_inputs(task, model.config, batch=options.batch if fmt == "executorch" else 2,
                              seq_len=min(8, max_seq))
-    with staged_folder(out_dir, overwrite) as tmp:
+    with staged_folder(out_dir, overwrite, log=log) as tmp:
         log(f"exporting {task.name} ({type(model).__name__}) to {fmt}...")
         started = time.perf_counter()
         try:
