@@ -141,11 +141,12 @@ struct Failure : std::runtime_error {
 [[noreturn]] void usage_error(const std::string& message) { throw Failure(message, 2); }
 
 // ExecuTorch reports the cause of a failure through its log, not its Error code. The log is
-// held back (a success prints nothing on stderr) and its last error line is quoted in ours.
+// held back (a success prints nothing on stderr) and the first error line since the call began
+// (the root cause: later lines describe the failing instruction's arguments) is quoted in ours.
 // The PAL is process-wide by nature; it is registered once, in main.
 struct RuntimeLog {
   bool verbose = false;
-  std::string last_error;
+  std::string first_error;
 };
 RuntimeLog g_log;
 
@@ -153,15 +154,17 @@ void emit_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, co
               size_t line, const char* message, size_t length) {
   std::string text(message, length);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-  if (level == kError || level == kFatal) g_log.last_error = text;
+  if ((level == kError || level == kFatal) && g_log.first_error.empty()) g_log.first_error = text;
   if (g_log.verbose) std::fprintf(stderr, "[executorch %c %s:%zu] %s\n", static_cast<char>(level), filename, line, text.c_str());
 }
 
-// "Error::InvalidProgram: <the runtime's last error line>"
+// Call before a runtime call whose failure will be reported with cause().
+void clear_log() { g_log.first_error.clear(); }
+
+// "Error::InvalidProgram: <the runtime's first error line since clear_log()>"
 std::string cause(Error error) {
   std::string text = executorch::runtime::to_string(error);
-  if (!g_log.last_error.empty()) text += ": " + g_log.last_error;
-  g_log.last_error.clear();
+  if (!g_log.first_error.empty()) text += ": " + g_log.first_error;
   return text;
 }
 
@@ -544,7 +547,7 @@ struct OutputSummary {
   std::vector<int64_t> shape;
   std::string descr;
   double sum = 0, abs_sum = 0;   // over the values in float64
-  uint64_t fnv1a = 1469598103934665603ULL;   // FNV-1a 64 of the raw bytes: equal bytes, equal hash
+  uint64_t fnv1a = 0xcbf29ce484222325ULL;   // FNV-1a 64 of the raw bytes: equal bytes, equal hash
   std::string file;
 };
 
@@ -571,7 +574,7 @@ OutputSummary summarise(const Tensor& t, size_t index) {
   else if (s.descr == "<i4") add_values<int32_t>(s, data, numel);
   else add_values<bool>(s, data, numel);
   const uint8_t* bytes = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < t.nbytes(); ++i) s.fnv1a = (s.fnv1a ^ bytes[i]) * 1099511628211ULL;
+  for (size_t i = 0; i < t.nbytes(); ++i) s.fnv1a = (s.fnv1a ^ bytes[i]) * 0x100000001b3ULL;
   return s;
 }
 
@@ -634,6 +637,7 @@ void prepare_output_dir(const std::string& dir) {
 
 std::vector<EValue> run_once(Module& module, const std::string& method, const std::vector<EValue>& inputs,
                              const std::string& model) {
+  clear_log();
   auto result = module.execute(method, inputs);
   if (!result.ok()) fail(model + ": the program failed to run (" + cause(result.error()) + ")");
   return std::move(*result);
@@ -658,6 +662,7 @@ int run(const Options& o) {
   report.threads = tp::get_threadpool()->get_thread_count();
 
   Clock::time_point start = Clock::now();
+  clear_log();
   Module module(o.model, Module::LoadMode::Mmap);
   // InternalConsistency: a truncated or corrupted file is refused instead of read past its end.
   Error error = module.load(executorch::runtime::Program::Verification::InternalConsistency);
@@ -665,6 +670,7 @@ int run(const Options& o) {
   auto names = module.method_names();
   if (!names.ok()) fail(o.model + ": cannot list the program's methods (" + cause(names.error()) + ")");
   if (!names->count(o.method)) fail(o.model + ": the program has no method '" + o.method + "'");
+  clear_log();
   error = module.load_method(o.method);
   if (error != Error::Ok) fail(o.model + ": cannot load method '" + o.method + "' (" + cause(error) + ")");
   report.load_ms = ms_since(start);
