@@ -8,7 +8,8 @@
 # Refuses with one line, exit 1, where it cannot work: not root, or no apt-get.
 set -euo pipefail
 
-PACKAGES=(g++ make g++-aarch64-linux-gnu qemu-user)
+# SBEXPORT_TOOLCHAIN_PACKAGES replaces the list (the tests use it to reach the refusals).
+read -r -a PACKAGES <<<"${SBEXPORT_TOOLCHAIN_PACKAGES:-g++ make g++-aarch64-linux-gnu qemu-user}"
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -354,3 +354,36 @@ def test_help_is_the_usage_and_exit_zero(host_runner):
     for flag in ("--input", "--batch", "--seq-len", "--vocab", "--seed", "--warmup", "--runs", "--threads",
                  "--output-dir", "--method", "--verbose"):
         assert f"  {flag} " in proc.stdout, flag
+
+
+# --------------------------------------------------------------------------------------
+# make toolchain: a no-op when everything is there, a clear refusal where it cannot install
+# --------------------------------------------------------------------------------------
+
+TOOLCHAIN_SCRIPT = ROOT / "android_demo" / "install_toolchain.sh"
+
+
+def run_toolchain(packages: str, prefix: tuple[str, ...] = (), path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SBEXPORT_TOOLCHAIN_PACKAGES": packages}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([*prefix, "/bin/bash", str(TOOLCHAIN_SCRIPT)], env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_toolchain_does_nothing_when_installed():
+    proc = run_toolchain("coreutils bash")   # always installed on Debian: no apt-get, no root needed
+    assert proc.returncode == 0 and "already installed" in proc.stdout and proc.stderr == ""
+
+
+def test_toolchain_refuses_without_root():
+    proc = run_toolchain("sbexport-no-such-package", prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["error: make toolchain must run as root to apt-get install "
+                                        "sbexport-no-such-package (try: sudo make toolchain)"]
+
+
+def test_toolchain_refuses_without_apt(tmp_path):
+    proc = run_toolchain("sbexport-no-such-package", path=str(tmp_path))   # no dpkg-query, no apt-get
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1 and "needs apt-get" in proc.stderr
