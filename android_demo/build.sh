@@ -23,6 +23,7 @@ die() { echo "error: $*" >&2; exit 1; }
 
 [[ $# -eq 1 && ( $1 == host || $1 == arm64 ) ]] || die "usage: android_demo/build.sh host|arm64"
 [[ -x $PYTHON ]] || die "no Python at $PYTHON; run make install (or set PYTHON)"
+PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")   # absolute, the venv's bin/ kept
 CMAKE=$(dirname "$PYTHON")/cmake
 [[ -x $CMAKE ]] || die "no cmake beside $PYTHON; run make install (pyproject's test extra pins cmake, which must be >= 3.28)"
 command -v c++ >/dev/null || die "no C++ compiler; run make toolchain"
