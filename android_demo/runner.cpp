@@ -22,6 +22,7 @@
 
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -121,7 +122,7 @@ const char* const kUsage =
     "  --threads T        size of ExecuTorch's thread pool, which XNNPACK runs on\n"
     "                     (default 0: ExecuTorch's own choice, one per core)\n"
     "  --output-dir DIR   write output i of the last run as DIR/output_<i>.npy (DIR is made\n"
-    "                     if its parent exists)\n"
+    "                     after a successful run if its parent exists)\n"
     "  --method NAME      the method to run (default forward)\n"
     "  --verbose          pass ExecuTorch's log lines through to stderr\n"
     "  --help             this message\n"
@@ -625,14 +626,24 @@ std::string to_json(const Report& r) {
 // The run
 // ------------------------------------------------------------------------------------------
 
-// Made if missing (its parent must exist); an existing path must be a directory.
-void prepare_output_dir(const std::string& dir) {
+// Checked before the program loads, made only when the outputs are written: a failed run leaves
+// no new folder behind. An existing path must be a directory; a new one needs a writable parent.
+void check_output_dir(const std::string& dir) {
   struct stat st {};
   if (stat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) fail(dir + ": --output-dir exists and is not a directory");
     return;
   }
-  if (mkdir(dir.c_str(), 0777) != 0) fail(dir + ": cannot make --output-dir (" + std::strerror(errno) + ")");
+  std::string path = dir;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();   // "out/" names "out"
+  size_t slash = path.find_last_of('/');
+  std::string parent = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || access(parent.c_str(), W_OK) != 0)
+    fail(dir + ": cannot make --output-dir (its parent " + parent + " is not a writable folder)");
+}
+
+void make_output_dir(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) fail(dir + ": cannot make --output-dir (" + std::strerror(errno) + ")");
 }
 
 std::vector<EValue> run_once(Module& module, const std::string& method, const std::vector<EValue>& inputs,
@@ -649,7 +660,7 @@ int run(const Options& o) {
   // Cheap checks first: the .npy files and the output folder, before the program loads.
   std::vector<Array> arrays;
   for (const std::string& path : o.inputs) arrays.push_back(read_npy(path));
-  if (!o.output_dir.empty()) prepare_output_dir(o.output_dir);
+  if (!o.output_dir.empty()) check_output_dir(o.output_dir);
   check_regular_file(o.model, "model file");
 
   // The pool is sized before the method loads: XNNPACK takes the pool when it builds its
@@ -706,6 +717,7 @@ int run(const Options& o) {
     report.run_ms.push_back(ms_since(start));
   }
 
+  if (!o.output_dir.empty()) make_output_dir(o.output_dir);
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (!outputs[i].isTensor()) fail("output " + std::to_string(i) + " of the program is not a tensor");
     const Tensor& t = outputs[i].toTensor();

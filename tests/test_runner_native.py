@@ -184,6 +184,10 @@ def test_report_holds_what_the_schema_promises(host_runner, et_artifact, tmp_pat
                            "--output-dir", tmp_path / "out")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     report = json.loads(proc.stdout)
+    # The keys are an interface (verify on a device and bench over adb read them): pinned here.
+    assert list(report) == ["schema", "model", "method", "arch", "executorch_version", "threads", "inputs",
+                            "load_ms", "first_run_ms", "warmup", "runs", "run_ms", "stats_ms", "peak_rss_kb",
+                            "outputs"]
     assert report["schema"] == "sbexport.runner/1"
     assert report["model"] == str(pte) and report["method"] == "forward"
     assert report["arch"] == "x86_64" and report["executorch_version"].startswith("1.5.1")
@@ -335,6 +339,8 @@ BAD_CASES = {
     "missing npy": (lambda t, p: ["--model", p, *_three(t, t / "gone.npy")], 1, "not found"),
     "output dir is a file": (lambda t, p: ["--model", p, "--output-dir", _write(t / "file", b"x")], 1, "not a directory"),
     "output dir without parent": (lambda t, p: ["--model", p, "--output-dir", t / "a" / "b"], 1, "cannot make --output-dir"),
+    "output dir under a file": (lambda t, p: ["--model", p, "--output-dir", _write(t / "f", b"x") / "out"], 1,
+                                "cannot make --output-dir"),
     # Caught by the kernel, inside the run: the runner cannot know the embedding table's size.
     "ids past the vocabulary": (lambda t, p: ["--model", p, "--vocab", 100000, "--seq-len", 8], 1, "weight.size(0) 99"),
 }
@@ -343,11 +349,15 @@ BAD_CASES = {
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_is_one_line_and_a_nonzero_exit(host_runner, et_artifact, tmp_path, case):
     make_args, status, phrase = BAD_CASES[case]
-    proc = host_runner.run(*make_args(tmp_path, et_artifact("mnli") / "model.pte"), timeout=30)
+    args = make_args(tmp_path, et_artifact("mnli") / "model.pte")
+    before = sorted(tmp_path.rglob("*"))
+    proc = host_runner.run(*args, "--output-dir", tmp_path / "out", timeout=30) if case == "ids past the vocabulary" \
+        else host_runner.run(*args, timeout=30)
     lines = proc.stderr.splitlines()
     assert proc.returncode == status, (proc.returncode, proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and phrase in lines[0], proc.stderr
     assert proc.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before   # a failed run leaves nothing behind (no output folder)
 
 
 def test_help_is_the_usage_and_exit_zero(host_runner):
