@@ -723,7 +723,7 @@ int run(const Options& o) {
     const Tensor& t = outputs[i].toTensor();
     OutputSummary s = summarise(t, i);
     if (!o.output_dir.empty()) {
-      s.file = o.output_dir + "/output_" + std::to_string(i) + ".npy";
+      s.file = o.output_dir + (o.output_dir.back() == '/' ? "" : "/") + "output_" + std::to_string(i) + ".npy";
       write_npy(s.file, s.descr, s.shape, t.const_data_ptr(), t.nbytes());
     }
     report.outputs.push_back(s);
