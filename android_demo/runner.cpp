@@ -654,6 +654,77 @@ std::vector<EValue> run_once(Module& module, const std::string& method, const st
   return std::move(*result);
 }
 
+// Program, then method, with the time both take. Raises Failure naming the runtime's cause.
+double load(Module& module, const Options& o) {
+  Clock::time_point start = Clock::now();
+  clear_log();
+  // InternalConsistency: a truncated or corrupted file is refused instead of read past its end.
+  Error error = module.load(executorch::runtime::Program::Verification::InternalConsistency);
+  if (error != Error::Ok) fail(o.model + ": not a loadable ExecuTorch program (" + cause(error) + ")");
+  auto names = module.method_names();
+  if (!names.ok()) fail(o.model + ": cannot list the program's methods (" + cause(names.error()) + ")");
+  if (!names->count(o.method)) fail(o.model + ": the program has no method '" + o.method + "'");
+  clear_log();
+  error = module.load_method(o.method);
+  if (error != Error::Ok) fail(o.model + ": cannot load method '" + o.method + "' (" + cause(error) + ")");
+  return ms_since(start);
+}
+
+// The method's inputs: `arrays` (from --input, or made here when empty) checked against its
+// metadata and wrapped as tensors in `views`, which must outlive the returned values.
+std::vector<EValue> prepare_inputs(Module& module, const Options& o, std::vector<Array>& arrays,
+                                   std::vector<std::unique_ptr<TensorView>>& views, Report& report) {
+  auto meta = module.method_meta(o.method);
+  if (!meta.ok()) fail(o.model + ": cannot read the method's metadata (" + cause(meta.error()) + ")");
+  std::vector<InputSpec> specs = input_specs(*meta);
+  if (arrays.empty()) {
+    arrays = make_inputs(specs, o);
+  } else if (arrays.size() != specs.size()) {
+    fail(o.model + ": the program takes " + std::to_string(specs.size()) + " inputs, " + std::to_string(arrays.size()) +
+         " --input files were given");
+  }
+  std::vector<EValue> inputs;
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    std::string source = o.inputs.empty() ? "made" : o.inputs[i];
+    check_input(arrays[i], specs[i], i, source);
+    views.push_back(std::make_unique<TensorView>(arrays[i], scalar_type_of(arrays[i].descr)));
+    inputs.emplace_back(Tensor(views.back()->impl.get()));
+    report.inputs.emplace_back(arrays[i].shape, source);
+    report.input_descrs.push_back(arrays[i].descr);
+  }
+  return inputs;
+}
+
+// First run, warm-up, timed runs (each timed alone); the outputs of the last run.
+std::vector<EValue> time_runs(Module& module, const Options& o, const std::vector<EValue>& inputs, Report& report) {
+  Clock::time_point start = Clock::now();
+  std::vector<EValue> outputs = run_once(module, o.method, inputs, o.model);
+  report.first_run_ms = ms_since(start);
+  for (long i = 0; i < o.warmup; ++i) run_once(module, o.method, inputs, o.model);
+  report.warmup = o.warmup;
+  for (long i = 0; i < o.runs; ++i) {
+    start = Clock::now();
+    outputs = run_once(module, o.method, inputs, o.model);
+    report.run_ms.push_back(ms_since(start));
+  }
+  return outputs;
+}
+
+// Summaries of the outputs into `report`, and with --output-dir each one as DIR/output_<i>.npy.
+void save_outputs(const std::vector<EValue>& outputs, const Options& o, Report& report) {
+  if (!o.output_dir.empty()) make_output_dir(o.output_dir);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!outputs[i].isTensor()) fail("output " + std::to_string(i) + " of the program is not a tensor");
+    const Tensor& t = outputs[i].toTensor();
+    OutputSummary s = summarise(t, i);
+    if (!o.output_dir.empty()) {
+      s.file = o.output_dir + (o.output_dir.back() == '/' ? "" : "/") + "output_" + std::to_string(i) + ".npy";
+      write_npy(s.file, s.descr, s.shape, t.const_data_ptr(), t.nbytes());
+    }
+    report.outputs.push_back(s);
+  }
+}
+
 int run(const Options& o) {
   namespace tp = executorch::extension::threadpool;
 
@@ -671,63 +742,12 @@ int run(const Options& o) {
   report.model = o.model;
   report.method = o.method;
   report.threads = tp::get_threadpool()->get_thread_count();
-
-  Clock::time_point start = Clock::now();
-  clear_log();
   Module module(o.model, Module::LoadMode::Mmap);
-  // InternalConsistency: a truncated or corrupted file is refused instead of read past its end.
-  Error error = module.load(executorch::runtime::Program::Verification::InternalConsistency);
-  if (error != Error::Ok) fail(o.model + ": not a loadable ExecuTorch program (" + cause(error) + ")");
-  auto names = module.method_names();
-  if (!names.ok()) fail(o.model + ": cannot list the program's methods (" + cause(names.error()) + ")");
-  if (!names->count(o.method)) fail(o.model + ": the program has no method '" + o.method + "'");
-  clear_log();
-  error = module.load_method(o.method);
-  if (error != Error::Ok) fail(o.model + ": cannot load method '" + o.method + "' (" + cause(error) + ")");
-  report.load_ms = ms_since(start);
-
-  auto meta = module.method_meta(o.method);
-  if (!meta.ok()) fail(o.model + ": cannot read the method's metadata (" + cause(meta.error()) + ")");
-  std::vector<InputSpec> specs = input_specs(*meta);
-  if (arrays.empty()) {
-    arrays = make_inputs(specs, o);
-  } else if (arrays.size() != specs.size()) {
-    fail(o.model + ": the program takes " + std::to_string(specs.size()) + " inputs, " + std::to_string(arrays.size()) +
-         " --input files were given");
-  }
+  report.load_ms = load(module, o);
   std::vector<std::unique_ptr<TensorView>> views;
-  std::vector<EValue> inputs;
-  for (size_t i = 0; i < arrays.size(); ++i) {
-    std::string source = o.inputs.empty() ? "made" : o.inputs[i];
-    check_input(arrays[i], specs[i], i, source);
-    views.push_back(std::make_unique<TensorView>(arrays[i], scalar_type_of(arrays[i].descr)));
-    inputs.emplace_back(Tensor(views.back()->impl.get()));
-    report.inputs.emplace_back(arrays[i].shape, source);
-    report.input_descrs.push_back(arrays[i].descr);
-  }
+  std::vector<EValue> inputs = prepare_inputs(module, o, arrays, views, report);
+  save_outputs(time_runs(module, o, inputs, report), o, report);
 
-  start = Clock::now();
-  std::vector<EValue> outputs = run_once(module, o.method, inputs, o.model);
-  report.first_run_ms = ms_since(start);
-  for (long i = 0; i < o.warmup; ++i) run_once(module, o.method, inputs, o.model);
-  report.warmup = o.warmup;
-  for (long i = 0; i < o.runs; ++i) {
-    start = Clock::now();
-    outputs = run_once(module, o.method, inputs, o.model);
-    report.run_ms.push_back(ms_since(start));
-  }
-
-  if (!o.output_dir.empty()) make_output_dir(o.output_dir);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    if (!outputs[i].isTensor()) fail("output " + std::to_string(i) + " of the program is not a tensor");
-    const Tensor& t = outputs[i].toTensor();
-    OutputSummary s = summarise(t, i);
-    if (!o.output_dir.empty()) {
-      s.file = o.output_dir + (o.output_dir.back() == '/' ? "" : "/") + "output_" + std::to_string(i) + ".npy";
-      write_npy(s.file, s.descr, s.shape, t.const_data_ptr(), t.nbytes());
-    }
-    report.outputs.push_back(s);
-  }
   std::string json = to_json(report);
   std::fwrite(json.data(), 1, json.size(), stdout);
   if (std::fflush(stdout) != 0) fail(std::string("cannot write the report to stdout (") + std::strerror(errno) + ")");
