@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean toolchain runner runner-arm64
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -26,6 +26,18 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/host_comparison.py
+
+# The native runner (android_demo/): build.sh caches its builds and the aarch64 wheel under
+# build/, so a second call only rebuilds what changed. `make toolchain` installs the compilers and
+# qemu-user with apt-get (root only; nothing happens when they are present); CI calls it first.
+toolchain:
+	bash android_demo/install_toolchain.sh
+
+runner: install
+	PYTHON=$(BIN)/python bash android_demo/build.sh host
+
+runner-arm64: install
+	PYTHON=$(BIN)/python bash android_demo/build.sh arm64
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info
