@@ -18,7 +18,8 @@ $(BIN)/sbexport: pyproject.toml
 demo: install
 	$(BIN)/sbexport onnx --task mnli --random-init --overwrite -o artifacts/mnli-onnx
 
-test: install
+# The native runner's tests need the compilers and qemu-user: `toolchain` installs them first.
+test: install toolchain
 	$(BIN)/python -m pytest -q
 
 lint: install
