@@ -12,11 +12,31 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ExportError
+from ..errors import ExportError, SbexportError
 
 FILE_NAME = "model.onnx"
 DESCRIPTION = "ONNX model for ONNX Runtime (fp32)"
 MAX_CHOICES = 64
+
+
+def supported_opsets() -> range:
+    """The opsets the installed exporter writes: torch.onnx's dynamo path emits opset 18 (its
+    torchlib) and onnxscript's version converter moves the graph within its supported range
+    (18..25 with onnxscript 0.7.2; opset 26 fails inside the converter, checked)."""
+    try:
+        from onnxscript.version_converter import _version_converter as converter
+        return range(converter.SUPPORTED_MIN_ONNX_OPSET, converter.SUPPORTED_MAX_ONNX_OPSET + 1)
+    except (ImportError, AttributeError):   # a future onnxscript: fall back to torch's own bound
+        from torch.onnx._constants import ONNX_MAX_OPSET
+        return range(18, ONNX_MAX_OPSET + 1)
+
+
+def check_options(options) -> None:
+    """Raise SbexportError for an opset the installed exporter cannot write."""
+    opsets = supported_opsets()
+    if options.opset not in opsets:
+        raise SbexportError(f"--opset {options.opset} is not supported by the installed exporter "
+                            f"(torch {torch.__version__}): choose {opsets.start} to {opsets.stop - 1}")
 
 
 def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
