@@ -4,8 +4,9 @@ A folder is built in a temporary sibling and renamed into place only when comple
 interrupted or failed export leaves nothing half-written, and an existing folder is replaced
 only when the caller says so and only when it is provably what sbexport wrote, of the same
 kind (an artifact, or a checkpoint written by convert-bert): see check_destination. The
-manifest records the sha256 of every file; `open_artifact` refuses a folder whose files no
-longer match it, and a staging folder a killed export left behind.
+manifest records the sha256 of every file and of its own content; `open_artifact` refuses a
+folder whose files or manifest no longer match, whose manifest contradicts its config.json
+(label names, sequence range), and a staging folder a killed export left behind.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .config import load_config
 from .errors import SbexportError
 
 MANIFEST = "manifest.json"
-SCHEMA = "sbexport.artifact/1"
+# /2: the manifest records the sha256 of its own content (CONTENT_HASH); /1 folders lack it.
+SCHEMA = "sbexport.artifact/2"
+CONTENT_HASH = "content_sha256"
 
 
 def sha256_file(path: Path) -> str:
@@ -265,17 +269,34 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool, kind: FolderKind
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:
-    """Add the schema and every file's sha256 to `manifest` and write it as manifest.json."""
-    return write_record(folder, ARTIFACT, manifest)
+    """Add the schema, every file's sha256 and the content hash to `manifest` and write it as
+    manifest.json; returns what was written. Raises SbexportError when it cannot be written."""
+    fields = {k: v for k, v in manifest.items() if k not in ("schema", "files", CONTENT_HASH)}
+    return write_record(folder, ARTIFACT, fields)
 
 
 def write_record(folder: Path, kind: FolderKind, fields: dict) -> dict:
-    """Write `kind`'s record into `folder`: its schema, `fields`, and the sha256 and size of
-    every other file there (what check_destination later reads as the proof of ownership)."""
+    """Write `kind`'s record into `folder`: its schema, `fields`, the sha256 and size of every
+    other file there (what check_destination later reads as the proof of ownership) and the
+    sha256 of its own content. Returns what was written; raises SbexportError."""
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != kind.record}
-    record = {"schema": kind.schema, **fields, "files": files}
-    _write_json(folder / kind.record, record)
+    return _write_hashed(folder / kind.record, {"schema": kind.schema, **fields, "files": files})
+
+
+def content_sha256(manifest: dict) -> str:
+    """The sha256 of a manifest's content without its own hash field: every other field,
+    canonical JSON (sorted keys, no spaces), so that the hash does not depend on layout."""
+    content = {k: v for k, v in manifest.items() if k != CONTENT_HASH}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_hashed(path: Path, record: dict) -> dict:
+    """Write `record` with its content hash (sbexport's own writes are the only legitimate
+    edits: export, and verify recording its figures)."""
+    record = {**record, CONTENT_HASH: content_sha256(record)}
+    _write_json(path, record)
     return record
 
 
@@ -311,6 +332,9 @@ def read_manifest(folder: Path) -> dict:
         raise SbexportError(f"{path}: unknown manifest schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}; "
                             f"expected {SCHEMA!r}")
     _check_fields(path, manifest)
+    if manifest.get(CONTENT_HASH) != content_sha256(manifest):
+        raise SbexportError(f"{path}: the manifest was edited after export (its {CONTENT_HASH} does not "
+                            f"match its content); re-export the artifact rather than editing it")
     return manifest
 
 
@@ -334,13 +358,16 @@ def _check_fields(path: Path, manifest: dict) -> None:
                             f"files; the manifest is damaged (re-export the artifact)")
     for axis in ("batch", "sequence"):
         value = manifest["dims"].get(axis)
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-            raise SbexportError(f"{path}: dims.{axis} must be [min, max]; the manifest is damaged")
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+                and 1 <= value[0] <= value[1]):
+            raise SbexportError(f"{path}: dims.{axis} must be [min, max] with 1 <= min <= max; "
+                                f"the manifest is damaged")
 
 
 def open_artifact(folder: str | os.PathLike) -> dict:
-    """Read the manifest and check every listed file's sha256; raise SbexportError naming the
-    first file that is missing or changed."""
+    """Read the manifest, check every listed file's sha256 and the manifest against config.json;
+    returns the manifest. Raises SbexportError naming the first file that is missing or changed,
+    or the manifest field that contradicts the model."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     for name, entry in manifest["files"].items():
@@ -350,12 +377,35 @@ def open_artifact(folder: str | os.PathLike) -> dict:
         if sha256_file(path) != entry["sha256"]:
             raise SbexportError(f"{path}: sha256 does not match the manifest; the file was modified "
                                 f"after export (re-export it)")
+    _check_against_config(folder, manifest)
     return manifest
+
+
+def _check_against_config(folder: Path, manifest: dict) -> None:
+    """Raise SbexportError where the manifest contradicts the model's config.json (hashed with
+    the model file, so it is what the model was built from): a labelled head's label names
+    must be the config's id2label in id order, one per output column, and the sequence range
+    must lie within max_position_embeddings."""
+    path, damaged = folder / MANIFEST, "the manifest is damaged (re-export the artifact)"
+    if "config.json" not in manifest["files"]:
+        raise SbexportError(f"{path}: config.json is not among the hashed files; {damaged}")
+    config = load_config(folder / "config.json")
+    # A labelled head has an output axis of labels ([batch, labels] or [batch, sequence, labels]).
+    if any("labels" in (spec.get("axes") or ()) for spec in manifest["outputs"].values() if isinstance(spec, dict)):
+        expected = [config.id2label[i] for i in range(config.num_labels)]
+        if manifest["labels"] != expected:
+            raise SbexportError(f"{path}: labels {manifest['labels']} are not the model's "
+                                f"{config.num_labels} outputs {expected} (config.json); {damaged}")
+    limit, longest = config.max_position_embeddings, manifest["dims"]["sequence"][1]
+    if longest > limit:
+        raise SbexportError(f"{path}: dims.sequence allows {longest} tokens, more than the model's "
+                            f"{limit} positions (config.json max_position_embeddings); {damaged}")
 
 
 def update_manifest(folder: Path, **fields) -> dict:
-    """Set top-level fields of an existing manifest (e.g. new parity figures), keeping hashes."""
+    """Set top-level fields of an existing, intact manifest (e.g. new parity figures), keeping
+    the file hashes and renewing the content hash. Raises SbexportError as read_manifest does,
+    or when the manifest cannot be written."""
     manifest = read_manifest(folder)
     manifest.update(fields)
-    _write_json(Path(folder) / MANIFEST, manifest)
-    return manifest
+    return _write_hashed(Path(folder) / MANIFEST, manifest)

@@ -4,7 +4,11 @@ exit 2)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import sys
+import warnings
 
 import click
 
@@ -14,13 +18,75 @@ from .tasks import TASKS
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sbexport")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show what the libraries underneath print (warnings, runtime logs).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Export SqueezeBERT to ONNX and ExecuTorch, prove parity, benchmark against BERT-base.
 
     \b
     Example:
       sbexport onnx --task mnli --random-init -o artifacts/mnli-onnx
+      sbexport --verbose executorch --task mnli --random-init
     """
+    if not verbose:   # set once here, for the whole command, and undone when it ends
+        ctx.with_resource(third_party_quiet())
+
+
+class _NativeLogFilter:
+    """sys.stderr without executorch's native log lines ("[cpuinfo_utils.cpp:71] Reading ...",
+    "[threadpool.cpp:66] Resetting threadpool ..."), which its runtime writes in fragments.
+    A write not at the start of such a line passes at once (progress bars redraw with '\r')."""
+
+    NATIVE = re.compile(r"\[[\w./-]+\.(?:c|cc|cpp|h|hpp):\d+\] ")
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._held = ""     # the start of a line that may be a native log line
+
+    def write(self, text: str) -> int:
+        if not self._held and not text.startswith("["):
+            return self._stream.write(text)
+        self._held += text
+        while "\n" in self._held:
+            line, self._held = self._held.split("\n", 1)
+            if not self.NATIVE.match(line):
+                self._stream.write(line + "\n")
+        if self._held and (not self._held.startswith("[") or ("] " in self._held and not self.NATIVE.match(self._held))):
+            self._stream.write(self._held)
+            self._held = ""
+        return len(text)
+
+    def release(self) -> None:
+        """Write out a held partial line that was not a log line after all."""
+        if self._held and not self.NATIVE.match(self._held):
+            self._stream.write(self._held)
+        self._held = ""
+
+    def __getattr__(self, name):   # flush, fileno, isatty, encoding: the real stream's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def third_party_quiet():
+    """Hide what the libraries underneath print on a successful run: torchao's "Failed to load
+    ... .so" and torch's pytree notice (logging, below ERROR), FutureWarning and deprecation
+    warnings raised in their code, executorch's cpuinfo and thread-pool log lines. sbexport's
+    own warnings and every error still show; `--verbose` shows everything. Restores all of it
+    on exit (the CLI is also run in-process by the tests)."""
+    stderr, disabled = sys.stderr, logging.root.manager.disable
+    quiet = _NativeLogFilter(stderr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"sbexport(\.|$)")
+        logging.disable(logging.WARNING)
+        sys.stderr = quiet
+        try:
+            yield
+        finally:
+            quiet.release()
+            sys.stderr = stderr
+            logging.disable(disabled)
 
 
 def main() -> None:
@@ -44,6 +110,25 @@ def main() -> None:
 
 
 TASK_CHOICE = click.Choice(list(TASKS))
+
+
+def _check_threads(ctx, param, threads: int | None) -> int | None:
+    """--threads beyond the cores this process may use is allowed (the threads then share
+    cores) but said, in one line: a slow run or a timing should not surprise."""
+    if threads is not None:
+        from .bench.machine import available_cores
+
+        cores = available_cores()
+        if threads > cores:
+            click.echo(f"warning: --threads {threads} is more than the {cores} cores this process may use; "
+                       f"the threads will share them", err=True)
+    return threads
+
+
+def _threads_option(default_help: str):
+    """The --threads option of every command that runs a model, with one meaning everywhere."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, callback=_check_threads,
+                        help=f"Runtime threads. Default: {default_help}.")
 
 
 # --------------------------------------------------------------------------------------
@@ -88,7 +173,8 @@ def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_
 
 @cli.command()
 @_export_options
-@click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=int, default=18, show_default=True,
+              help="ONNX opset, within what the installed exporter writes (18 to 25 with onnxscript 0.7.2).")
 def onnx(opset, **kwargs) -> None:
     """Export a task to ONNX, then check parity against PyTorch.
 
@@ -119,7 +205,7 @@ def executorch(backend, batch, **kwargs) -> None:
 
 @cli.command()
 @click.argument("folder", type=click.Path())
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="Runtime threads (0: default).")
+@_threads_option("the runtime's own choice")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
 def verify(folder, threads, json_path) -> None:
     """Re-run the parity sweep of an artifact folder against its PyTorch reference.
@@ -136,7 +222,7 @@ def verify(folder, threads, json_path) -> None:
 
     if json_path is not None:
         check_report_path(json_path)          # before the sweep, not after it
-    report = verify_folder(folder, threads=threads, log=click.echo)
+    report = verify_folder(folder, threads=threads or 0, log=click.echo)
     if json_path is not None:
         write_report(json_path, report_json(report) + "\n")
     report.raise_on_failure()
@@ -264,7 +350,7 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--task", "task_name", type=TASK_CHOICE, default="mnli", show_default=True, help="The head to time.")
 @click.option("--seq-lens", default="8,32,128,512", show_default=True, help="Sequence lengths, comma-separated.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Sequences per call (ExecuTorch files are exported at it).")
-@click.option("--threads", type=int, default=None, help="Threads of every runtime. Default: all cores.")
+@_threads_option("all cores, for every runtime")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per shape, after the first.")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed calls per model and shape.")
 @click.option("--formats", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")

@@ -29,20 +29,17 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
 
     Multiple choice takes the context as `text` and the endings as `text_pair`, separated by
     '|'. Question answering takes the question as `text` and the context as `text_pair`.
-    Raises SbexportError for empty text, a missing tokenizer or a tampered artifact.
+    Raises SbexportError for an empty or non-UTF-8 text, a pair given to a one-text task, a
+    question longer than the file allows, a missing tokenizer or a tampered artifact.
     """
     folder = Path(folder)
     manifest = open_artifact(folder)
     task = get_task(manifest["task"])
-    if not text.strip() or (text_pair is not None and not text_pair.strip()):
-        raise SbexportError("empty text: give at least one non-blank character")
-    if task.head == "token-classification" and text_pair is not None:
-        raise SbexportError(f"task {task.name} tags the words of one text; got a second text")
-    if task.head in ("question-answering", "multiple-choice") and text_pair is None:
-        raise SbexportError(f"task {task.name} needs a second text ("
-                            f"{'the context' if task.head == 'question-answering' else 'endings separated by |'})")
+    _check_texts(task, text, text_pair)
     tokenizer = _tokenizer(folder)
     max_seq = manifest["dims"]["sequence"][1]
+    if task.head == "question-answering":
+        _check_question_fits(tokenizer, text, max_seq)
     first, second = _texts(task, text, text_pair, manifest)
     enc = tokenizer(first, second, padding="longest", truncation="only_second" if task.head == "question-answering" else True,
                     max_length=max_seq, return_tensors="np", return_offsets_mapping=True)
@@ -56,6 +53,45 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     outputs = dict(zip(task.outputs, open_runner(folder / manifest["model_file"], INPUT_NAMES).run(feeds)))
     return {"task": task.name, **DECODERS[task.head](outputs, enc, tokenizer, manifest, top_k,
                                                     text_pair if task.head == "question-answering" else text)}
+
+
+def _check_texts(task, text: str, text_pair: str | None) -> None:
+    """Raise SbexportError for a blank text, a text that is not valid Unicode (bytes that are
+    not UTF-8 reach Python's argv as lone surrogates), a second text given to a task that
+    takes one, or a missing second text where one is needed."""
+    for name, value in (("TEXT", text), ("TEXT_PAIR", text_pair)):
+        if value is None:
+            continue
+        if not value.strip():
+            raise SbexportError("empty text: give at least one non-blank character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise SbexportError(f"{name} is not UTF-8 text (character {e.start} is "
+                                f"{_undecodable(value[e.start])}); re-encode it as UTF-8") from None
+    if text_pair is not None and not task.pair:
+        what = "tags the words of one text" if task.head == "token-classification" else "takes one text"
+        raise SbexportError(f"task {task.name} {what}; got a second text (TEXT_PAIR): join them into one "
+                            f"or use a pair task such as mnli")
+    if task.head in ("question-answering", "multiple-choice") and text_pair is None:
+        raise SbexportError(f"task {task.name} needs a second text ("
+                            f"{'the context' if task.head == 'question-answering' else 'endings separated by |'})")
+
+
+def _undecodable(char: str) -> str:
+    """'the byte 0xff' for a surrogate escape (U+DC80..U+DCFF), else the code point."""
+    code = ord(char)
+    return f"the byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}, a lone surrogate"
+
+
+def _check_question_fits(tokenizer, question: str, max_seq: int) -> None:
+    """Raise SbexportError when the question leaves no room for the context: only the context
+    is truncated ([CLS] question [SEP] context [SEP] must keep at least one context token)."""
+    tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+    if tokens + 4 > max_seq:
+        raise SbexportError(f"the question is {tokens} tokens; this file takes at most {max_seq} tokens "
+                            f"for question, context and 3 special tokens: shorten the question to at "
+                            f"most {max_seq - 4} tokens")
 
 
 def _tokenizer(folder: Path) -> SqueezeBertTokenizer:
@@ -90,13 +126,24 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _label_names(manifest: dict, logits: np.ndarray) -> list[str]:
+    """The manifest's labels, one per column of `logits` ([..., labels]); raises SbexportError
+    when the model file's width differs (open_artifact checked them against config.json only)."""
+    labels = manifest["labels"]
+    if len(labels) != logits.shape[-1]:
+        raise SbexportError(f"the model file gives {logits.shape[-1]} scores but the manifest names "
+                            f"{len(labels)} labels; re-export the artifact")
+    return labels
+
+
 def _labels(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
     logits = outputs["logits"][0]
+    labels = _label_names(manifest, logits)
     if len(logits) == 1:
         return {"score": float(logits[0])}
     probs = _softmax(logits)
     order = np.argsort(-probs)
-    return {"labels": [{"label": manifest["labels"][i], "score": float(probs[i])} for i in order]}
+    return {"labels": [{"label": labels[i], "score": float(probs[i])} for i in order]}
 
 
 def _choices(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
@@ -107,12 +154,13 @@ def _choices(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
 
 def _tags(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
     """One label per word piece, with its characters in the text (special tokens skipped)."""
+    names = _label_names(manifest, outputs["logits"][0])
     labels = outputs["logits"][0].argmax(-1)
     tokens = []
     for i, (start, end) in enumerate(enc["offset_mapping"][0]):
         if end > start:
             tokens.append({"token": text[start:end], "start": int(start), "end": int(end),
-                           "label": manifest["labels"][labels[i]]})
+                           "label": names[labels[i]]})
     return {"tokens": tokens}
 
 

@@ -79,20 +79,10 @@ class ExecuTorchRunner:
 
 
 def _executorch_runtime():
-    """executorch.runtime.Runtime. Its first import logs two warnings on every run (torchao's
-    optional CUDA kernels are missing; a torch deprecation inside torchao) that concern neither
-    this tool nor its user; they are held back so that an error stays the one line on stderr."""
-    import logging
-
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        from executorch.runtime import Runtime
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    """executorch.runtime.Runtime. Its first import logs warnings (torchao's optional CUDA
+    kernels are missing, a torch deprecation inside torchao) that concern neither this tool nor
+    its user: the CLI hides them (cli.third_party_quiet), a library call leaves logging alone."""
+    from executorch.runtime import Runtime
     return Runtime
 
 

@@ -69,7 +69,8 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
     and `config_overrides`. Random weights (all of them for random init; a head the checkpoint
     lacks, as in a -headless or pretrained-only checkpoint under a fine-tuning task, with a
     warning) are drawn from `source.seed`, so that verify rebuilds the same model later.
-    Raises SbexportError when the weights on disk no longer match the recorded fingerprint.
+    Raises SbexportError when the checkpoint folder is gone or its weights no longer match the
+    recorded fingerprint.
     """
     cls = task.model_class(source.arch)
     if source.random_init:
@@ -79,6 +80,9 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
             torch.manual_seed(source.seed)
             return cls(config).eval()
     folder = Path(source.resolved_path or resolve_checkpoint(source.checkpoint))
+    if not folder.is_dir():   # the folder an artifact's manifest names was moved or deleted
+        raise SbexportError(f"{folder}: the checkpoint folder the artifact was exported from no longer "
+                            f"exists (moved or deleted); put it back, or re-export from its new place")
     if source.fingerprint and checkpoint_fingerprint(folder) != source.fingerprint:
         raise SbexportError(f"{folder}: the checkpoint's weights changed since the artifact was made "
                             f"(sha256 differs from the manifest's {source.fingerprint[:12]}...)")

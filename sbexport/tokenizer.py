@@ -14,6 +14,7 @@ no call changes the tokenizer and one instance can serve several threads.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import numbers
@@ -65,7 +66,7 @@ def _read_text(path: str, what: str) -> str:
 
     Takes the path and a short name of what it should hold ("vocab file", ...); returns the
     text. Raises TokenizerFileNotFoundError if the file is missing, TokenizerError if `path` is a
-    folder or the bytes are not UTF-8.
+    folder, cannot be read or the bytes are not UTF-8.
     """
     if os.path.isdir(path):
         raise TokenizerError(f"{what} {path} is a folder, not a file "
@@ -77,6 +78,8 @@ def _read_text(path: str, what: str) -> str:
             return f.read()
     except UnicodeDecodeError as e:
         raise TokenizerError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:   # unreadable: permissions, a folder's worth of I/O errors
+        raise TokenizerError(f"{what} {path} cannot be read: {e.strerror or e}") from None
 
 
 def read_vocab_txt(path: str | os.PathLike) -> dict[str, int]:
@@ -709,11 +712,14 @@ class SqueezeBertTokenizer:
     def save_pretrained(self, folder: str | os.PathLike) -> tuple[str, str, str]:
         """Write tokenizer.json, vocab.txt and tokenizer_config.json into `folder` (created if
         needed), so that this class and transformers' BertTokenizerFast.from_pretrained load it.
-        Returns the three paths."""
+        Returns the three paths; raises OSError when one cannot be written."""
         folder = os.fspath(folder)
         os.makedirs(folder, exist_ok=True)
         json_path = os.path.join(folder, TOKENIZER_FILE)
-        self._backend.save(json_path)
+        try:
+            self._backend.save(json_path)
+        except Exception as e:  # the Rust backend raises a bare Exception ("... (os error 28)")
+            raise OSError(errno.EIO, str(e), json_path) from None
         (vocab_path,) = self.save_vocabulary(folder)
         config_path = os.path.join(folder, CONFIG_FILE)
         with open(config_path, "w", encoding="utf-8") as f:

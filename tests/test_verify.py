@@ -12,6 +12,7 @@ import torch
 
 from conftest import EXPORT_TINY, SPECIAL_TOKENS, save_tiny_checkpoint
 from sbexport import verify
+from sbexport.artifact import write_manifest
 from sbexport.errors import ParityError, SbexportError
 from sbexport.export import export_artifact
 from sbexport.source import build_reference, resolve_source
@@ -138,7 +139,7 @@ def test_changed_checkpoint_is_refused(tmp_path, headless_artifact):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["source"]["resolved_path"] = str(copy)
     art = shutil.copytree(folder, tmp_path / "art")
-    (art / "manifest.json").write_text(json.dumps(manifest))   # not hashed: points at the copy
+    write_manifest(art, manifest)   # re-hashed: a hand edit is refused (the manifest hashes its content)
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01

@@ -8,7 +8,8 @@ to the format's exporter, which writes one model file and returns what the manif
 record about it. The folder (model file, config.json, tokenizer, manifest.json) is staged and
 renamed into place; verify runs before the rename, so a file that fails parity never lands.
 
-A format is a module with FILE_NAME, DESCRIPTION and
+A format is a module with FILE_NAME, DESCRIPTION,
+    check_options(options) -> None      (raises SbexportError; runs before any work)
     export(wrapper, example, dims, path, options) -> dict
 """
 
@@ -99,12 +100,15 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     if fmt not in FORMATS:
         raise SbexportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     exporter, out_dir = FORMATS[fmt], output_folder(out_dir)
-    check_destination(out_dir, overwrite)        # fail before minutes of work, not after
+    # Cheap checks first: fail in a second, not after minutes of work.
+    check_destination(out_dir, overwrite)
+    exporter.check_options(options)
     if source.random_init:
         log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
             f"(seed {source.seed}); its outputs mean nothing, its size and speed are real")
     model = build_reference(task, source, config_overrides)
     max_seq = max_sequence(model.config, options)
+    tokenizer = bundled_tokenizer(source, model.config, log)
     wrapper = ExportWrapper(model, task).eval()
     example = example_inputs(task, model.config, batch=options.batch if fmt == "executorch" else 2,
                              seq_len=min(8, max_seq))
@@ -116,11 +120,13 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
         except SbexportError:
             raise
         except Exception as e:
+            if _interrupted(e):   # Ctrl-C inside torch.export, which wraps it: abort like every other phase
+                raise KeyboardInterrupt from e
             raise ExportError(f"{fmt} export of {task.name} failed: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}") from e
         seconds = time.perf_counter() - started
         log(f"exported {exporter.FILE_NAME} in {seconds:.1f} s")
-        _write_side_files(tmp, model, source)
+        _write_side_files(tmp, model, tokenizer)
         write_manifest(tmp, _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds))
         if verify:
             from ..verify import verify_folder
@@ -130,14 +136,54 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     return out_dir
 
 
-def _write_side_files(folder: Path, model: nn.Module, source: ModelSource) -> None:
-    """config.json for the runtime's shape facts, and the tokenizer so that an app can encode."""
-    model.config.to_json_file(folder / "config.json")
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in `error`'s chain (causes and contexts):
+    torch.export and torch.onnx catch what tracing raises and re-raise their own errors."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def bundled_tokenizer(source: ModelSource, config, log: Callable[[str], None]):
+    """The tokenizer the artifact will hold, read before the export so that a bad one fails in
+    seconds rather than after it; or None, with a note, when there is none to hold.
+
+    A checkpoint whose vocabulary has more tokens than its embedding table has rows is refused:
+    its tokenizer would give ids the model cannot embed, so predict and eval would fail on the
+    artifact. Random weights (whose config the caller chose, such as the tests' tiny ones) are
+    exported without the tokenizer instead. Raises SbexportError (unreadable or corrupt
+    tokenizer files, the mismatch above).
+    """
     tokenizer = load_tokenizer(source)
-    # A tiny test config may have fewer embedding rows than the vocabulary has tokens: such a
-    # tokenizer would produce ids the model cannot embed, so it is left out.
-    if tokenizer is not None and tokenizer.vocab_size <= model.config.vocab_size:
-        tokenizer.save_pretrained(folder)
+    if tokenizer is None:
+        why = (f"{source.resolved_path} has no tokenizer.json or vocab.txt" if source.resolved_path
+               else "the bert-base-uncased vocabulary (the test extra) is not installed")
+        log(f"note: {why}: the artifact will have no tokenizer, and predict needs one")
+        return None
+    if tokenizer.vocab_size <= config.vocab_size:
+        return tokenizer
+    mismatch = (f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding table has "
+                f"{config.vocab_size} rows (vocab_size)")
+    if not source.random_init:
+        raise SbexportError(f"{source.resolved_path}: {mismatch}: ids {config.vocab_size} and up could not be embedded; "
+                            f"give the checkpoint the vocabulary it was trained with")
+    log(f"note: {mismatch}: the artifact is exported without a tokenizer, and predict needs one")
+    return None
+
+
+def _write_side_files(folder: Path, model: nn.Module, tokenizer) -> None:
+    """config.json for the runtime's shape facts, and the tokenizer (when there is one) so that
+    an app can encode. Raises SbexportError when they cannot be written (a full disk)."""
+    try:
+        model.config.to_json_file(folder / "config.json")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    except OSError as e:
+        raise SbexportError(f"cannot write {e.filename or folder}: {e.strerror or e}") from None
 
 
 def _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds) -> dict:

@@ -20,13 +20,18 @@ DESCRIPTION = "ExecuTorch program (fp32)"
 BACKENDS = ("xnnpack", "portable")
 
 
+def check_options(options) -> None:
+    """Raise ExportError for a backend this exporter does not know."""
+    if options.backend not in BACKENDS:
+        raise ExportError(f"unknown ExecuTorch backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
 def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
     """Write wrapper as a .pte at `path`; return the manifest's format fields."""
     import executorch
     from executorch.exir import to_edge, to_edge_transform_and_lower
 
-    if options.backend not in BACKENDS:
-        raise ExportError(f"unknown ExecuTorch backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+    check_options(options)
     program = torch.export.export(wrapper, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, max_seq))
     if options.backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

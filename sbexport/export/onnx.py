@@ -3,20 +3,36 @@ onnx.checker. Every Conv1d stays one ONNX Conv node with kernel 1 and its group 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from ..errors import ExportError
+from ..errors import ExportError, SbexportError
 
 FILE_NAME = "model.onnx"
 DESCRIPTION = "ONNX model for ONNX Runtime (fp32)"
 MAX_CHOICES = 64
+
+
+def supported_opsets() -> range:
+    """The opsets the installed exporter writes: torch.onnx's dynamo path emits opset 18 (its
+    torchlib) and onnxscript's version converter moves the graph within its supported range
+    (18..25 with onnxscript 0.7.2; opset 26 fails inside the converter, checked)."""
+    try:
+        from onnxscript.version_converter import _version_converter as converter
+        return range(converter.SUPPORTED_MIN_ONNX_OPSET, converter.SUPPORTED_MAX_ONNX_OPSET + 1)
+    except (ImportError, AttributeError):   # a future onnxscript: fall back to torch's own bound
+        from torch.onnx._constants import ONNX_MAX_OPSET
+        return range(18, ONNX_MAX_OPSET + 1)
+
+
+def check_options(options) -> None:
+    """Raise SbexportError for an opset the installed exporter cannot write."""
+    opsets = supported_opsets()
+    if options.opset not in opsets:
+        raise SbexportError(f"--opset {options.opset} is not supported by the installed exporter "
+                            f"(torch {torch.__version__}): choose {opsets.start} to {opsets.stop - 1}")
 
 
 def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
@@ -24,14 +40,12 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
     import onnx
 
     dims = _dynamic_shapes(example, max_seq, options.max_batch)
-    # The exporter prints its progress and warns about optional torchvision ops and axis
-    # renames; none of it concerns this model, and failures still raise.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("torch.onnx"):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, tuple(example.values()), str(path), dynamo=True,
-                          opset_version=options.opset, input_names=list(example),
-                          output_names=list(wrapper.output_names), dynamic_shapes=dims,
-                          external_data=False)
+    # verbose=False: no progress prints on stdout. Its warnings (optional torchvision ops, axis
+    # renames) are left to the caller: the CLI hides third-party warnings unless --verbose.
+    torch.onnx.export(wrapper, tuple(example.values()), str(path), dynamo=True, verbose=False,
+                      opset_version=options.opset, input_names=list(example),
+                      output_names=list(wrapper.output_names), dynamic_shapes=dims,
+                      external_data=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     dims = {"batch": [1, options.max_batch]}
@@ -39,17 +53,6 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
         dims["choices"] = [1, MAX_CHOICES]
     return {"opset": options.opset, "onnx_version": onnx.__version__, "dims": dims,
             "graph": graph_summary(model, expected_convs(wrapper.model.config))}
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _dynamic_shapes(example: dict, max_seq: int, max_batch: int) -> dict:
