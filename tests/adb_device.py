@@ -665,11 +665,11 @@ class Connection:
 
     # --- sending
     def send(self, command: int, arg0: int, arg1: int, data: bytes = b"") -> None:
-        if self.server.faults.delay:
-            time.sleep(self.server.faults.delay)
         self.server.touch()
         try:
-            with self.send_lock:
+            with self.send_lock:    # a slow link: one message after the other, each late
+                if self.server.faults.delay:
+                    time.sleep(self.server.faults.delay)
                 self.sock.sendall(pack_message(command, arg0, arg1, data))
         except OSError:
             self.drop()

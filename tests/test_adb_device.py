@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adb_device import ARM64_PHONE, X86_64_EMULATOR, AdbDevice, Faults  # noqa: E402
+from adb_device import (A_CLSE, A_CNXN, A_OKAY, A_OPEN, A_WRTE, ARM64_PHONE,  # noqa: E402
+                        HEADER, X86_64_EMULATOR, AdbDevice, Faults, pack_message)
 
 ADB_TIMEOUT = 30   # seconds for any one adb call; the slowest here (3 MB push) takes ~0.1 s
 
@@ -214,14 +215,16 @@ def test_shell_runs_programs_pushed_to_the_device(adb, phone, tmp_path):
 
 
 def test_slow_device_still_answers(adb, make_device):
-    device = make_device(faults=Faults(delay=0.05))
+    delay = 0.1
+    device = make_device(faults=Faults(delay=delay))
     adb.connect(device)
     start = time.monotonic()
     done = shell(adb, device, "getprop ro.product.cpu.abi")
     elapsed = time.monotonic() - start
     assert (done.returncode, done.stdout) == (0, "arm64-v8a\n")
-    # OKAY to OPEN, stdout, exit, CLSE and OKAY to stdin's close: at least 5 delayed messages
-    assert elapsed >= 5 * 0.05
+    # The client cannot finish before the OKAY to its OPEN, the stdout WRTE and the exit WRTE
+    # have come, one after the other (measured without the delay: 0.02-0.08 s in all).
+    assert elapsed >= 3 * delay
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,9 +246,12 @@ def test_offline_device(adb, phone):
     # The connection breaks and the device no longer answers the host's CNXN when the adb
     # server reconnects (a first `adb connect` to such a device waits 10 s for nothing).
     phone.set_faults(Faults(offline=True), drop_connections=True)
-    deadline = time.monotonic() + 10
-    while adb.state(phone.serial) != "offline" and time.monotonic() < deadline:
+    handshakes = sum(e.startswith("host:") for e in phone.events)
+    deadline = time.monotonic() + 10     # the reconnect came after about 1 s here
+    while sum(e.startswith("host:") for e in phone.events) == handshakes:
+        assert time.monotonic() < deadline, "the adb server did not reconnect"
         time.sleep(0.1)
+    time.sleep(0.3)                      # time for an answer that must not come
     assert adb.state(phone.serial) == "offline"
     done = shell(adb, phone, "true")
     assert done.returncode != 0 and "device offline" in done.stderr
@@ -280,6 +286,67 @@ def test_drop_mid_output_truncates_the_shell_output(adb, make_device):
     # on the output itself (e.g. the runner's JSON parses), not on the exit status alone.
     assert 0 < len(done.stdout) < 1_000_000
     assert any(e.startswith("fault:drop after") for e in device.events)
+
+
+# ------------------------------------------------------------------------------------------
+# What the client does not show: flow control and checksums, seen from a raw host
+# ------------------------------------------------------------------------------------------
+
+class RawHost:
+    """A minimal adb host on a socket, for what the real client tolerates either way."""
+
+    def __init__(self, device: AdbDevice):
+        self.sock = socket.create_connection(("127.0.0.1", device.port), timeout=5)
+
+    def send(self, command: int, arg0: int, arg1: int, data: bytes = b"", check=None) -> None:
+        message = bytearray(pack_message(command, arg0, arg1, data))
+        if check is not None:
+            message[16:20] = check.to_bytes(4, "little")
+        self.sock.sendall(message)
+
+    def recv(self, timeout: float = 5.0):
+        """(command, arg0, arg1, data), None when nothing came in `timeout`, b"" when closed."""
+        self.sock.settimeout(timeout)
+        try:
+            header = self.sock.recv(24, socket.MSG_WAITALL)
+        except socket.timeout:
+            return None
+        if len(header) < 24:
+            return b""
+        command, arg0, arg1, length, check, magic = HEADER.unpack(header)
+        data = self.sock.recv(length, socket.MSG_WAITALL) if length else b""
+        assert magic == command ^ 0xFFFFFFFF and check == sum(data) & 0xFFFFFFFF
+        return command, arg0, arg1, data
+
+
+def test_device_waits_for_okay_before_each_write(make_device):
+    device = make_device(idle_limit=10)
+    host = RawHost(device)
+    host.send(A_CNXN, 0x01000001, 4096, b"host::features=shell_v2")
+    command, version, max_payload, banner = host.recv()
+    assert (command, version, max_payload) == (A_CNXN, 0x01000001, 256 * 1024)
+    assert b"ro.product.model=SB Standin 8" in banner and b"features=shell_v2" in banner
+    host.send(A_OPEN, 5, 0, b"shell:head -c 10000 /dev/zero\0")
+    command, device_id, host_id, _ = host.recv()
+    assert (command, host_id) == (A_OKAY, 5)
+    received = 0
+    while received < 10000:
+        command, _, _, data = host.recv()
+        assert command == A_WRTE and len(data) <= 4096     # the host's max payload
+        received += len(data)
+        if received < 10000:
+            assert host.recv(timeout=0.3) is None          # nothing more until our OKAY
+        host.send(A_OKAY, 5, device_id)
+    assert host.recv()[0] == A_CLSE                         # v1: the end of output closes
+
+
+def test_device_checks_checksums_of_an_old_host(make_device):
+    device = make_device(idle_limit=10)
+    host = RawHost(device)
+    host.send(A_CNXN, 0x01000000, 4096, b"host::")         # before checksums were skipped
+    assert host.recv()[0] == A_CNXN
+    host.send(A_OPEN, 5, 0, b"sync:\0", check=12345)
+    assert host.recv() == b""                               # a corrupt message ends it
 
 
 # ------------------------------------------------------------------------------------------
