@@ -67,8 +67,15 @@ def adb(tmp_path):
     if exe is None:
         pytest.fail("adb is not on PATH: run `make adb-tools` (Debian's adb package)")
     client = Adb(exe, tmp_path / "adb-home")
+    # Started before any device binds its port, so that the two cannot meet on one port.
+    started = client("start-server")
+    assert started.returncode == 0, started.stderr
     yield client
-    client("kill-server", timeout=10)
+    try:
+        client("kill-server", timeout=10)
+    except subprocess.TimeoutExpired:
+        log = next((tmp_path / "adb-home").glob("adb.*.log"), None)
+        pytest.fail(f"adb kill-server hung; server log:\n{log.read_text()[-3000:] if log else '-'}")
 
 
 @pytest.fixture
@@ -146,7 +153,16 @@ def test_emulator_profile_has_no_cpufreq_and_no_thermal_service(adb, make_device
     assert shell(adb, device, "dumpsys thermalservice").returncode != 0
 
 
-def test_push_then_pull_is_byte_identical(adb, phone, tmp_path):
+# The sync requests the client makes: with stat_v2/ls_v2 announced, and without (older phones).
+SYNC_VERSIONS = {"sync-v2": (ARM64_PHONE.features, {"sync:STA2", "sync:LIS2"}),
+                 "sync-v1": ((), {"sync:STAT", "sync:LIST"})}
+
+
+@pytest.mark.parametrize("sync", SYNC_VERSIONS)
+def test_push_then_pull_is_byte_identical(adb, make_device, tmp_path, sync):
+    features, requests = SYNC_VERSIONS[sync]
+    phone = make_device(dataclasses.replace(ARM64_PHONE, features=features))
+    adb.connect(phone)
     big = tmp_path / "model.pte"
     big.write_bytes(os.urandom(3 * 1024 * 1024 + 17))    # several WRTE and sync DATA chunks
     small = tmp_path / "run.sh"
@@ -163,9 +179,11 @@ def test_push_then_pull_is_byte_identical(adb, phone, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (back / "model.pte").read_bytes() == big.read_bytes()
     assert (back / "run.sh").read_text() == "#!/bin/sh\necho ran\n"
+    assert requests <= set(phone.events) and {"sync:SEND", "sync:RECV"} <= set(phone.events)
     missing = adb("-s", phone.serial, "pull", "/data/local/tmp/nothing", str(tmp_path / "x"))
-    # adb 1.0.41 prints push/pull errors on stdout
-    assert missing.returncode != 0 and "No such file" in missing.stdout
+    # adb 1.0.41 prints push/pull errors on stdout; STA2 carries errno, STAT only a zero mode
+    why = "No such file" if sync == "sync-v2" else "does not exist"
+    assert missing.returncode != 0 and why in missing.stdout
 
 
 def test_device_paths_cannot_leave_the_scratch_root(adb, phone, tmp_path):
