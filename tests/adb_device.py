@@ -254,8 +254,9 @@ m=$(( 0x${{1#0x}} ))
 if [ "$m" -eq 0 ] || [ $(( m & ~{full} )) -ne 0 ]; then
   echo "taskset: sched_setaffinity: Invalid argument" >&2; exit 1
 fi
-echo "$1 $*" >> '{log}'
+mask=$1
 shift
+echo "$mask $*" >> '{log}'
 exec "$@"
 """
 
@@ -579,8 +580,8 @@ def _send(stream: Stream, spec: str) -> None:
     """SEND "PATH,MODE" then DATA... DONE(mtime): write the file (parents made, mode and mtime
     kept), answer OKAY or FAIL. On an error the data is still read up to DONE, so the stream
     stays in step."""
-    path, _, mode_text = spec.rpartition(",")
-    mode = int(mode_text or "0644")
+    path, comma, mode_text = spec.rpartition(",")
+    path, mode = (path, int(mode_text)) if comma else (spec, stat.S_IFREG | 0o644)
     host = stream.conn.server.host_path(path)
     error = None
     handle = None
@@ -791,9 +792,13 @@ class Connection:
                          daemon=True).start()
 
     def _run_service(self, run, stream: Stream, service: str) -> None:
+        # Any failure closes the stream, so that the client is told instead of left waiting.
         try:
             run(stream, service)
         except StreamClosed:
+            stream.close()
+        except Exception as e:   # a bug or a malformed request: logged for the test to see
+            self.server.log(f"error:{service}: {e!r}")
             stream.close()
 
 
@@ -855,7 +860,8 @@ class AdbDevice:
         return self.root.joinpath(*resolved)
 
     def taskset_log(self) -> list[str]:
-        """One line per `taskset MASK CMD...` run on the device: "MASK MASK CMD...". """
+        """One line per `taskset MASK CMD...` run on the device: "MASK CMD..." (the device
+        paths in CMD rewritten to their place under root)."""
         log = self.state / "taskset.log"
         return log.read_text().splitlines() if log.exists() else []
 
