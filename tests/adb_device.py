@@ -421,7 +421,7 @@ def run_shell(stream: Stream, service: str) -> None:
     argv = ["/bin/sh", "-c", rewrite_command(command, root)] if command else ["/bin/sh"]
     env = {"PATH": f"{root}/system/bin:/usr/local/bin:/usr/bin:/bin", "HOME": root,
            "TMPDIR": f"{root}/data/local/tmp", "ANDROID_DATA": f"{root}/data",
-           "ANDROID_ROOT": f"{root}/system", "LANG": "C.UTF-8"}
+           "ANDROID_ROOT": f"{root}/system", "LANG": "C.UTF-8", **server.shell_env}
     proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
@@ -588,6 +588,8 @@ def _send(stream: Stream, spec: str) -> None:
     try:
         if stat.S_ISLNK(mode):
             raise OSError("symbolic links are not supported by the stand-in")
+        if path.endswith("/"):      # open("dir/", O_CREAT) on the device fails so
+            raise IsADirectoryError(21, "Is a directory")
         host.parent.mkdir(parents=True, exist_ok=True)
         handle = open(host, "wb")
     except OSError as e:
@@ -811,11 +813,13 @@ class AdbDevice:
     idle_limit: stop after this many seconds with no message and no open stream.
     io_timeout: the longest wait for the host within a stream or a send.
     command_timeout: a shell command is killed after this many seconds.
+    shell_env: extra environment for the device's shells, e.g. SBEXPORT_QEMU="qemu-aarch64
+        -cpu cortex-a76" for android_demo's run-bundle.sh where binfmt_misc has no qemu.
     """
 
     def __init__(self, scratch: Path, profile: DeviceProfile = ARM64_PHONE,
                  faults: Faults = Faults(), idle_limit: float = 60.0, io_timeout: float = 20.0,
-                 command_timeout: float = 300.0):
+                 command_timeout: float = 300.0, shell_env: dict[str, str] | None = None):
         unknown = set(profile.features) - set(IMPLEMENTED_FEATURES)
         if unknown:
             raise ValueError(f"profile announces unimplemented features: {sorted(unknown)}")
@@ -824,6 +828,7 @@ class AdbDevice:
         self.state = self.scratch / "state"
         self.profile, self.faults = profile, faults
         self.idle_limit, self.io_timeout, self.command_timeout = idle_limit, io_timeout, command_timeout
+        self.shell_env = dict(shell_env or {})
         make_device_tree(self.root, self.state, profile)
         self.events: list[str] = []   # what the host asked for, in order (see `log`)
         self.stopping = threading.Event()

@@ -232,6 +232,26 @@ def test_shell_runs_programs_pushed_to_the_device(adb, phone, tmp_path):
     assert bad.returncode == 1 and "Invalid argument" in bad.stderr
 
 
+def test_shell_runs_an_arm64_program_under_qemu(adb, make_device, tmp_path):
+    # The arm64 runner's bundle runs through $SBEXPORT_QEMU when binfmt_misc has no qemu; a
+    # static arm64 program stands for it here (the toolchain comes from `make toolchain`).
+    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not on PATH: run `make toolchain`")
+    source = tmp_path / "hello.c"
+    source.write_text('#include <stdio.h>\n#include <sys/utsname.h>\n'
+                      'int main(int argc, char **argv) { struct utsname u; uname(&u);\n'
+                      '  printf("%s %s\\n", u.machine, argv[1]); return 3; }\n')
+    subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", str(source), "-o",
+                    str(tmp_path / "hello")], check=True, timeout=60)
+    device = make_device(shell_env={"SBEXPORT_QEMU": "qemu-aarch64 -cpu cortex-a53"})
+    adb.connect(device)
+    run = "/data/local/tmp/sbexport/r2"
+    assert adb("-s", device.serial, "push", str(tmp_path / "hello"), run + "/hello").returncode == 0
+    done = shell(adb, device, f"cd {run} && $SBEXPORT_QEMU ./hello {run}")
+    assert (done.returncode, done.stdout) == (3, f"aarch64 {run}\n"), done.stderr
+
+
 def test_slow_device_still_answers(adb, make_device):
     delay = 0.1
     device = make_device(faults=Faults(delay=delay))
