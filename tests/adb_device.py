@@ -22,6 +22,12 @@ protocol.txt, SERVICES.TXT, SYNC.TXT and the shell protocol of shell_protocol.h)
   the features `stat_v2` and `ls_v2` STA2/LST2/LIS2. SEND's path is "PATH,MODE" and is followed
   by DATA(length, bytes <= 64 KiB) chunks and DONE(mtime), answered by OKAY or FAIL(message).
 
+What Debian's adb 1.0.41 used of it (host banner features: remount_shell, abb_exec, abb, apex,
+fixed_push_mkdir, ls_v2, stat_v2, fixed_push_symlink_timestamp, cmd, shell_v2): protocol
+version 0x01000001 (no checksums), no AUTH unless asked; `shell,v2,raw:CMD` (`shell:CMD` when
+shell_v2 is not announced), `exec:CMD` for exec-out; sync STA2 (STAT), SEND, RECV, LIS2 (LIST)
+for a folder pull, QUIT. It never sent LST2, and it reads push/pull errors out on stdout.
+
 The device's filesystem is a scratch folder (`root`): every sync path is a path under it.
 Shell commands run with /bin/sh in `root` on the host: the device paths below DEVICE_PREFIXES
 in a command are rewritten to their place under `root` (textually, see `rewrite_command`), and

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,23 +64,6 @@ class Adb:
 
 
 @pytest.fixture
-def adb(tmp_path):
-    exe = shutil.which("adb")
-    if exe is None:
-        pytest.fail("adb is not on PATH: run `make adb-tools` (Debian's adb package)")
-    client = Adb(exe, tmp_path / "adb-home")
-    # Started before any device binds its port, so that the two cannot meet on one port.
-    started = client("start-server")
-    assert started.returncode == 0, started.stderr
-    yield client
-    try:
-        client("kill-server", timeout=10)
-    except subprocess.TimeoutExpired:
-        log = next((tmp_path / "adb-home").glob("adb.*.log"), None)
-        pytest.fail(f"adb kill-server hung; server log:\n{log.read_text()[-3000:] if log else '-'}")
-
-
-@pytest.fixture
 def make_device(tmp_path):
     """make_device(profile=ARM64_PHONE, faults=Faults(), **options) -> a running AdbDevice,
     stopped at teardown."""
@@ -93,6 +78,30 @@ def make_device(tmp_path):
     yield make
     for device in devices:
         device.stop()
+
+
+@pytest.fixture
+def adb(tmp_path, make_device):
+    """The adb client with a private server. It depends on make_device so that its server is
+    killed before the devices stop: once (1 in ~30 runs) a server whose transport had just died
+    hung in `adb kill-server` after "adb server killed by remote request"."""
+    exe = shutil.which("adb")
+    if exe is None:
+        pytest.fail("adb is not on PATH: run `make adb-tools` (Debian's adb package)")
+    client = Adb(exe, tmp_path / "adb-home")
+    # Started before any device binds its port, so that the two cannot meet on one port.
+    started = client("start-server")
+    assert started.returncode == 0, started.stderr
+    yield client
+    try:
+        client("kill-server", timeout=10)
+    except subprocess.TimeoutExpired:
+        # The server's log starts with "--- adb starting (pid N) ---": end that process.
+        log = next((tmp_path / "adb-home").glob("adb.*.log"), None)
+        text = log.read_text() if log else ""
+        if match := re.search(r"adb starting \(pid (\d+)\)", text):
+            os.kill(int(match.group(1)), signal.SIGKILL)
+        pytest.fail(f"adb kill-server hung; server log:\n{text[-3000:]}")
 
 
 @pytest.fixture
