@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean toolchain runner runner-arm64 adb-tools
+.PHONY: install demo test lint bench clean toolchain runner runner-arm64
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -18,9 +18,9 @@ $(BIN)/sbexport: pyproject.toml
 demo: install
 	$(BIN)/sbexport onnx --task mnli --random-init --overwrite -o artifacts/mnli-onnx
 
-# The native runner's tests need the compilers and qemu-user: `toolchain` installs them first;
-# the adb tests need Debian's adb client: `adb-tools`.
-test: install toolchain adb-tools
+# The native runner's tests need the compilers and qemu-user, the adb tests Debian's adb client
+# (driven against the device stand-in tests/adb_device.py): `toolchain` installs them first.
+test: install toolchain
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -40,20 +40,6 @@ runner: install
 
 runner-arm64: install
 	PYTHON=$(BIN)/python bash android_demo/build.sh arm64
-
-# Debian's adb client (1.0.41): tests/test_adb_device.py drives it against the device stand-in
-# tests/adb_device.py, so a missing adb is a test failure. Installs it where it is missing
-# (root and apt-get needed), refuses with what to do otherwise; nothing to do when adb is on PATH.
-adb-tools:
-	@if command -v adb >/dev/null 2>&1; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-		echo "error: adb is not installed and installing it needs root and apt-get:" \
-		     "run 'sudo make adb-tools' (Debian/Ubuntu) or put Android platform-tools' adb on PATH" >&2; \
-		exit 1; \
-	fi; \
-	echo "adb-tools: installing adb"; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends adb >/dev/null && \
-	adb version | head -1
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info

@@ -4,12 +4,14 @@
 #   g++-aarch64-linux-gnu        the arm64 Linux cross build, and glibc's arm64 loader and libraries
 #                                (/usr/aarch64-linux-gnu/lib) that the self-contained bundle carries
 #   qemu-user                    qemu-aarch64, which runs that bundle on emulated arm64 CPUs
+#   adb                          Debian's adb client (1.0.41): the tests drive it against the device
+#                                stand-in tests/adb_device.py
 # Nothing is done when every package is present already (no apt-get update, no root needed).
 # Refuses with one line, exit 1, where it cannot work: not root, or no apt-get.
 set -euo pipefail
 
 # SBEXPORT_TOOLCHAIN_PACKAGES replaces the list (the tests use it to reach the refusals).
-read -r -a PACKAGES <<<"${SBEXPORT_TOOLCHAIN_PACKAGES:-g++ make g++-aarch64-linux-gnu qemu-user}"
+read -r -a PACKAGES <<<"${SBEXPORT_TOOLCHAIN_PACKAGES:-g++ make g++-aarch64-linux-gnu qemu-user adb}"
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,5 +1,5 @@
 """The device stand-in (tests/adb_device.py) against the real adb client (Debian's adb 1.0.41,
-installed by `make adb-tools`): what `sbexport bench --device adb` will be tested on.
+installed by `make toolchain`): what `sbexport bench --device adb` will be tested on.
 
 Each test runs its own adb server on a private port with a private HOME (its key pair) and
 TMPDIR (its log), kills it at teardown, and bounds every adb call with a timeout.
@@ -87,7 +87,7 @@ def adb(tmp_path, make_device):
     hung in `adb kill-server` after "adb server killed by remote request"."""
     exe = shutil.which("adb")
     if exe is None:
-        pytest.fail("adb is not on PATH: run `make adb-tools` (Debian's adb package)")
+        pytest.fail("adb is not on PATH: run `make toolchain` (Debian's adb package)")
     client = Adb(exe, tmp_path / "adb-home")
     # Started before any device binds its port, so that the two cannot meet on one port.
     started = client("start-server")
