@@ -13,6 +13,7 @@ from sbexport import cli
 from sbexport.bench import BenchConfig, host, markdown_table, run_bench, table
 from sbexport.bench.report import ROW_FIELDS, SCHEMA, TOP_FIELDS
 from sbexport.errors import SbexportError
+from sbexport.tasks import get_task
 
 TINY_OVERRIDES = {
     "squeezebert": {**TINY, "embedding_size": TINY["hidden_size"], "q_groups": 2, "k_groups": 2, "v_groups": 2,
@@ -20,6 +21,7 @@ TINY_OVERRIDES = {
     "bert": dict(TINY),
 }
 SEQ_LENS = (8, 16)
+TASKS_MNLI = get_task("mnli")
 
 
 def tiny(**changes) -> BenchConfig:
@@ -187,3 +189,89 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+# -- FLOPs against the closed form ------------------------------------------------------------
+#
+# What is counted (flops.COUNTED): 2 FLOPs per multiply-accumulate of the matrix ops, nothing
+# element-wise, no bias adds. For one encoder layer at batch B, sequence S, hidden H,
+# intermediate I (a 1x1 convolution of cin -> cout channels in g groups does cin/g * cout
+# multiply-adds per position):
+#   projections  2 B S (H H/g_q + H H/g_k + H H/g_v + H H/g_post + H I/g_int + I H/g_out)
+#                (BERT: every g is 1 and they are Linear layers, counted as addmm)
+#   attention    2 B S S H for Q K^T plus 2 B S S H for probs V (heads split H, not the sum)
+# and once per sequence the pooler (2 B H H) and the classifier (2 B H labels), both addmm.
+# SqueezeBERT-base at S 128: per layer 113M (Q/K/V) + 50M (attention) + 151M (post) + 302M
+# (FFN), times 12 = 7.40 G; BERT-base 3 x 151M + 50M + 151M + 1208M, times 12 = 22.35 G.
+
+
+def closed_form_flops(cfg, batch: int, seq: int, num_labels: int) -> dict[str, int]:
+    """{op: FLOPs} of a sequence classifier, written from the architecture (see above)."""
+    H, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    groups = [getattr(cfg, name, 1) for name in ("q_groups", "k_groups", "v_groups", "post_attention_groups",
+                                                  "intermediate_groups", "output_groups")]
+    macs = [H * H, H * H, H * H, H * H, H * I, I * H]
+    projections = L * 2 * batch * seq * sum(m // g for m, g in zip(macs, groups))
+    attention = L * 2 * (2 * batch * seq * seq * H)
+    heads = 2 * batch * H * H + 2 * batch * H * num_labels
+    if cfg.model_type == "squeezebert":
+        return {"convolution": projections, "bmm": attention, "addmm": heads}
+    return {"addmm": projections + heads, "bmm": attention}
+
+
+def _count_on_meta(arch: str, cfg, batch: int, seq: int):
+    """count_flops of the mnli classifier built on the meta device (no memory, no arithmetic:
+    FlopCounterMode needs only shapes), so that full-size models count in a second."""
+    import torch
+
+    from sbexport.bench.flops import count_flops
+    from sbexport.export import ExportWrapper
+
+    task = TASKS_MNLI
+    with torch.device("meta"):
+        wrapper = ExportWrapper(task.model_class(arch)(cfg), task).eval()
+        ids = torch.zeros(batch, seq, dtype=torch.long)
+        return count_flops(wrapper, (ids, torch.ones_like(ids), ids))
+
+
+@pytest.mark.parametrize("arch", ["squeezebert", "bert"])
+@pytest.mark.parametrize("seq", [8, 32, 128, 512])
+def test_full_size_flops_match_the_closed_form(arch, seq):
+    from sbexport.config import BertConfig, SqueezeBertConfig
+
+    cfg = (SqueezeBertConfig if arch == "squeezebert" else BertConfig)(**TASKS_MNLI.config_overrides())
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (768, 3072, 12)
+    if arch == "squeezebert":   # the public checkpoints' groups (REFERENCE.md)
+        assert [cfg.q_groups, cfg.k_groups, cfg.v_groups, cfg.post_attention_groups, cfg.intermediate_groups,
+                cfg.output_groups] == [4, 4, 4, 1, 4, 4]
+    total, by_op = _count_on_meta(arch, cfg, 1, seq)
+    expected = closed_form_flops(cfg, 1, seq, num_labels=3)
+    assert by_op == expected
+    assert total == sum(expected.values())
+    if seq == 128:   # the paper's figures
+        assert round(total / 1e9, 2) == {"squeezebert": 7.40, "bert": 22.35}[arch]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_tiny_flops_match_the_closed_form_with_every_group_distinct(batch):
+    """Groups 2/4/8/1/16/32: a group count attached to the wrong projection changes the sum."""
+    from conftest import EXPORT_TINY
+    from sbexport.config import SqueezeBertConfig
+
+    cfg = SqueezeBertConfig(**EXPORT_TINY, **TASKS_MNLI.config_overrides())
+    for seq in (5, 16, 64):
+        assert _count_on_meta("squeezebert", cfg, batch, seq)[1] == closed_form_flops(cfg, batch, seq, 3)
+
+
+def test_bench_rows_carry_the_closed_form_flops(bench_run):
+    """The figures bench reports (tiny configs, both models, each length) are the closed form's."""
+    from sbexport.config import BertConfig, SqueezeBertConfig
+
+    result = bench_run[0]
+    configs = {"squeezebert": SqueezeBertConfig(**TINY_OVERRIDES["squeezebert"], **TASKS_MNLI.config_overrides()),
+               "bert": BertConfig(**TINY_OVERRIDES["bert"], **TASKS_MNLI.config_overrides())}
+    assert result["rows"]
+    for row in result["rows"]:
+        expected = closed_form_flops(configs[row["model"]], row["batch"], row["seq_len"], 3)
+        assert row["flops_by_op"] == expected, row
+        assert row["flops"] == sum(expected.values())
