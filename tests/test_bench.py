@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY
 from sbexport import cli
 from sbexport.bench import BenchConfig, host, markdown_table, run_bench, table
-from sbexport.bench.report import ROW_FIELDS, SCHEMA, TOP_FIELDS
 from sbexport.errors import SbexportError
 from sbexport.tasks import get_task
 
@@ -32,42 +32,96 @@ def tiny(**changes) -> BenchConfig:
 
 @pytest.fixture(scope="session")
 def bench_run(tmp_path_factory):
-    """One smoke run, shared: eager and ONNX Runtime, both models, two lengths, memory probes on."""
+    """One smoke run, shared: every runtime (eager, ONNX Runtime, ExecuTorch), both models, two
+    lengths, memory probes on."""
     out = tmp_path_factory.mktemp("bench")
     json_path, plot_path = out / "bench.json", out / "bench.png"
-    result = run_bench(tiny(workdir=str(out / "work")), json_path=str(json_path), plot_path=str(plot_path),
-                       progress=False, log=lambda msg: None)
+    result = run_bench(tiny(workdir=str(out / "work"), formats=("eager", "onnx", "executorch")),
+                       json_path=str(json_path), plot_path=str(plot_path), progress=False, log=lambda msg: None)
     return result, json_path, plot_path, out
 
 
-def test_json_schema(bench_run):
+def _pinned_schema() -> dict:
+    """The JSON Schema file shipped in the package (package data), read as a user would."""
+    from importlib.resources import files
+
+    return json.loads(files("sbexport.bench").joinpath("schema/bench-1.json").read_text(encoding="utf-8"))
+
+
+def _validate(data: dict) -> None:
+    import jsonschema
+
+    schema = _pinned_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(data)
+
+
+def test_json_output_conforms_to_the_pinned_schema(bench_run):
+    """The JSON bench writes, as read back from disk, against schema/bench-1.json: a renamed or
+    dropped key, a wrong type or a negative time in the output fails here."""
     result, json_path, _, _ = bench_run
     data = json.loads(json_path.read_text())
-    assert data["schema"] == SCHEMA == "sbexport.bench/1"
-    assert set(TOP_FIELDS) <= set(data)
-    machine = data["machine"]
-    for key in ("cpu", "cores", "flags", "python", "versions", "threads"):
-        assert key in machine
-    assert {"torch", "onnxruntime", "executorch"} <= set(machine["versions"])
+    _validate(data)
+    assert data["schema"] == "sbexport.bench/1"
     assert data["config"]["seq_lens"] == list(SEQ_LENS) and data["config"]["runs"] == 2
+    assert {r["runs"] for r in data["rows"]} == {2}
     ceiling = data["ceiling"]
-    assert ceiling["gflops"] == max(ceiling["start_gflops"], ceiling["end_gflops"]) > 0
-    assert data["rows"], "no rows"
-    for row in data["rows"]:
-        assert set(ROW_FIELDS) <= set(row), set(ROW_FIELDS) - set(row)
-        assert row["runs"] == 2
-    for entry in data["skipped"]:
-        assert entry["reason"]
+    assert ceiling["gflops"] == max(ceiling["start_gflops"], ceiling["end_gflops"])
+    from sbexport.bench.report import json_schema
+    assert json_schema() == _pinned_schema()
 
 
-def test_every_runtime_and_model_ran_or_says_why(bench_run):
+@pytest.mark.parametrize("breakage", ["row key renamed", "row key dropped", "negative time", "unknown runtime",
+                                      "top key dropped", "schema version"])
+def test_pinned_schema_refuses_a_changed_output(bench_run, breakage):
+    """The schema is strict enough to notice each of these changes to the output."""
+    import copy
+
+    import jsonschema
+
+    data = copy.deepcopy(json.loads(bench_run[1].read_text()))
+    row = data["rows"][0]
+    if breakage == "row key renamed":
+        row["median_ms"] = row.pop("p50_ms")
+    elif breakage == "row key dropped":
+        del row["flops"]
+    elif breakage == "negative time":
+        row["min_ms"] = -row["min_ms"]
+    elif breakage == "unknown runtime":
+        row["runtime"] = "tflite"
+    elif breakage == "top key dropped":
+        del data["ceiling"]
+    else:
+        data["schema"] = "sbexport.bench/2"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(data)
+
+
+def test_every_runtime_and_model_ran(bench_run):
+    """Every runtime asked for is installed here: each model has a row per length on each, and
+    nothing was skipped."""
     result = bench_run[0]
-    ran = {(r["runtime"], r["model"]) for r in result["rows"]}
-    skipped = {(s["runtime"], s["model"]) for s in result["skipped"]}
-    for runtime in ("eager", "onnx"):
-        for model in ("squeezebert", "bert"):
-            assert (runtime, model) in ran or (runtime, model) in skipped or (runtime, "*") in skipped
-    assert {("eager", "squeezebert"), ("eager", "bert"), ("onnx", "squeezebert")} <= ran
+    ran = sorted((r["runtime"], r["model"], r["seq_len"]) for r in result["rows"])
+    assert ran == sorted((rt, m, s) for rt in ("eager", "onnx", "executorch") for m in ("squeezebert", "bert")
+                         for s in SEQ_LENS)
+    assert result["skipped"] == []
+
+
+def test_executorch_rows_are_timings_of_the_exported_programs(bench_run):
+    """The ExecuTorch rows time the .pte files bench exported and verified: their size is the
+    file's, every run was timed, and the times are the calls' (positive, ordered)."""
+    result = bench_run[0]
+    rows = [r for r in result["rows"] if r["runtime"] == "executorch"]
+    assert len(rows) == 2 * len(SEQ_LENS)
+    for r in rows:
+        info = result["artifacts"][f"{r['model']}/executorch"]
+        assert info["model_file"] == r["file"] == "model.pte"
+        assert info["verified"] and info["parity_passed"]
+        assert (Path(info["folder"]) / "model.pte").stat().st_size == info["bytes"] == r["file_bytes"]
+        assert r["runs"] == 2 and 0 < r["min_ms"] <= r["p50_ms"] <= r["mean_ms"] * 2
+        assert r["load_ms"] > 0 and r["first_run_ms"] > 0 and r["peak_rss_mb"] > 0
+    onnx_bytes = {r["model"]: r["file_bytes"] for r in result["rows"] if r["runtime"] == "onnx"}
+    assert all(r["file_bytes"] != onnx_bytes[r["model"]] for r in rows)   # not the ONNX file
 
 
 def test_statistics_and_ratio_arithmetic(bench_run):
@@ -130,6 +184,49 @@ def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
     assert result["skipped"] == [{"runtime": "executorch", "model": "*",
                                   "reason": "executorch.runtime does not import (test)"}]
     assert "skipped executorch" in table(result)
+
+
+def _failing_export(arch_to_fail: str):
+    """An export_artifact that fails the way an exporter does (ExportError) for one model."""
+    from sbexport import export
+    from sbexport.errors import ExportError
+
+    real = export.export_artifact
+
+    def export_artifact(fmt, task, source, *args, **kwargs):
+        if source.arch == arch_to_fail:
+            raise ExportError(f"{fmt} export of {task.name} failed: 2 convolution(s) fell out of the delegate")
+        return real(fmt, task, source, *args, **kwargs)
+    return export_artifact
+
+
+def test_failed_export_stops_the_bench(monkeypatch):
+    """A model whose export fails is not quietly dropped from the comparison: bench stops and
+    names the model, the runtime and the cause."""
+    from sbexport import export
+    from sbexport.errors import ExportError
+
+    monkeypatch.setattr(export, "export_artifact", _failing_export("bert"))
+    monkeypatch.setattr(host, "time_runtime", lambda *a, **k: pytest.fail("timed after a failed export"))
+    with pytest.raises(ExportError, match=r"^bench stopped: the BERT-base export to onnx failed \(nothing was timed\): "
+                                          r"onnx export of mnli failed: 2 convolution\(s\) fell out"):
+        run_bench(tiny(formats=("onnx",), runs=1, memory=False), progress=False, log=lambda m: None)
+
+
+def test_failed_export_is_one_line_and_exit_1_from_the_cli(monkeypatch, capsys, tmp_path):
+    from sbexport import export
+
+    monkeypatch.setattr(export, "export_artifact", _failing_export("squeezebert"))
+    monkeypatch.setattr(host, "sgemm_ceiling", lambda threads, size: {"gflops": 1.0, "cpu_wait_pct": 0, "op": "x"})
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "onnx", "--seq-lens", "8", "--runs", "1",
+                                      "--json", str(tmp_path / "bench.json")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: bench stopped: the SqueezeBERT export to onnx failed"), err
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "bench.json").exists()
 
 
 def test_executorch_threads_follow_the_setting():

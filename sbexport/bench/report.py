@@ -3,7 +3,8 @@
 The JSON is the result dict of host.run_bench under schema "sbexport.bench/1": keys schema,
 created, sbexport_version, machine, config, method, ceiling, artifacts, rows, skipped. Each row
 is one model x runtime x sequence length (ROW_FIELDS). A change that renames or removes a key
-bumps the version; adding keys does not.
+bumps the version; adding keys does not. The schema is pinned as a JSON Schema file shipped
+with the package, schema/bench-1.json (json_schema()); tests validate real output against it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..errors import SbexportError
 
 SCHEMA = "sbexport.bench/1"
+SCHEMA_FILE = "schema/bench-1.json"      # inside this package; its "schema" property is SCHEMA
 TOP_FIELDS = ("schema", "created", "sbexport_version", "machine", "config", "method", "ceiling",
               "artifacts", "rows", "skipped")
 ROW_FIELDS = ("model", "runtime", "seq_len", "batch", "threads", "load_ms", "first_run_ms", "min_ms", "p50_ms",
@@ -25,6 +27,13 @@ ROW_FIELDS = ("model", "runtime", "seq_len", "batch", "threads", "load_ms", "fir
               "ratio_bert_over_squeezebert", "cpu_wait_pct")
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK"}
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a SCHEMA result, read from the package data."""
+    from importlib.resources import files
+
+    return json.loads(files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 def check_writable(path: str | os.PathLike) -> None:
