@@ -66,7 +66,8 @@ def _export_options(f):
                      help="Artifact folder. Default: artifacts/<task>-<format>."),
         click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init weights."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of random weights: --random-init, or a head the checkpoint lacks."),
     ]):
         f = option(f)
     return f
