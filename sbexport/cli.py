@@ -152,7 +152,8 @@ def _export_options(f):
         click.option("--overwrite", is_flag=True,
                      help="Replace an existing artifact folder (only one sbexport wrote, holding nothing else)."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init weights."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of random weights: --random-init, or a head the checkpoint lacks."),
     ]):
         f = option(f)
     return f

@@ -54,8 +54,9 @@ def resolve_source(task: Task, model: str | None = None, random_init: bool = Fal
     model = model or (task.default_checkpoint if arch == "squeezebert" else BERT_BASE)
     # Absolute, so that a manifest's source still resolves from another working directory.
     folder = resolve_checkpoint(model).resolve()
+    # The seed draws a head the checkpoint lacks (a -headless checkpoint under a fine-tuning task).
     return ModelSource(arch=arch, checkpoint=model, resolved_path=str(folder),
-                       fingerprint=checkpoint_fingerprint(folder))
+                       fingerprint=checkpoint_fingerprint(folder), seed=seed)
 
 
 def build_reference(task: Task, source: ModelSource, config_overrides: dict | None = None,

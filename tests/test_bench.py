@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY
 from sbexport import cli
 from sbexport.bench import BenchConfig, host, markdown_table, run_bench, table
-from sbexport.bench.report import ROW_FIELDS, SCHEMA, TOP_FIELDS
 from sbexport.errors import SbexportError
+from sbexport.tasks import get_task
 
 TINY_OVERRIDES = {
     "squeezebert": {**TINY, "embedding_size": TINY["hidden_size"], "q_groups": 2, "k_groups": 2, "v_groups": 2,
@@ -20,6 +21,7 @@ TINY_OVERRIDES = {
     "bert": dict(TINY),
 }
 SEQ_LENS = (8, 16)
+TASKS_MNLI = get_task("mnli")
 
 
 def tiny(**changes) -> BenchConfig:
@@ -30,42 +32,96 @@ def tiny(**changes) -> BenchConfig:
 
 @pytest.fixture(scope="session")
 def bench_run(tmp_path_factory):
-    """One smoke run, shared: eager and ONNX Runtime, both models, two lengths, memory probes on."""
+    """One smoke run, shared: every runtime (eager, ONNX Runtime, ExecuTorch), both models, two
+    lengths, memory probes on."""
     out = tmp_path_factory.mktemp("bench")
     json_path, plot_path = out / "bench.json", out / "bench.png"
-    result = run_bench(tiny(workdir=str(out / "work")), json_path=str(json_path), plot_path=str(plot_path),
-                       progress=False, log=lambda msg: None)
+    result = run_bench(tiny(workdir=str(out / "work"), formats=("eager", "onnx", "executorch")),
+                       json_path=str(json_path), plot_path=str(plot_path), progress=False, log=lambda msg: None)
     return result, json_path, plot_path, out
 
 
-def test_json_schema(bench_run):
+def _pinned_schema() -> dict:
+    """The JSON Schema file shipped in the package (package data), read as a user would."""
+    from importlib.resources import files
+
+    return json.loads(files("sbexport.bench").joinpath("schema/bench-1.json").read_text(encoding="utf-8"))
+
+
+def _validate(data: dict) -> None:
+    import jsonschema
+
+    schema = _pinned_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(data)
+
+
+def test_json_output_conforms_to_the_pinned_schema(bench_run):
+    """The JSON bench writes, as read back from disk, against schema/bench-1.json: a renamed or
+    dropped key, a wrong type or a negative time in the output fails here."""
     result, json_path, _, _ = bench_run
     data = json.loads(json_path.read_text())
-    assert data["schema"] == SCHEMA == "sbexport.bench/1"
-    assert set(TOP_FIELDS) <= set(data)
-    machine = data["machine"]
-    for key in ("cpu", "cores", "flags", "python", "versions", "threads"):
-        assert key in machine
-    assert {"torch", "onnxruntime", "executorch"} <= set(machine["versions"])
+    _validate(data)
+    assert data["schema"] == "sbexport.bench/1"
     assert data["config"]["seq_lens"] == list(SEQ_LENS) and data["config"]["runs"] == 2
+    assert {r["runs"] for r in data["rows"]} == {2}
     ceiling = data["ceiling"]
-    assert ceiling["gflops"] == max(ceiling["start_gflops"], ceiling["end_gflops"]) > 0
-    assert data["rows"], "no rows"
-    for row in data["rows"]:
-        assert set(ROW_FIELDS) <= set(row), set(ROW_FIELDS) - set(row)
-        assert row["runs"] == 2
-    for entry in data["skipped"]:
-        assert entry["reason"]
+    assert ceiling["gflops"] == max(ceiling["start_gflops"], ceiling["end_gflops"])
+    from sbexport.bench.report import json_schema
+    assert json_schema() == _pinned_schema()
 
 
-def test_every_runtime_and_model_ran_or_says_why(bench_run):
+@pytest.mark.parametrize("breakage", ["row key renamed", "row key dropped", "negative time", "unknown runtime",
+                                      "top key dropped", "schema version"])
+def test_pinned_schema_refuses_a_changed_output(bench_run, breakage):
+    """The schema is strict enough to notice each of these changes to the output."""
+    import copy
+
+    import jsonschema
+
+    data = copy.deepcopy(json.loads(bench_run[1].read_text()))
+    row = data["rows"][0]
+    if breakage == "row key renamed":
+        row["median_ms"] = row.pop("p50_ms")
+    elif breakage == "row key dropped":
+        del row["flops"]
+    elif breakage == "negative time":
+        row["min_ms"] = -row["min_ms"]
+    elif breakage == "unknown runtime":
+        row["runtime"] = "tflite"
+    elif breakage == "top key dropped":
+        del data["ceiling"]
+    else:
+        data["schema"] = "sbexport.bench/2"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(data)
+
+
+def test_every_runtime_and_model_ran(bench_run):
+    """Every runtime asked for is installed here: each model has a row per length on each, and
+    nothing was skipped."""
     result = bench_run[0]
-    ran = {(r["runtime"], r["model"]) for r in result["rows"]}
-    skipped = {(s["runtime"], s["model"]) for s in result["skipped"]}
-    for runtime in ("eager", "onnx"):
-        for model in ("squeezebert", "bert"):
-            assert (runtime, model) in ran or (runtime, model) in skipped or (runtime, "*") in skipped
-    assert {("eager", "squeezebert"), ("eager", "bert"), ("onnx", "squeezebert")} <= ran
+    ran = sorted((r["runtime"], r["model"], r["seq_len"]) for r in result["rows"])
+    assert ran == sorted((rt, m, s) for rt in ("eager", "onnx", "executorch") for m in ("squeezebert", "bert")
+                         for s in SEQ_LENS)
+    assert result["skipped"] == []
+
+
+def test_executorch_rows_are_timings_of_the_exported_programs(bench_run):
+    """The ExecuTorch rows time the .pte files bench exported and verified: their size is the
+    file's, every run was timed, and the times are the calls' (positive, ordered)."""
+    result = bench_run[0]
+    rows = [r for r in result["rows"] if r["runtime"] == "executorch"]
+    assert len(rows) == 2 * len(SEQ_LENS)
+    for r in rows:
+        info = result["artifacts"][f"{r['model']}/executorch"]
+        assert info["model_file"] == r["file"] == "model.pte"
+        assert info["verified"] and info["parity_passed"]
+        assert (Path(info["folder"]) / "model.pte").stat().st_size == info["bytes"] == r["file_bytes"]
+        assert r["runs"] == 2 and 0 < r["min_ms"] <= r["p50_ms"] <= r["mean_ms"] * 2
+        assert r["load_ms"] > 0 and r["first_run_ms"] > 0 and r["peak_rss_mb"] > 0
+    onnx_bytes = {r["model"]: r["file_bytes"] for r in result["rows"] if r["runtime"] == "onnx"}
+    assert all(r["file_bytes"] != onnx_bytes[r["model"]] for r in rows)   # not the ONNX file
 
 
 def test_statistics_and_ratio_arithmetic(bench_run):
@@ -130,6 +186,49 @@ def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
     assert "skipped executorch" in table(result)
 
 
+def _failing_export(arch_to_fail: str):
+    """An export_artifact that fails the way an exporter does (ExportError) for one model."""
+    from sbexport import export
+    from sbexport.errors import ExportError
+
+    real = export.export_artifact
+
+    def export_artifact(fmt, task, source, *args, **kwargs):
+        if source.arch == arch_to_fail:
+            raise ExportError(f"{fmt} export of {task.name} failed: 2 convolution(s) fell out of the delegate")
+        return real(fmt, task, source, *args, **kwargs)
+    return export_artifact
+
+
+def test_failed_export_stops_the_bench(monkeypatch):
+    """A model whose export fails is not quietly dropped from the comparison: bench stops and
+    names the model, the runtime and the cause."""
+    from sbexport import export
+    from sbexport.errors import ExportError
+
+    monkeypatch.setattr(export, "export_artifact", _failing_export("bert"))
+    monkeypatch.setattr(host, "time_runtime", lambda *a, **k: pytest.fail("timed after a failed export"))
+    with pytest.raises(ExportError, match=r"^bench stopped: the BERT-base export to onnx failed \(nothing was timed\): "
+                                          r"onnx export of mnli failed: 2 convolution\(s\) fell out"):
+        run_bench(tiny(formats=("onnx",), runs=1, memory=False), progress=False, log=lambda m: None)
+
+
+def test_failed_export_is_one_line_and_exit_1_from_the_cli(monkeypatch, capsys, tmp_path):
+    from sbexport import export
+
+    monkeypatch.setattr(export, "export_artifact", _failing_export("squeezebert"))
+    monkeypatch.setattr(host, "sgemm_ceiling", lambda threads, size: {"gflops": 1.0, "cpu_wait_pct": 0, "op": "x"})
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "onnx", "--seq-lens", "8", "--runs", "1",
+                                      "--json", str(tmp_path / "bench.json")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: bench stopped: the SqueezeBERT export to onnx failed"), err
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "bench.json").exists()
+
+
 def test_executorch_threads_follow_the_setting():
     from executorch.extension.pybindings import portable_lib
 
@@ -187,3 +286,89 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+# -- FLOPs against the closed form ------------------------------------------------------------
+#
+# What is counted (flops.COUNTED): 2 FLOPs per multiply-accumulate of the matrix ops, nothing
+# element-wise, no bias adds. For one encoder layer at batch B, sequence S, hidden H,
+# intermediate I (a 1x1 convolution of cin -> cout channels in g groups does cin/g * cout
+# multiply-adds per position):
+#   projections  2 B S (H H/g_q + H H/g_k + H H/g_v + H H/g_post + H I/g_int + I H/g_out)
+#                (BERT: every g is 1 and they are Linear layers, counted as addmm)
+#   attention    2 B S S H for Q K^T plus 2 B S S H for probs V (heads split H, not the sum)
+# and once per sequence the pooler (2 B H H) and the classifier (2 B H labels), both addmm.
+# SqueezeBERT-base at S 128: per layer 113M (Q/K/V) + 50M (attention) + 151M (post) + 302M
+# (FFN), times 12 = 7.40 G; BERT-base 3 x 151M + 50M + 151M + 1208M, times 12 = 22.35 G.
+
+
+def closed_form_flops(cfg, batch: int, seq: int, num_labels: int) -> dict[str, int]:
+    """{op: FLOPs} of a sequence classifier, written from the architecture (see above)."""
+    H, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    groups = [getattr(cfg, name, 1) for name in ("q_groups", "k_groups", "v_groups", "post_attention_groups",
+                                                  "intermediate_groups", "output_groups")]
+    macs = [H * H, H * H, H * H, H * H, H * I, I * H]
+    projections = L * 2 * batch * seq * sum(m // g for m, g in zip(macs, groups))
+    attention = L * 2 * (2 * batch * seq * seq * H)
+    heads = 2 * batch * H * H + 2 * batch * H * num_labels
+    if cfg.model_type == "squeezebert":
+        return {"convolution": projections, "bmm": attention, "addmm": heads}
+    return {"addmm": projections + heads, "bmm": attention}
+
+
+def _count_on_meta(arch: str, cfg, batch: int, seq: int):
+    """count_flops of the mnli classifier built on the meta device (no memory, no arithmetic:
+    FlopCounterMode needs only shapes), so that full-size models count in a second."""
+    import torch
+
+    from sbexport.bench.flops import count_flops
+    from sbexport.export import ExportWrapper
+
+    task = TASKS_MNLI
+    with torch.device("meta"):
+        wrapper = ExportWrapper(task.model_class(arch)(cfg), task).eval()
+        ids = torch.zeros(batch, seq, dtype=torch.long)
+        return count_flops(wrapper, (ids, torch.ones_like(ids), ids))
+
+
+@pytest.mark.parametrize("arch", ["squeezebert", "bert"])
+@pytest.mark.parametrize("seq", [8, 32, 128, 512])
+def test_full_size_flops_match_the_closed_form(arch, seq):
+    from sbexport.config import BertConfig, SqueezeBertConfig
+
+    cfg = (SqueezeBertConfig if arch == "squeezebert" else BertConfig)(**TASKS_MNLI.config_overrides())
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (768, 3072, 12)
+    if arch == "squeezebert":   # the public checkpoints' groups (REFERENCE.md)
+        assert [cfg.q_groups, cfg.k_groups, cfg.v_groups, cfg.post_attention_groups, cfg.intermediate_groups,
+                cfg.output_groups] == [4, 4, 4, 1, 4, 4]
+    total, by_op = _count_on_meta(arch, cfg, 1, seq)
+    expected = closed_form_flops(cfg, 1, seq, num_labels=3)
+    assert by_op == expected
+    assert total == sum(expected.values())
+    if seq == 128:   # the paper's figures
+        assert round(total / 1e9, 2) == {"squeezebert": 7.40, "bert": 22.35}[arch]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_tiny_flops_match_the_closed_form_with_every_group_distinct(batch):
+    """Groups 2/4/8/1/16/32: a group count attached to the wrong projection changes the sum."""
+    from conftest import EXPORT_TINY
+    from sbexport.config import SqueezeBertConfig
+
+    cfg = SqueezeBertConfig(**EXPORT_TINY, **TASKS_MNLI.config_overrides())
+    for seq in (5, 16, 64):
+        assert _count_on_meta("squeezebert", cfg, batch, seq)[1] == closed_form_flops(cfg, batch, seq, 3)
+
+
+def test_bench_rows_carry_the_closed_form_flops(bench_run):
+    """The figures bench reports (tiny configs, both models, each length) are the closed form's."""
+    from sbexport.config import BertConfig, SqueezeBertConfig
+
+    result = bench_run[0]
+    configs = {"squeezebert": SqueezeBertConfig(**TINY_OVERRIDES["squeezebert"], **TASKS_MNLI.config_overrides()),
+               "bert": BertConfig(**TINY_OVERRIDES["bert"], **TASKS_MNLI.config_overrides())}
+    assert result["rows"]
+    for row in result["rows"]:
+        expected = closed_form_flops(configs[row["model"]], row["batch"], row["seq_len"], 3)
+        assert row["flops_by_op"] == expected, row
+        assert row["flops"] == sum(expected.values())

@@ -274,3 +274,158 @@ def test_info_lists_tasks(monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, "info", "--tasks")
     assert code == 0
     assert [line.split()[0] for line in out.strip().splitlines()] == list(TASKS)
+
+
+# -- options with an observable effect -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def headless_checkpoint(tmp_path_factory, tiny_vocab_dir):
+    """A tiny bare backbone: exported under mnli its classifier is drawn from --seed."""
+    from conftest import save_tiny_checkpoint
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("headless"), "mnli", tiny_vocab_dir, head=False)
+
+
+def _onnx_opset(path: Path) -> int:
+    import onnx
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _classifier_weight(path: Path):
+    """The classifier's weight matrix in an ONNX file: the only initializer of shape [3, 32]."""
+    import onnx
+    from onnx import numpy_helper
+
+    (weight,) = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if list(t.dims) == [3, 32]]
+    return weight
+
+
+def test_seed_no_verify_and_opset(monkeypatch, capsys, tmp_path, headless_checkpoint):
+    """--seed draws the missing head (seed 1 and 2 give other weights, the manifest records
+    the seed); --no-verify leaves the manifest without parity; --opset lands in the file."""
+    a, b = tmp_path / "seed1", tmp_path / "seed2"
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", headless_checkpoint,
+                              "--seed", 1, "--no-verify", "--opset", 19, "-o", a)
+    assert code == 0, err
+    assert "PASS" not in out
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", headless_checkpoint,
+                              "--seed", 2, "-o", b)
+    assert code == 0, err
+    assert "PASS: 8 cases" in out
+    ma, mb = read_manifest(a), read_manifest(b)
+    assert (ma["source"]["seed"], mb["source"]["seed"]) == (1, 2)
+    assert "parity" not in ma and mb["parity"]["passed"] is True
+    assert (ma["options"]["opset"], mb["options"]["opset"]) == (19, 18)
+    assert (_onnx_opset(a / "model.onnx"), _onnx_opset(b / "model.onnx")) == (19, 18)
+    import numpy as np
+    assert not np.allclose(_classifier_weight(a / "model.onnx"), _classifier_weight(b / "model.onnx"))
+    code, out, err = run_main(monkeypatch, capsys, "info", a)
+    assert code == 0 and "parity    not verified" in out
+
+
+def test_executorch_command(monkeypatch, capsys, tmp_path, tiny_checkpoint):
+    out_dir = tmp_path / "mnli-pte"
+    code, out, err = run_main(monkeypatch, capsys, "executorch", "--task", "mnli", "--model", tiny_checkpoint("mnli"),
+                              "--backend", "portable", "--batch", 2, "-o", out_dir)
+    assert code == 0, err
+    assert "PASS" in out and f"wrote {out_dir}" in out
+    manifest = read_manifest(out_dir)
+    assert manifest["format"] == "executorch" and manifest["model_file"] == "model.pte"
+    assert manifest["backend"] == "portable" and manifest["dims"]["batch"] == [2, 2]
+    assert manifest["parity"]["passed"] is True
+    assert (out_dir / "model.pte").read_bytes()[4:8] == b"ET12"    # the ExecuTorch program identifier
+    code, out, err = run_main(monkeypatch, capsys, "predict", out_dir, "A man plays the guitar.", "Someone makes music.")
+    assert code == 0, err
+    assert sorted(line.split()[0] for line in out.strip().splitlines()) == sorted(TASKS["mnli"].labels)
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 7])
+def test_predict_top_k(monkeypatch, capsys, onnx_artifact, top_k):
+    code, out, err = run_main(monkeypatch, capsys, "predict", onnx_artifact("fill-mask", local=True),
+                              "The [MASK] sat on the [MASK].", "--top-k", top_k, "--json")
+    assert code == 0, err
+    masks = json.loads(out)["masks"]
+    assert [len(m) for m in masks] == [top_k, top_k]
+
+
+def test_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    result = run_script("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sbexport, version {version('sbexport')}"
+    import sbexport
+    assert version("sbexport") == sbexport.__version__
+
+
+# -- every command's --help example ----------------------------------------------------------
+
+
+def _help_examples(command: list[str]) -> list[list[str]]:
+    """The command lines under 'Example:' in `sbexport COMMAND --help` (backslash-continued lines
+    joined), split as a shell would."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from sbexport.cli import cli
+
+    text = CliRunner().invoke(cli, [*command, "--help"]).output
+    assert "Example:" in text, f"sbexport {' '.join(command)} --help has no example"
+    block = text.split("Example:", 1)[1].split("\n\n")[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line.strip())[1:] for line in lines if line.strip().startswith("sbexport ")]
+
+
+COMMANDS = ["onnx", "executorch", "verify", "predict", "info", "convert-bert", "bench", "eval"]
+
+
+def test_every_command_is_listed_here():
+    from sbexport.cli import cli
+    assert sorted(cli.commands) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+def test_help_example_is_accepted_by_the_parser(command):
+    """Each example parses: its command exists and click accepts every option and value."""
+    from sbexport.cli import cli
+
+    examples = _help_examples(command)
+    assert examples, command
+    for args in examples:
+        name, rest = args[0], args[1:]
+        assert name in cli.commands, args
+        if command:
+            assert name == command[0], args
+        cli.commands[name].make_context(name, list(rest))      # raises click.UsageError when refused
+
+
+def test_help_examples_run(monkeypatch, capsys, tmp_path, tiny_checkpoint, minilm_dir):
+    """Run each example for real, in a fresh folder, where it can run here. Stand-ins: a hub
+    checkpoint or --random-init (full-size weights) becomes the tiny checkpoint of the task;
+    ./bert-base-uncased the real MiniLM BERT; the GLUE file a small one written here. bench's
+    examples time full-size models for minutes: parsed only (test_bench runs bench on tiny
+    configs)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "glue/MNLI").mkdir(parents=True)
+    (tmp_path / "glue/MNLI/dev_matched.tsv").write_text(
+        "index\tsentence1\tsentence2\tgold_label\n0\tA man plays the guitar.\tSomeone makes music.\tentailment\n"
+        "1\tThe cat sat on the mat.\tA dog slept.\tcontradiction\n", encoding="utf-8")
+    standins = {"./bert-base-uncased": str(minilm_dir), "./my-squad-checkpoint": str(tiny_checkpoint("squad"))}
+    ran = []
+    for command in [[], *[[c] for c in COMMANDS if c != "bench"]]:
+        for args in _help_examples(command):
+            args = [standins.get(a, a) for a in args]
+            if args[0] in ("onnx", "executorch"):
+                task = args[args.index("--task") + 1]
+                args = [a for a in args if a != "--random-init"]
+                if "--model" not in args:
+                    args += ["--model", str(tiny_checkpoint(task))]
+            if args in ran:
+                continue
+            code, out, err = run_main(monkeypatch, capsys, *args)
+            assert code == 0, (args, out, err)
+            ran.append(args)
+    assert len(ran) >= 10, ran
+    assert (tmp_path / "artifacts/mnli-onnx/model.onnx").is_file() and (tmp_path / "eval.json").is_file()
+    assert (tmp_path / "squeezebert-from-bert/config.json").is_file()

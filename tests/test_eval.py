@@ -363,3 +363,122 @@ def test_help_has_an_example_and_says_where_dev_sets_come_from():
     text = CliRunner().invoke(cli, ["eval", "--help"]).output
     assert "sbexport eval --task mnli --data" in text
     assert "gluebenchmark.com" in text and "dev-v1.1.json" in text and "CoNLL-2003" in text
+
+
+# -- the GLUE metrics end to end, against scikit-learn and scipy --------------------------------
+#
+# A tiny checkpoint scores a file written here; the expected figures come from the model's own
+# predictions (run here, one row at a time, with transformers' tokenizer) and scikit-learn /
+# scipy. The files are chosen so that a wrong positive class, accuracy in place of Matthews
+# correlation, or Pearson in place of Spearman gives another number.
+
+def _checkpoint_and_outputs(folder: Path, task_name: str, rows) -> tuple[Path, np.ndarray]:
+    """A tiny checkpoint whose classifier is re-centred on `rows`, and its logits for each
+    (text, pair) row, run one row at a time with transformers' tokenizer: [rows, labels].
+
+    A random tiny classifier predicts one class for every input (its bias outweighs what the
+    text changes); moving the bias of class 1 by the median logit gap splits the rows about
+    evenly, so that every metric sees both classes."""
+    from transformers import BertTokenizerFast
+
+    model = tiny_model(task_name)
+    tok = BertTokenizerFast(vocab=str(write(folder.parent / f"{folder.name}-vocab.txt", "\n".join(VOCAB) + "\n")))
+
+    def outputs():
+        with torch.no_grad():
+            return np.stack([model(**tok(text, pair, return_tensors="pt")).logits[0].numpy() for text, pair in rows])
+    logits = outputs()
+    if logits.shape[1] == 2:
+        with torch.no_grad():
+            gaps = np.sort(logits[:, 1] - logits[:, 0])
+            middle = len(gaps) // 2
+            model.classifier.bias[1] -= float(gaps[middle - 1] + gaps[middle]) / 2
+        logits = outputs()
+    save_pretrained(model, folder)
+    write(folder / "vocab.txt", "\n".join(VOCAB) + "\n")
+    return folder, logits
+
+
+def _pairs(rng, n: int) -> list[tuple[str, str]]:
+    return [(sentence(rng) + ".", sentence(rng) + ".") for _ in range(n)]
+
+
+def _clear_decisions(rows: list, logits: np.ndarray) -> tuple[list, np.ndarray]:
+    """The rows whose two logits are more than 1e-4 apart (100x the ~1e-6 by which padding in
+    eval's batches moves them) and their logits: a class decided by fp32 noise is no test."""
+    keep = np.abs(logits[:, 1] - logits[:, 0]) > 1e-4
+    assert keep.sum() >= 30, keep.sum()
+    return [r for r, k in zip(rows, keep) if k], logits[keep]
+
+
+def _gold_flipping(predicted: np.ndarray, rng) -> np.ndarray:
+    """Gold labels agreeing with `predicted` on about 60% of rows and positive (1) on the rest:
+    scores neither 0 nor 1, and more positives than negatives (as in MRPC, 68% positive), so
+    that the F1 of one class is far from the other's."""
+    return np.where(rng.random(len(predicted)) < 0.6, predicted, 1)
+
+
+@pytest.mark.parametrize("task_name", ["mrpc", "qqp"])
+def test_binary_f1_is_of_the_positive_class(tmp_path, task_name):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(7)
+    rows = _pairs(rng, 40)
+    checkpoint, logits = _checkpoint_and_outputs(tmp_path / "ckpt", task_name, rows)
+    rows, logits = _clear_decisions(rows, logits)
+    predicted = logits.argmax(1)
+    gold = _gold_flipping(predicted, rng)
+    if task_name == "mrpc":      # 1 = equivalent (the positive class), 0 = not_equivalent
+        text = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
+            f"{g}\t{i}\t{i + 100}\t{a}\t{b}\n" for i, ((a, b), g) in enumerate(zip(rows, gold)))
+    else:                        # 1 = duplicate
+        text = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n" + "".join(
+            f"{i}\t{i}\t{i + 100}\t{a}\t{b}\t{g}\n" for i, ((a, b), g) in enumerate(zip(rows, gold)))
+    data = write(tmp_path / "dev.tsv", text)
+    metrics = run_eval(task_name, data, model=str(checkpoint),
+                       log=lambda _: None).runners[0].metrics
+    expected_f1 = f1_score(gold, predicted, pos_label=1)
+    assert abs(expected_f1 - f1_score(gold, predicted, pos_label=0)) > 0.05    # the class matters
+    assert set(predicted) == {0, 1}
+    assert list(metrics) == ["f1", "accuracy"]
+    assert metrics["f1"] == pytest.approx(expected_f1, abs=1e-12)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(gold, predicted), abs=1e-12)
+
+
+def test_cola_is_scored_by_matthews_correlation(tmp_path):
+    from sklearn.metrics import accuracy_score, matthews_corrcoef as sk_mcc
+
+    rng = np.random.default_rng(3)
+    texts = [sentence(rng) + "." for _ in range(40)]
+    checkpoint, logits = _checkpoint_and_outputs(tmp_path / "ckpt", "cola", [(t, None) for t in texts])
+    texts, logits = _clear_decisions(texts, logits)
+    predicted = logits.argmax(1)
+    gold = _gold_flipping(predicted, rng)
+    data = write(tmp_path / "dev.tsv", "".join(f"gj04\t{g}\t{'' if g else '*'}\t{t}\n" for t, g in zip(texts, gold)))
+    metrics = run_eval("cola", data, model=str(checkpoint),
+                       log=lambda _: None).runners[0].metrics
+    expected = sk_mcc(gold, predicted)
+    assert abs(expected - accuracy_score(gold, predicted)) > 0.05
+    assert metrics == {"matthews_corr": pytest.approx(expected, abs=1e-12)}
+
+
+def test_stsb_is_scored_by_pearson_and_spearman(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = _pairs(rng, 30)
+    checkpoint, logits = _checkpoint_and_outputs(tmp_path / "ckpt", "stsb", rows)
+    predicted = logits[:, 0].astype(np.float64)
+    # Gold: a steep monotone function of the prediction's rank, plus noise, so that the rank
+    # correlation and the linear one differ (measured: Pearson 0.90, Spearman 0.95).
+    ranks = np.argsort(np.argsort(predicted)) / (len(predicted) - 1)
+    gold = np.round(np.clip(5 * ranks ** 4 + rng.normal(0, 0.1, len(predicted)), 0, 5), 2)
+    data = write(tmp_path / "dev.tsv", "index\tgenre\tsentence1\tsentence2\tscore\n" + "".join(
+        f"{i}\tnews\t{a}\t{b}\t{g}\n" for i, ((a, b), g) in enumerate(zip(rows, gold))))
+    metrics = run_eval("stsb", data, model=str(checkpoint),
+                       log=lambda _: None).runners[0].metrics
+    pearson_r, spearman_r = stats.pearsonr(gold, predicted)[0], stats.spearmanr(gold, predicted)[0]
+    assert abs(pearson_r - spearman_r) > 0.02
+    # eval runs padded batches, these rows run alone: outputs differ by ~1e-6 (fp32 sums over
+    # another length), which moves a correlation of 30 rows by < 1e-6; 1e-5 leaves a margin.
+    assert list(metrics) == ["pearson", "spearman"]
+    assert metrics["pearson"] == pytest.approx(pearson_r, abs=1e-5)
+    assert metrics["spearman"] == pytest.approx(spearman_r, abs=1e-5)

@@ -146,3 +146,163 @@ def test_fixed_batch_program_predicts_one_text(batch2_pte, onnx_artifact):
     assert [r["label"] for r in got["labels"]] == [r["label"] for r in same_weights["labels"]]
     np.testing.assert_allclose([r["score"] for r in got["labels"]],
                                [r["score"] for r in same_weights["labels"]], atol=1e-5)
+
+
+# -- predict gives the reference model's own answer, for every head ---------------------------
+#
+# The expected answer is computed here, independently of predict's decoders: transformers'
+# BertTokenizerFast reads the checkpoint's tokenizer, the PyTorch model of the checkpoint runs
+# it, and the decoding rule is written out in each test. The tiny checkpoints' weights are
+# perturbed, so each answer depends on the weights; each test also checks that its answer is
+# not degenerate (a reversed label list or a swapped start/end would change it).
+#
+# Tolerance of scores: the exported file's logits are within the task's atol (1e-4, the
+# parity bound verify enforces) of PyTorch's; softmax is 1-Lipschitz, so a probability moves
+# by at most as much. Measured on the Intel kind: probabilities within 6e-8 of PyTorch's (ONNX
+# Runtime and XNNPACK), the regression score 6e-8, the pooled values 4e-7 (predict rounds them
+# to 6 decimals); atol leaves a margin of over 200x for the AMD kind, whose parity holds the same
+# bound. A decision (argmax) is only compared where the reference's margin exceeds 2 atol.
+
+ATOL = TASKS["mnli"].atol
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    """reference(task) -> (PyTorch model, transformers tokenizer) of the tiny checkpoint."""
+    from transformers import BertTokenizerFast
+
+    from sbexport.source import build_reference, resolve_source
+
+    def get(task_name):
+        folder = tiny_checkpoint(task_name)
+        task = TASKS[task_name]
+        model = build_reference(task, resolve_source(task, model=str(folder))).eval()
+        return model, BertTokenizerFast.from_pretrained(str(folder))
+    return get
+
+
+def _run(model, enc):
+    """The model's output on the encoding's three inputs (numpy arrays)."""
+    import torch
+
+    with torch.no_grad():
+        return model(**{k: torch.as_tensor(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids")})
+
+
+def _np_softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _margin(values) -> float:
+    top = np.sort(np.asarray(values, dtype=np.float64))[::-1]
+    return float(top[0] - top[1])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_sequence_classification_is_the_reference_answer(fmt, onnx_artifact, et_artifact, reference):
+    model, tok = reference("mnli")
+    text, pair = "A man plays the guitar.", "Someone makes music."
+    logits = _run(model, tok(text, pair, return_tensors="np")).logits[0].numpy()
+    probs = _np_softmax(logits.astype(np.float64))
+    names = [model.config.id2label[i] for i in range(len(probs))]
+    order = np.argsort(-probs)
+    # Not degenerate: the best label is not the middle one (which a reversed list keeps), and
+    # the scores differ enough that the order is the weights', not fp32 noise.
+    assert order[0] != 1 and min(abs(np.diff(np.sort(probs)))) > 2 * ATOL, probs
+    folder = onnx_artifact("mnli", local=True) if fmt == "onnx" else et_artifact("mnli")
+    result = predict(folder, text, pair)
+    assert [r["label"] for r in result["labels"]] == [names[i] for i in order]
+    np.testing.assert_allclose([r["score"] for r in result["labels"]], probs[order], atol=ATOL)
+
+
+def test_regression_score_is_the_reference_value(onnx_artifact, reference):
+    model, tok = reference("stsb")
+    text, pair = "A man plays the guitar.", "Someone makes music."
+    expected = float(_run(model, tok(text, pair, return_tensors="np")).logits[0, 0])
+    assert abs(expected) > 10 * ATOL
+    assert predict(onnx_artifact("stsb", local=True), text, pair)["score"] == pytest.approx(expected, abs=ATOL)
+
+
+def test_question_answering_span_is_the_reference_answer(onnx_artifact, reference):
+    """Best span: start <= end, under 30 tokens, both ends on context word pieces (token type 1,
+    not [SEP]); the answer is the context's characters from the start piece to the end piece."""
+    model, tok = reference("squad")
+    question, context = "What is the capital of France?", "John Smith works at Google in New York. He lives in Paris, France."
+    enc = tok(question, context, return_tensors="np", return_offsets_mapping=True)
+    out = _run(model, enc)
+    start, end = out.start_logits[0].numpy(), out.end_logits[0].numpy()
+    offsets = enc["offset_mapping"][0]
+    context_pieces = [i for i in range(len(offsets)) if enc["token_type_ids"][0][i] == 1 and offsets[i][1] > offsets[i][0]]
+
+    def best(s, e):
+        i, j = max(((i, j) for i in context_pieces for j in context_pieces if i <= j < i + 30),
+                   key=lambda ij: s[ij[0]] + e[ij[1]])
+        return context[offsets[i][0]:offsets[j][1]], float(s[i] + e[j])
+    answer, score = best(start, end)
+    # Not degenerate: several word pieces (measured: "York. He lives in Paris, France", its score
+    # 0.09 above the next span), and start and end swapped would answer otherwise.
+    assert best(end, start)[0] != answer
+    assert len(answer.split()) > 2 and len(answer) < len(context)
+    result = predict(onnx_artifact("squad", local=True), question, context)
+    assert result["answer"] == answer
+    assert context[result["start"]:result["end"]] == answer
+    assert result["score"] == pytest.approx(score, abs=2 * ATOL)
+
+
+def test_token_classification_tags_are_the_reference_tags(onnx_artifact, reference):
+    model, tok = reference("ner")
+    text = "John Smith works at Google in Berlin."
+    enc = tok(text, return_tensors="np", return_offsets_mapping=True)
+    logits = _run(model, enc).logits[0].numpy()
+    names = [model.config.id2label[i] for i in range(logits.shape[-1])]
+    pieces = [(i, s, e) for i, (s, e) in enumerate(enc["offset_mapping"][0]) if e > s]
+    expected = [(text[s:e], names[int(logits[i].argmax())]) for i, s, e in pieces]
+    ids = {int(logits[i].argmax()) for i, _, _ in pieces}
+    assert len(ids) > 1 and ids != {len(names) // 2}, expected     # a reversed label list changes it
+    assert all(_margin(logits[i]) > 2 * ATOL for i, _, _ in pieces)
+    result = predict(onnx_artifact("ner", local=True), text)
+    assert [(t["token"], t["label"]) for t in result["tokens"]] == expected
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_multiple_choice_best_is_the_reference_choice(fmt, onnx_artifact, et_artifact, reference):
+    model, tok = reference("swag")
+    context, endings = "The man sat by the fire", ["he slept.", "he runs.", "the dog slept.", "a cat sat."]
+    enc = tok([context] * 4, endings, padding="longest", return_tensors="np")
+    logits = _run(model, {k: v[None] for k, v in enc.items()}).logits[0].numpy().astype(np.float64)
+    probs = _np_softmax(logits)
+    assert probs.argmax() != len(probs) - 1 - probs.argmax() and _margin(probs) > 2 * ATOL, probs
+    folder = onnx_artifact("swag", local=True) if fmt == "onnx" else et_artifact("swag")
+    result = predict(folder, context, "|".join(endings))
+    assert result["best"] == int(probs.argmax())
+    np.testing.assert_allclose([c["score"] for c in result["choices"]], probs, atol=ATOL)
+
+
+def test_fill_mask_candidates_are_the_reference_top_k(onnx_artifact, reference):
+    model, tok = reference("fill-mask")
+    text = "The [MASK] sat on the [MASK]."
+    enc = tok(text, return_tensors="np")
+    logits = _run(model, enc).logits[0].numpy()[:, :tok.vocab_size].astype(np.float64)
+    expected = []
+    for pos in np.flatnonzero(enc["input_ids"][0] == tok.mask_token_id):
+        probs = _np_softmax(logits[pos])
+        best = np.argsort(-probs)[:3]
+        assert _margin(probs[best[:-1]]) > 2 * ATOL or len(best) < 2
+        expected.append([(tok.convert_ids_to_tokens(int(t)), float(probs[t])) for t in best])
+    assert len(expected) == 2 and expected[0][0][0] != expected[0][1][0]
+    result = predict(onnx_artifact("fill-mask", local=True), text, top_k=3)
+    assert [[c["token"] for c in m] for m in result["masks"]] == [[t for t, _ in m] for m in expected]
+    np.testing.assert_allclose([[c["score"] for c in m] for m in result["masks"]],
+                               [[p for _, p in m] for m in expected], atol=ATOL)
+
+
+def test_features_are_the_reference_pooled_output(onnx_artifact, reference):
+    model, tok = reference("features")
+    text = "The cat sat on the mat."
+    out = _run(model, tok(text, return_tensors="np"))
+    pooled = out.pooler_output[0].numpy()
+    assert np.ptp(pooled[:8]) > 0.1          # not a constant vector
+    result = predict(onnx_artifact("features", local=True), text)
+    assert result["last_hidden_state_shape"] == list(out.last_hidden_state.shape)
+    np.testing.assert_allclose(result["pooler_output"][:8], pooled[:8], atol=ATOL)

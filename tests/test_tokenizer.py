@@ -577,3 +577,79 @@ def test_bad_ids_and_helpers(tok):
         tok.get_special_tokens_mask([101, 102], [5], already_has_special_tokens=True)
     with pytest.raises(TypeError, match="text must be a str, got int"):
         tok.tokenize(5)
+
+
+# -- against transformers' pure-Python BertTokenizer --------------------------------------------
+#
+# BertTokenizerFast runs on the same Rust `tokenizers` engine as SqueezeBertTokenizer, so a bug
+# in that engine's WordPiece (or in how both drive it) would pass every test above. In
+# transformers 5 the pure-Python implementation is BertTokenizerLegacy (BertTokenizer is now
+# the Rust-backed class). Compared here on the corpus: input ids, token types and attention
+# masks, under every normaliser option, alone, in pairs, and in batches padded and truncated.
+# Where they legitimately differ (asserted precisely below):
+#  - the Python tokenizer returns token_type_ids only when asked (its model_input_names are
+#    input_ids and attention_mask); sbexport's always returns them (its models take them);
+#  - it has no offsets (return_offsets_mapping is silently ignored);
+#  - a truncation that cannot reach max_length: it logs an error and returns a row longer than
+#    max_length; sbexport's raises TokenizerError (a model fed that row would fail later).
+
+COMPARED = ("input_ids", "token_type_ids", "attention_mask")
+ASK = dict(return_token_type_ids=True, return_attention_mask=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _python_pair(vocab_path: Path, **options):
+    return (SqueezeBertTokenizer(vocab_path, **options),
+            BertTokenizerLegacy(str(vocab_path), model_max_length=512, **options))
+
+
+def _assert_compared_equal(ours, theirs, context):
+    for key in COMPARED:
+        assert _plain(ours[key]) == _plain(theirs[key]), f"{context}: {key} differs"
+
+
+def test_python_reference_is_another_engine(vocab_path):
+    from transformers.tokenization_python import PythonBackend
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    _, python = _python_pair(vocab_path)
+    assert isinstance(python, PythonBackend) and not isinstance(python, TokenizersBackend)
+    assert python("hello world", **ASK)["input_ids"] == [101, 7592, 2088, 102]    # knows the vocabulary
+
+
+@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_corpus_matches_the_python_tokenizer(vocab_path, options):
+    ours, python = _python_pair(vocab_path, **options)
+    for text in SINGLES:
+        _assert_compared_equal(ours(text), python(text, **ASK), repr(text[:60]))
+    for text, pair in PAIRS:
+        _assert_compared_equal(ours(text, pair), python(text, pair, **ASK), repr((text[:30], pair[:30])))
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding="longest"), dict(padding="max_length", max_length=40, truncation=True),
+                                    dict(truncation="longest_first", max_length=24, padding=True),
+                                    dict(truncation="only_first", max_length=30, padding=True)],
+                         ids=["longest", "max_length-40", "longest_first-24", "only_first-30"])
+def test_batches_padded_and_truncated_match_the_python_tokenizer(vocab_path, kwargs):
+    ours, python = _python_pair(vocab_path)
+    _assert_compared_equal(ours(SINGLES, **kwargs), python(SINGLES, **kwargs, **ASK), "singles")
+    if kwargs.get("truncation") != "only_first":   # the corpus' long firsts cannot fit: see below
+        firsts, seconds = map(list, zip(*PAIRS))
+        _assert_compared_equal(ours(firsts, seconds, **kwargs), python(firsts, seconds, **kwargs, **ASK), "pairs")
+
+
+def test_documented_differences_from_the_python_tokenizer(vocab_path):
+    ours, python = _python_pair(vocab_path)
+    # token_type_ids: only when asked.
+    assert set(python("hello world")) == {"input_ids", "attention_mask"}
+    assert set(ours("hello world")) == {"input_ids", "token_type_ids", "attention_mask"}
+    # No offsets.
+    assert "offset_mapping" not in python("hello world", return_offsets_mapping=True)
+    assert ours("hello world", return_offsets_mapping=True)["offset_mapping"] == [(0, 0), (0, 5), (6, 11), (0, 0)]
+    # A truncation that cannot fit: 12 first-text tokens, max_length 8, only the second may go.
+    first = "a b c d e f g h i j k l"
+    theirs = python(first, "x y", truncation="only_second", max_length=8, **ASK)
+    assert python.convert_ids_to_tokens(theirs["input_ids"]) == ["[CLS]", *first.split(), "[SEP]", "[SEP]"]
+    assert len(theirs["input_ids"]) == 15 > 8
+    with pytest.raises(TokenizerError, match="only_second"):
+        ours(first, "x y", truncation="only_second", max_length=8)

@@ -94,7 +94,8 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
 
     Raises SbexportError before any work for bad input: an unknown task, format or model, a
     checkpoint that does not exist, a sequence length above a model's maximum, runs < 1, an
-    unwritable output path. A runtime that is not installed is skipped with its reason.
+    unwritable output path. A runtime that is not installed is skipped with its reason. Raises
+    ExportError when an export fails (export_all).
     """
     task, threads, models = prepare(config)
     for path in (json_path, plot_path):
@@ -109,7 +110,7 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
         bar.set_description("sgemm ceiling")
         first_ceiling = sgemm_ceiling(threads, config.sgemm_size)
         bar.update(1)
-        artifacts, lineup = export_all(runtimes, task, models, config, workdir, skipped, bar, say)
+        artifacts, lineup = export_all(runtimes, task, models, config, workdir, bar, say)
         runtimes = [rt for rt in runtimes if lineup[rt]]
         bar.set_description("count FLOPs")
         flops = {}
@@ -246,21 +247,22 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
 
 
 def export_all(runtimes, task: Task, models: list[BenchModel], config: BenchConfig, workdir: Path,
-               skipped: list, bar, log) -> tuple[dict, dict]:
+               bar, log) -> tuple[dict, dict]:
     """Export every model for every runtime that needs a file. Returns (artifacts: (arch,
-    runtime) -> folder, lineup: runtime -> the models it will time). A model whose export
-    fails (ExportError) is left out of that runtime's lineup and listed in `skipped`; a parity
-    failure raises: a fast wrong graph is not worth timing."""
+    runtime) -> folder, lineup: runtime -> the models it will time).
+
+    Raises ExportError naming the model and runtime when an export fails or fails its parity
+    check, before anything is timed: a benchmark that quietly drops a model is read as a
+    complete one, and a fast wrong graph is not worth timing."""
     artifacts, lineup = {}, {rt: list(models) for rt in runtimes}
     for rt in [rt for rt in runtimes if rt in EXPORTED]:
         for model in models:
             bar.set_description(f"export {model.arch} to {rt}")
             try:
                 artifacts[model.arch, rt] = export_cached(rt, task, model, config, workdir, log)
-            except ExportError as e:
-                log(f"skipping {model.arch} on {rt}: {e}")
-                skipped.append({"runtime": rt, "model": model.arch, "reason": str(e)})
-                lineup[rt].remove(model)
+            except SbexportError as e:
+                raise ExportError(f"bench stopped: the {LABELS[model.arch]} export to {rt} failed "
+                                  f"(nothing was timed): {e}") from None
             bar.update(1)
     return artifacts, lineup
 

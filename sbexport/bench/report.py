@@ -2,8 +2,9 @@
 
 The JSON is the result dict of host.run_bench under schema "sbexport.bench/1": keys schema,
 created, sbexport_version, machine, config, method, ceiling, artifacts, rows, skipped. Each row
-is one model x runtime x sequence length (ROW_FIELDS). A change that renames or removes a key
-bumps the version; adding keys does not.
+is one model x runtime x sequence length. Every key is pinned in a JSON Schema file shipped
+with the package, schema/bench-1.json (json_schema()); tests validate real output against it.
+A change that renames or removes a key bumps the version; a key added goes into that file.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import os
 from ..reportfile import write_report
 
 SCHEMA = "sbexport.bench/1"
-TOP_FIELDS = ("schema", "created", "sbexport_version", "machine", "config", "method", "ceiling",
-              "artifacts", "rows", "skipped")
-ROW_FIELDS = ("model", "runtime", "seq_len", "batch", "threads", "load_ms", "first_run_ms", "min_ms", "p50_ms",
-              "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs", "throughput_seq_per_s", "file", "file_bytes",
-              "peak_rss_mb", "rss_increase_mb", "flops", "flops_by_op", "gflops_per_s", "pct_of_ceiling",
-              "ratio_bert_over_squeezebert", "cpu_wait_pct")
+SCHEMA_FILE = "schema/bench-1.json"      # inside this package; its "schema" property is SCHEMA
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK"}
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a SCHEMA result, read from the package data."""
+    from importlib.resources import files
+
+    return json.loads(files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
