@@ -216,11 +216,18 @@ def info(folder, list_tasks) -> None:
     lines += [f"  output    {n} float32 [{', '.join(v['axes'])}]" for n, v in m["outputs"].items()]
     lines.append("  dims      " + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in m["dims"].items()))
     parity = m.get("parity")
-    lines.append(f"  parity    {'PASS' if parity['passed'] else 'FAIL'}, worst "
-                 f"{max(o['max_abs'] for o in parity['outputs'].values()):.2e} abs over {parity['cases']} cases"
-                 if parity else "  parity    not verified (run `sbexport verify`)")
+    lines.append(_parity_line(parity) if parity else "  parity    not verified (run `sbexport verify`)")
     lines += [f"  file      {n} {f['bytes'] / 1e6:.1f} MB sha256 {f['sha256'][:16]}" for n, f in m["files"].items()]
     click.echo("\n".join(lines))
+
+
+def _parity_line(parity: dict) -> str:
+    """info's parity line: the verdict and the output nearest its bound (a manifest verified
+    by sbexport before verify/2 has no bound: its worst absolute error only)."""
+    worst = max(parity["outputs"].values(), key=lambda o: (o.get("fraction", 0.0), o["max_abs"]))
+    share = f" ({worst['fraction']:.0%} of its bound)" if "fraction" in worst else ""
+    return (f"  parity    {'PASS' if parity['passed'] else 'FAIL'}, worst {worst['max_abs']:.2e} abs{share} "
+            f"over {parity['cases']} cases")
 
 
 def _write_text(path: str, text: str) -> None:

@@ -54,14 +54,30 @@ BERT_BASE = "bert-base-uncased"
 CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
 
+# Parity tolerance of an exported fp32 file against the PyTorch reference, per output and case:
+# max |got - ref| <= FP32_ATOL + FP32_RTOL * max |ref|, over the values a consumer reads (real
+# tokens of a token-level output; see verify.compare). Measured on the Intel kind (2 Sapphire
+# Rapids cores, torch 2.13.0, onnxruntime 1.32, executorch 1.5.1) over verify's own sweep,
+# real positions (benchmarks/parity_tolerance.py, results/parity_tolerance_*.json):
+#   MiniLM-L6 converted (real weights), max_seq 512:  ONNX / ExecuTorch
+#     last_hidden_state (scale 6.32)     6.1e-6 / 7.2e-6   (padded positions: 1.2e-4 / none)
+#     @@MEASURED@@
+#   full-size random-init SqueezeBERT mnli logits      @@RANDOM@@
+# Published for the AMD kind (Zen 3): full-size random init 4e-7 (ONNX), 7e-7 (ExecuTorch).
+# The worst real-position error is @@WORST@@ of the bound: a margin of @@MARGIN@@ for the other
+# machine kind and other weights. Padded positions are not judged: they drift further (1.2e-4
+# above) because a padded row attends to few tokens and amplifies rounding, and no head reads them.
+FP32_ATOL = 1e-5
+FP32_RTOL = 1e-5
+
+
 @dataclass(frozen=True)
 class Task:
     """One exportable task.
 
-    atol is the largest absolute difference allowed between the PyTorch reference and an
-    exported fp32 file on any output. 1e-4 holds for fp32 on every runtime we ship: the
-    runtimes reorder the same fp32 sums (blocked GEMMs, fused softmax), which moves outputs of
-    magnitude ~10 by ~1e-6 per layer, two orders of magnitude below it.
+    atol and rtol bound the difference between the PyTorch reference and an exported fp32
+    file, per output: max |got - ref| <= atol + rtol * max |ref| at the positions a consumer
+    reads (verify.compare); see FP32_ATOL for what they were measured on.
     """
 
     name: str
@@ -72,7 +88,8 @@ class Task:
     problem_type: str | None = None
     num_choices: int = 0              # multiple choice only
     default_checkpoint: str = SQUEEZEBERT_UNCASED
-    atol: float = 1e-4
+    atol: float = FP32_ATOL
+    rtol: float = FP32_RTOL
 
     @property
     def outputs(self) -> tuple[str, ...]:
