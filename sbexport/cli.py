@@ -123,8 +123,8 @@ def executorch(backend, batch, **kwargs) -> None:
 def verify(folder, threads, json_path) -> None:
     """Re-run the parity sweep of an artifact folder against its PyTorch reference.
 
-    Exits 1 when any output differs by more than the task's tolerance, or when a file no
-    longer matches the manifest's sha256.
+    Exits 1 when any output differs beyond its bound (atol + rtol x the output's scale, at
+    real tokens; the report shows each), or when a file no longer matches the manifest's sha256.
 
     \b
     Example:

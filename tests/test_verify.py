@@ -137,6 +137,15 @@ def test_standalone_verify_rebuilds_a_random_init_reference(tmp_path, onnx_artif
     assert "PASS: 6 cases" in lines[-1]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["parity"] == json.loads(json.dumps(report.to_dict()))
+    data = json.loads(verify.report_json(report))
+    assert data["schema"] == "sbexport.verify/2" and data["folder"] == str(folder)
+    assert (data["atol"], data["rtol"]) == (TASKS["ner"].atol, TASKS["ner"].rtol)
+    logits = data["outputs"]["logits"]
+    assert logits["scale"] > 0 and logits["bound"] == data["atol"] + data["rtol"] * logits["scale"]
+    assert 0 < logits["fraction"] == logits["max_abs"] / logits["bound"] < 1
+    assert logits["padded_max_abs"] > 0   # padded positions measured and shown, not judged
+    header = lines[-1].splitlines()[0]
+    assert "padded err" in header and "scale" in header and "of bound" in header
 
 
 @pytest.fixture(scope="module")
