@@ -6,7 +6,7 @@ FastGelu fusion computes) in place of the exact one.
 
 Exports stop at --max-seq-len 128 (the sweep's lengths 1, 7, 128 and the sentences) to keep CI
 short: the drift measured at 512 is no larger (benchmarks/parity_tolerance.py). ExecuTorch runs
-on features and squad only (about 4x the ONNX export time each): features holds the largest
+on features and squad only (each about twice the ONNX export time): features holds the largest
 token-level output and the pooled one, squad the token-level logits; the other heads are the
 same backbone plus one linear layer, which ONNX covers.
 """
