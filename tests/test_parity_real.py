@@ -5,7 +5,7 @@ to catch a real fault on those same weights: the tanh approximation of GELU (wha
 FastGelu fusion computes) in place of the exact one.
 
 Exports stop at --max-seq-len 128 (the sweep's lengths 1, 7, 128 and the sentences) to keep CI
-short: the drift measured at 512 is no larger (benchmarks/parity_tolerance.py). ExecuTorch runs
+short; the tolerance was measured on sweeps up to 512 (benchmarks/parity_tolerance.py). ExecuTorch runs
 on features and squad only (each about twice the ONNX export time): features holds the largest
 token-level output and the pooled one, squad the token-level logits; the other heads are the
 same backbone plus one linear layer, which ONNX covers.
