@@ -1,7 +1,7 @@
 """Parity: run the PyTorch reference and an exported file on a sweep of inputs and compare.
 
 The sweep covers batch 1 and 3 (only the fixed batch for a fixed-batch file), sequence lengths
-1, 7, 128 and the file's maximum, padded masks, text pairs and real sentences through the
+1, 7, 128 and the file's maximum, padded masks (a batch-1 file gets a padded case of its own), text pairs and real sentences through the
 artifact's tokenizer. Each output of each case is compared at the values a consumer reads
 (a token-level output at real tokens, a sequence-level output in every row) and passes when
 max |got - ref| <= atol + rtol * scale, scale = max |ref| over those values (`compare`; the
@@ -212,6 +212,10 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
     for batch in batches:
         for seq_len in seq_lens:
             yield _random_inputs(task, config, batch, seq_len, rng)
+    if batches == [1] and max_seq > 1:
+        # A batch-1 file (ExecuTorch's fixed batch) has no second row to pad: without this case
+        # its attention mask would never be exercised.
+        yield _random_inputs(task, config, 1, max_seq, rng, pad_first=True)
     tokenizer = _artifact_tokenizer(folder)
     # [CLS] a [SEP] (b [SEP]) with at least one token of each text must fit.
     if tokenizer is not None and max_seq >= (5 if task.pair else 3):
@@ -219,12 +223,13 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
             yield _sentence_inputs(task, tokenizer, batch, max_seq)
 
 
-def _random_inputs(task: Task, config, batch: int, seq_len: int, rng) -> dict[str, np.ndarray]:
-    """Random ids, every row but the first padded to a random length, pair-style token types."""
+def _random_inputs(task: Task, config, batch: int, seq_len: int, rng, pad_first: bool = False) -> dict[str, np.ndarray]:
+    """Random ids, every row but the first (every row when `pad_first`) padded to a random
+    length, pair-style token types."""
     shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
     ids = rng.integers(1, config.vocab_size, shape, dtype=np.int64)
     lengths = rng.integers(1, seq_len + 1, shape[:-1])
-    lengths.reshape(-1)[0] = seq_len
+    lengths.reshape(-1)[0] = rng.integers(1, seq_len) if pad_first else seq_len
     mask = (np.arange(seq_len) < lengths[..., None]).astype(np.int64)
     types = (np.arange(seq_len) >= (lengths[..., None] + 1) // 2).astype(np.int64) * mask
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}

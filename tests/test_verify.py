@@ -99,7 +99,7 @@ def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
     config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
     manifest = {"dims": {"batch": [1, 1], "sequence": [1, 512]}}
     lengths = [c["input_ids"].shape[-1] for c in sweep(task, manifest, config, tiny_vocab_dir)]
-    assert lengths[:4] == [1, 7, 128, 512] and len(lengths) == 5
+    assert lengths[:5] == [1, 7, 128, 512, 512] and len(lengths) == 6   # then the padded case, a sentence
 
 
 @pytest.mark.parametrize("task_name, max_seq, sentences", [("mnli", 4, 0), ("mnli", 5, 2), ("sst2", 2, 0), ("sst2", 3, 2)])
@@ -123,10 +123,15 @@ def test_max_seq_len_must_leave_a_range():
             max_sequence(config, ExportOptions(max_seq_len=bad))
 
 
-def test_fixed_batch_file_sweeps_its_own_batch(et_artifact):
-    """ExecuTorch files have a fixed batch: the sweep uses it (1), every length, one sentence batch."""
+def test_fixed_batch_file_sweeps_its_own_batch(et_artifact, tiny_vocab_dir):
+    """ExecuTorch files have a fixed batch: the sweep uses it (1), every length, a padded case
+    (before it, no case of a batch-1 file had padding), one sentence batch."""
     manifest = json.loads((et_artifact("mnli") / "manifest.json").read_text())
-    assert manifest["parity"]["passed"] and manifest["parity"]["cases"] == 3 + 1
+    assert manifest["parity"]["passed"] and manifest["parity"]["cases"] == 3 + 1 + 1
+    config = build_reference(TASKS["mnli"], resolve_source(TASKS["mnli"], random_init=True), EXPORT_TINY).config
+    cases = list(sweep(TASKS["mnli"], manifest, config, tiny_vocab_dir))
+    assert [c["input_ids"].shape for c in cases[:4]] == [(1, 1), (1, 7), (1, 64), (1, 64)]
+    assert not (cases[2]["attention_mask"] == 0).any() and (cases[3]["attention_mask"] == 0).any()
 
 
 def test_standalone_verify_rebuilds_a_random_init_reference(tmp_path, onnx_artifact):
