@@ -1,11 +1,14 @@
 """Parity: run the PyTorch reference and an exported file on a sweep of inputs and compare.
 
 The sweep covers batch 1 and 3 (only the fixed batch for a fixed-batch file), sequence lengths
-1, 7, 128 and the file's maximum, padded masks, text pairs and real sentences through the
-artifact's tokenizer. For each output it reports the largest absolute error, the largest error
-relative to the reference's scale (max |d| / max |ref|), and how often the exported file picks
-the same argmax (and top-5 for vocabularies) as the reference. A file fails when any absolute
-error exceeds the task's tolerance.
+1, 7, 128 and the file's maximum, padded masks (a batch-1 file gets a padded case of its own), text pairs and real sentences through the
+artifact's tokenizer. Each output of each case is compared at the values a consumer reads
+(a token-level output at real tokens, a sequence-level output in every row) and passes when
+max |got - ref| <= atol + rtol * scale, scale = max |ref| over those values (`compare`; the
+task's atol and rtol, and what they were measured on, are in tasks.py). The report gives, per
+output, the worst error, the error at padded positions (shown, never judged), the scale and
+bound of the case nearest its bound, that error as a fraction of the bound, and how often the
+exported file picks the same argmax (and top-5 for vocabularies) as the reference.
 """
 
 from __future__ import annotations
@@ -34,31 +37,82 @@ SENTENCES = (
 )
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One output of one case, compared at the positions a consumer reads."""
+
+    max_abs: float          # max |got - ref| over the compared values; inf when got holds NaN or inf
+    padded_max_abs: float   # the same at padded positions of a token-level output (reported, not judged)
+    scale: float            # max |ref| over the compared values
+    bound: float            # atol + rtol * scale
+
+    @property
+    def fraction(self) -> float:
+        """The error as a fraction of the bound: above 1 fails."""
+        if self.bound > 0:
+            return self.max_abs / self.bound
+        return 0.0 if self.max_abs == 0 else float("inf")
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.bound
+
+
+def compare(task: Task, name: str, ref: np.ndarray, got: np.ndarray,
+            attention_mask: np.ndarray | None = None) -> Comparison:
+    """Compare output `name` of the exported file (`got`) with PyTorch's (`ref`), same shape.
+
+    The pass rule of every parity check in sbexport (verify, eval's STS-B agreement, the
+    tests): max |got - ref| <= task.atol + task.rtol * scale, taken over the values a consumer
+    reads (real_positions: attention_mask == 1 for a token-level output, every row otherwise;
+    every value when attention_mask is None), where scale = max |ref| over those same values.
+    A NaN or inf in `got` is an infinite error.
+    """
+    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    if attention_mask is None:
+        real = np.ones(ref.shape, dtype=bool)
+    else:
+        real = real_positions(task, name, attention_mask, ref.shape)
+    diff = np.abs(ref - got)
+    diff[~np.isfinite(got)] = np.inf   # max() would skip a NaN silently
+    scale = float(np.abs(ref[real]).max(initial=0.0))
+    return Comparison(max_abs=float(diff[real].max(initial=0.0)),
+                      padded_max_abs=float(diff[~real].max(initial=0.0)),
+                      scale=scale, bound=task.atol + task.rtol * scale)
+
+
 @dataclass
 class OutputParity:
+    """One output over the whole sweep: its worst case, and how often the file picks the same
+    argmax (and top-5 for vocabularies) as the reference at the positions compared."""
+
     name: str
-    max_abs: float = 0.0
-    max_rel: float = 0.0
+    max_abs: float = 0.0          # worst error at compared positions, any case
+    padded_max_abs: float = 0.0   # worst error at padded positions, any case (not judged)
+    scale: float = 0.0            # scale of the case nearest its bound (worst fraction)
+    bound: float = 0.0            # bound of that case
+    fraction: float = 0.0         # worst error / bound over the cases: above 1 fails
     argmax_agree: int = 0
     argmax_total: int = 0
     topk_agree: int = 0
     topk_total: int = 0
 
-    def add(self, ref: np.ndarray, got: np.ndarray, axis_of_classes: int | None) -> None:
-        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-        # A NaN or inf from the file is an infinite error: max() would skip a NaN silently.
-        worst = float(diff.max(initial=0.0)) if np.isfinite(diff).all() else float("inf")
-        self.max_abs = max(self.max_abs, worst)
-        scale = float(np.abs(ref).max(initial=0.0)) or 1.0
-        self.max_rel = max(self.max_rel, worst / scale)
+    def add(self, result: Comparison, ref: np.ndarray, got: np.ndarray, real: np.ndarray,
+            axis_of_classes: int | None) -> None:
+        """Fold in one case: its Comparison, and argmax agreement over the rows of `real`."""
+        self.max_abs = max(self.max_abs, result.max_abs)
+        self.padded_max_abs = max(self.padded_max_abs, result.padded_max_abs)
+        if result.fraction >= self.fraction:
+            self.fraction, self.scale, self.bound = result.fraction, result.scale, result.bound
         if axis_of_classes is not None and ref.shape[axis_of_classes] > 1:
-            agree = ref.argmax(axis_of_classes) == got.argmax(axis_of_classes)
+            rows = real.all(axis=axis_of_classes)   # a position is real for all its classes or none
+            agree = (ref.argmax(axis_of_classes) == got.argmax(axis_of_classes))[rows]
             self.argmax_agree += int(agree.sum())
             self.argmax_total += agree.size
             if ref.shape[axis_of_classes] > 5:
                 top_ref = np.sort(np.argsort(-ref, axis=axis_of_classes).take(range(5), axis_of_classes), axis_of_classes)
                 top_got = np.sort(np.argsort(-got, axis=axis_of_classes).take(range(5), axis_of_classes), axis_of_classes)
-                same = (top_ref == top_got).all(axis=axis_of_classes)
+                same = (top_ref == top_got).all(axis=axis_of_classes)[rows]
                 self.topk_agree += int(same.sum())
                 self.topk_total += same.size
 
@@ -68,55 +122,65 @@ class ParityReport:
     folder: str
     task: str
     atol: float
+    rtol: float
     cases: int = 0
     outputs: dict[str, OutputParity] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return self.cases > 0 and all(o.max_abs <= self.atol for o in self.outputs.values())
+        return self.cases > 0 and all(o.fraction <= 1.0 for o in self.outputs.values())
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "atol": self.atol, "cases": self.cases,
+        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "cases": self.cases,
                 "outputs": {k: asdict(v) for k, v in self.outputs.items()}}
 
     def table(self) -> str:
-        rows = [f"{'output':<18} {'max abs err':>12} {'max rel err':>12} {'argmax agree':>14} {'top-5 agree':>12}"]
+        rows = [f"{'output':<18} {'max abs err':>11} {'padded err':>11} {'scale':>9} {'bound':>9} "
+                f"{'of bound':>9} {'argmax agree':>13} {'top-5 agree':>12}"]
         for o in self.outputs.values():
             arg = f"{o.argmax_agree}/{o.argmax_total}" if o.argmax_total else "-"
             top = f"{o.topk_agree}/{o.topk_total}" if o.topk_total else "-"
-            rows.append(f"{o.name:<18} {o.max_abs:>12.3e} {o.max_rel:>12.3e} {arg:>14} {top:>12}")
+            rows.append(f"{o.name:<18} {o.max_abs:>11.3e} {o.padded_max_abs:>11.3e} {o.scale:>9.3g} "
+                        f"{o.bound:>9.3g} {o.fraction:>9.1%} {arg:>13} {top:>12}")
         verdict = "PASS" if self.passed else "FAIL"
-        rows.append(f"{verdict}: {self.cases} cases, tolerance {self.atol:g} absolute")
+        rows.append(f"{verdict}: {self.cases} cases; each output within atol {self.atol:g} + rtol {self.rtol:g} "
+                    f"x scale (max |ref|) at real positions; padded positions are not judged")
         return "\n".join(rows)
 
     def raise_on_failure(self) -> None:
         if not self.outputs:
             raise ParityError(f"{self.folder}: parity not checked for {self.task}: the sweep ran no case")
         if not self.passed:
-            worst = max(self.outputs.values(), key=lambda o: o.max_abs)
+            worst = max(self.outputs.values(), key=lambda o: o.fraction)
             raise ParityError(f"{self.folder}: parity FAILED for {self.task}: {worst.name} differs from "
-                              f"PyTorch by {worst.max_abs:.3e} > tolerance {self.atol:g}")
+                              f"PyTorch by {worst.max_abs:.3e} > bound {worst.bound:.3e} (atol {self.atol:g} "
+                              f"+ rtol {self.rtol:g} x scale {worst.scale:.3g})")
 
 
 def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, threads: int = 0,
-                  log: Callable[[str], None] = print) -> ParityReport:
+                  log: Callable[[str], None] = print, shown_as: str | Path | None = None) -> ParityReport:
     """Check the artifact's hashes, run the sweep, record the figures in its manifest and
-    return the report. Raises SbexportError for a tampered or unloadable artifact."""
+    return the report. `shown_as` names the folder in the report and in errors (export verifies
+    its staging folder and names the destination the user gave). Raises SbexportError for a
+    tampered or unloadable artifact, ParityError for an output of the wrong shape."""
     folder = Path(folder)
+    name = str(shown_as if shown_as is not None else folder)
     manifest = open_artifact(folder)
     task = get_task(manifest["task"])
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
     runner = open_runner(folder / manifest["model_file"], INPUT_NAMES, threads)
-    report = ParityReport(str(folder), task.name, task.atol)
+    report = ParityReport(name, task.name, task.atol, task.rtol)
     for feeds in sweep(task, manifest, reference.config, folder):
         with torch.no_grad():
             expected = reference_outputs(reference, task, feeds)
         got = runner.run(feeds)
-        for name, ref, out in zip(task.outputs, expected, got):
+        for output, ref, out in zip(task.outputs, expected, got):
             if ref.shape != out.shape:
-                raise ParityError(f"{folder}: output {name} has shape {out.shape}, PyTorch gives {ref.shape}")
-            report.outputs.setdefault(name, OutputParity(name)).add(ref, out, _class_axis(task, name))
+                raise ParityError(f"{name}: output {output} has shape {out.shape}, PyTorch gives {ref.shape}")
+            real = real_positions(task, output, feeds["attention_mask"], ref.shape)
+            report.outputs.setdefault(output, OutputParity(output)).add(
+                compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real, _class_axis(task, output))
         report.cases += 1
     try:
         update_manifest(folder, parity=report.to_dict())
@@ -148,6 +212,10 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
     for batch in batches:
         for seq_len in seq_lens:
             yield _random_inputs(task, config, batch, seq_len, rng)
+    if batches == [1] and max_seq > 1:
+        # A batch-1 file (ExecuTorch's fixed batch) has no second row to pad: without this case
+        # its attention mask would never be exercised.
+        yield _random_inputs(task, config, 1, max_seq, rng, pad_first=True)
     tokenizer = _artifact_tokenizer(folder)
     # [CLS] a [SEP] (b [SEP]) with at least one token of each text must fit.
     if tokenizer is not None and max_seq >= (5 if task.pair else 3):
@@ -155,12 +223,13 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
             yield _sentence_inputs(task, tokenizer, batch, max_seq)
 
 
-def _random_inputs(task: Task, config, batch: int, seq_len: int, rng) -> dict[str, np.ndarray]:
-    """Random ids, every row but the first padded to a random length, pair-style token types."""
+def _random_inputs(task: Task, config, batch: int, seq_len: int, rng, pad_first: bool = False) -> dict[str, np.ndarray]:
+    """Random ids, every row but the first (every row when `pad_first`) padded to a random
+    length, pair-style token types."""
     shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
     ids = rng.integers(1, config.vocab_size, shape, dtype=np.int64)
     lengths = rng.integers(1, seq_len + 1, shape[:-1])
-    lengths.reshape(-1)[0] = seq_len
+    lengths.reshape(-1)[0] = rng.integers(1, seq_len) if pad_first else seq_len
     mask = (np.arange(seq_len) < lengths[..., None]).astype(np.int64)
     types = (np.arange(seq_len) >= (lengths[..., None] + 1) // 2).astype(np.int64) * mask
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}
@@ -188,6 +257,21 @@ def _artifact_tokenizer(folder: Path):
     return None
 
 
+def real_positions(task: Task, name: str, attention_mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Which values of output `name` (of `shape`) a consumer reads: a bool array of `shape`.
+
+    A token-level output (its axes hold "sequence": [batch, sequence, ...]) is read only at
+    real tokens, attention_mask == 1 ([batch, sequence]); the values at padded positions are
+    computed but never used (a head skips them, the pooler takes position 0). A
+    sequence-level output (pooler_output, sequence-classification and multiple-choice logits)
+    is read in every row.
+    """
+    if "sequence" not in task.output_axes(name):
+        return np.ones(shape, dtype=bool)
+    mask = attention_mask.astype(bool)
+    return np.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
+
+
 def _class_axis(task: Task, name: str) -> int | None:
     """The axis argmax agreement is measured over, or None for outputs without classes."""
     if name in ("last_hidden_state", "pooler_output") or task.problem_type == "regression":
@@ -196,5 +280,5 @@ def _class_axis(task: Task, name: str) -> int | None:
 
 
 def report_json(report: ParityReport) -> str:
-    return json.dumps({"schema": "sbexport.verify/1", "folder": report.folder, "task": report.task,
+    return json.dumps({"schema": "sbexport.verify/2", "folder": report.folder, "task": report.task,
                        **report.to_dict()}, indent=2)

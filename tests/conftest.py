@@ -39,6 +39,14 @@ def minilm_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def minilm_squeezebert(minilm_dir, tmp_path_factory) -> Path:
+    """The MiniLM checkpoint converted to SqueezeBERT (every group 1) by convert-bert, once."""
+    from sbexport.convert import convert_bert_to_squeezebert
+
+    return convert_bert_to_squeezebert(minilm_dir, tmp_path_factory.mktemp("convert") / "minilm-sq")
+
+
 # --------------------------------------------------------------------------------------
 # Export fixtures: tiny checkpoints with a tiny vocabulary, and session-wide artifacts
 # (each exported once, shared by test_export_*, test_verify, test_predict, test_cli).

@@ -30,26 +30,26 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def minilm_squeezebert(minilm_dir, tmp_path_factory):
-    return convert_bert_to_squeezebert(minilm_dir, tmp_path_factory.mktemp("convert") / "minilm-sq")
-
-
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
+
+
+# Real tokens of the converted MiniLM against BertModel, this batch, torch 2.13 CPU fp32:
+# last_hidden_state 2.9e-6 (1 thread) / 3.1e-6 (2 threads) on the Intel kind at scale 6.01,
+# 3.0e-6 on the AMD kind; pooler_output 2.2e-7 at scale 0.20. 1e-5 absolute leaves 3x.
+REAL_TOKEN_ATOL = 1e-5
 
 
 def test_minilm_converted_matches_bert(minilm_dir, minilm_squeezebert):
     """The converted MiniLM (6 layers, hidden 384) against transformers' BertModel on the source.
 
-    Tolerance, measured here (torch 2.13 CPU, fp32, this batch of 4 right-padded pairs):
-    real tokens differ by at most 3.0e-6 absolute, so 1e-5 absolute holds there. Padded
-    positions drift further (2.6e-5 on last_hidden_state, whose max |value| is 5.8): Conv1d
-    and Linear kernels sum the same products in different orders, and the pad rows, which
-    attend only to a few real tokens, amplify that rounding through 6 layers. 1e-5 absolute
-    does not hold on every position, so every position is judged relative to the output's
-    scale: max|diff| <= 1e-5 * max|ref| (measured 4.5e-6 relative). Padded positions are
-    never read by a head (the pooler takes position 0; label -100 skips them).
+    Conv1d and Linear kernels sum the same products in different orders, so the two agree to
+    rounding, not bit for bit, and only where a consumer reads: real tokens, and the pooled
+    output (taken from position 0). Padded positions are never read (the pooler takes position
+    0, token heads skip them) and drift further: 1.33e-4 on the Intel kind (2.6e-5 on the AMD
+    kind), because a padded row attends to a few real tokens and amplifies the rounding through
+    6 layers; they are not compared. Both SqueezeBERT implementations run the same kernels in
+    the same order, so they agree bit for bit everywhere, padding included.
     """
     tokenizer = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
     first, second = zip(*SENTENCES)
@@ -64,16 +64,14 @@ def test_minilm_converted_matches_bert(minilm_dir, minilm_squeezebert):
     with torch.no_grad():
         want = reference(**batch)
         outputs = {"sbexport": ours(**batch), "transformers": theirs(**batch)}
+    assert want.last_hidden_state[real].abs().max() > 100 * REAL_TOKEN_ATOL, "outputs too small to prove anything"
     for who, got in outputs.items():
-        for name in ("last_hidden_state", "pooler_output"):
-            ref = want[name]
-            diff, scale = _max_diff(got[name], ref), ref.abs().max().item()
-            assert diff <= 1e-5 * scale, f"{who} {name}: max |diff| {diff:.3g}, scale {scale:.3g}"
         real_diff = _max_diff(got.last_hidden_state[real], want.last_hidden_state[real])
-        assert real_diff <= 1e-5, f"{who}: real tokens differ by {real_diff:.3g}"
-        assert _max_diff(got.pooler_output, want.pooler_output) <= 1e-5
-    # both SqueezeBERT implementations read the converted file the same way
-    assert _max_diff(outputs["sbexport"].last_hidden_state, outputs["transformers"].last_hidden_state) <= 1e-5
+        assert real_diff <= REAL_TOKEN_ATOL, f"{who}: real tokens differ by {real_diff:.3g}"
+        pooled_diff = _max_diff(got.pooler_output, want.pooler_output)
+        assert pooled_diff <= REAL_TOKEN_ATOL, f"{who}: pooler_output differs by {pooled_diff:.3g}"
+    for name in ("last_hidden_state", "pooler_output"):
+        assert torch.equal(outputs["sbexport"][name], outputs["transformers"][name]), name
 
 
 def test_minilm_files_and_config(minilm_dir, minilm_squeezebert):

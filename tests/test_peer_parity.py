@@ -1,6 +1,6 @@
 """Peer check: an exported file gives the logits of transformers' SqueezeBertFor* holding the same
 weights (our reference's state_dict loaded strictly into transformers' class), within the task's
-tolerance, on the whole verify sweep, for every registered task.
+tolerance (verify.compare), on the whole verify sweep, for every registered task.
 
 Random-init artifacts (every task) have init-time biases and LayerNorms (0 and 1); the local
 checkpoint artifacts (one per head) have every parameter perturbed, so a lost bias, a swapped
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 import transformers
@@ -20,7 +19,7 @@ import transformers
 from conftest import HEAD_TASKS
 from sbexport.runtime import OnnxRunner
 from sbexport.tasks import HEADS, TASKS
-from sbexport.verify import rebuild_reference, sweep
+from sbexport.verify import compare, rebuild_reference, sweep
 
 
 def transformers_twin(reference, task) -> torch.nn.Module:
@@ -50,9 +49,9 @@ def _check(folder, task_name):
         for name, got in zip(task.outputs, runner.run(feeds)):
             expected = getattr(theirs, name).numpy()
             assert got.shape == expected.shape, name
-            np.testing.assert_allclose(got, expected, rtol=0, atol=task.atol,
-                                       err_msg=f"{task_name} {name} {feeds['input_ids'].shape}")
-            assert np.abs(expected).max() > 10 * task.atol, "outputs too small to prove anything"
+            result = compare(task, name, expected, got, feeds["attention_mask"])
+            assert result.passed, f"{task_name} {name} {feeds['input_ids'].shape}: {result}"
+            assert result.scale > 10 * result.bound, "outputs too small to prove anything"
         cases += 1
     return cases
 

@@ -4,6 +4,7 @@ warns) when an exported file differs from PyTorch beyond the task's tolerance.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -21,9 +22,52 @@ from sbexport.tokenizer import SqueezeBertTokenizer
 from sbexport.verify import rebuild_reference, sweep, verify_folder
 
 
-def test_every_task_keeps_the_fp32_tolerance():
-    """1e-4 absolute: the issue's figure. A test that needs more has found a bug."""
-    assert {t.atol for t in TASKS.values()} == {1e-4}
+def _planted(task_name: str, output: str, error: float, where: str):
+    """(ref, got, mask): a random reference of the output's shape with padded rows, and a copy
+    with `error` times the bound added at one real (or padded) position."""
+    task = TASKS[task_name]
+    rng = np.random.default_rng(0)
+    mask = np.ones((3, 9), dtype=np.int64)
+    mask[1, 5:] = mask[2, 2:] = 0
+    shape = {"last_hidden_state": (3, 9, 8), "logits": (3, 3)}[output]
+    ref = rng.normal(0, 2.0, shape)
+    real = verify.real_positions(task, output, mask, shape)
+    ref[~real] *= 1e3   # padded values (garbage in a real model) must not widen the bound either
+    scale = np.abs(ref[real]).max()
+    got = ref.copy()
+    index = tuple(np.argwhere(real if where == "real" else ~real)[-1])
+    got[index] += error * (task.atol + task.rtol * scale)
+    return task, ref, got, mask
+
+
+@pytest.mark.parametrize("task_name, output", [("features", "last_hidden_state"), ("mnli", "logits")])
+def test_bound_edge_from_both_sides(task_name, output):
+    """An error just under atol + rtol x scale passes, just over fails, at a real position."""
+    for factor, passes in ((1 - 1e-6, True), (1 + 1e-6, False), (-(1 + 1e-6), False)):
+        task, ref, got, mask = _planted(task_name, output, factor, "real")
+        result = verify.compare(task, output, ref, got, mask)
+        assert result.passed is passes, (factor, result)
+        assert result.scale == np.abs(ref[verify.real_positions(task, output, mask, ref.shape)]).max()
+        assert abs(result.fraction - abs(factor)) < 1e-9
+
+
+def test_padded_positions_are_not_judged():
+    """A token-level output at a padded position is never read: any error there passes and
+    is reported apart. A sequence-level output has no padded positions: every row counts."""
+    task, ref, got, mask = _planted("features", "last_hidden_state", 1e6, "padded")
+    result = verify.compare(task, "last_hidden_state", ref, got, mask)
+    assert result.passed and result.max_abs == 0.0 and result.padded_max_abs > 1.0
+    task, ref, got, mask = _planted("mnli", "logits", 1.01, "real")
+    assert got[2, 2] != ref[2, 2] and mask[2].sum() == 2   # planted in the row of 2 real tokens
+    assert not verify.compare(task, "logits", ref, got, mask).passed
+
+
+def test_nan_or_inf_is_an_infinite_error():
+    task, ref, got, mask = _planted("features", "last_hidden_state", 0.0, "real")
+    for bad in (np.nan, np.inf, -np.inf):
+        got[0, 0, 0] = bad
+        result = verify.compare(task, "last_hidden_state", ref, got, mask)
+        assert not result.passed and result.max_abs == float("inf")
 
 
 @pytest.mark.parametrize("task_name", ["mnli", "sst2", "swag"])
@@ -56,7 +100,7 @@ def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
     config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
     manifest = {"dims": {"batch": [1, 1], "sequence": [1, 512]}}
     lengths = [c["input_ids"].shape[-1] for c in sweep(task, manifest, config, tiny_vocab_dir)]
-    assert lengths[:4] == [1, 7, 128, 512] and len(lengths) == 5
+    assert lengths[:5] == [1, 7, 128, 512, 512] and len(lengths) == 6   # then the padded case, a sentence
 
 
 @pytest.mark.parametrize("task_name, max_seq, sentences", [("mnli", 4, 0), ("mnli", 5, 2), ("sst2", 2, 0), ("sst2", 3, 2)])
@@ -80,10 +124,15 @@ def test_max_seq_len_must_leave_a_range():
             max_sequence(config, ExportOptions(max_seq_len=bad))
 
 
-def test_fixed_batch_file_sweeps_its_own_batch(et_artifact):
-    """ExecuTorch files have a fixed batch: the sweep uses it (1), every length, one sentence batch."""
+def test_fixed_batch_file_sweeps_its_own_batch(et_artifact, tiny_vocab_dir):
+    """ExecuTorch files have a fixed batch: the sweep uses it (1), every length, a padded case
+    (before it, no case of a batch-1 file had padding), one sentence batch."""
     manifest = json.loads((et_artifact("mnli") / "manifest.json").read_text())
-    assert manifest["parity"]["passed"] and manifest["parity"]["cases"] == 3 + 1
+    assert manifest["parity"]["passed"] and manifest["parity"]["cases"] == 3 + 1 + 1
+    config = build_reference(TASKS["mnli"], resolve_source(TASKS["mnli"], random_init=True), EXPORT_TINY).config
+    cases = list(sweep(TASKS["mnli"], manifest, config, tiny_vocab_dir))
+    assert [c["input_ids"].shape for c in cases[:4]] == [(1, 1), (1, 7), (1, 64), (1, 64)]
+    assert not (cases[2]["attention_mask"] == 0).any() and (cases[3]["attention_mask"] == 0).any()
 
 
 def test_standalone_verify_rebuilds_a_random_init_reference(tmp_path, onnx_artifact):
@@ -94,6 +143,16 @@ def test_standalone_verify_rebuilds_a_random_init_reference(tmp_path, onnx_artif
     assert "PASS: 6 cases" in lines[-1]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["parity"] == json.loads(json.dumps(report.to_dict()))
+    data = json.loads(verify.report_json(report))
+    assert data["schema"] == "sbexport.verify/2" and data["folder"] == str(folder)
+    assert (data["atol"], data["rtol"]) == (TASKS["ner"].atol, TASKS["ner"].rtol)
+    logits = data["outputs"]["logits"]
+    assert logits["scale"] > 0 and logits["bound"] == data["atol"] + data["rtol"] * logits["scale"]
+    assert 0 < logits["fraction"] < 1   # the case nearest its bound...
+    assert logits["fraction"] * logits["bound"] <= logits["max_abs"]   # ...within the worst error
+    assert logits["padded_max_abs"] > 0   # padded positions measured and shown, not judged
+    header = lines[-1].splitlines()[0]
+    assert "padded err" in header and "scale" in header and "of bound" in header
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +212,103 @@ def test_parity_failure_raises(tmp_path, onnx_artifact):
     manifest = json.loads((folder / "manifest.json").read_text())
     reference = rebuild_reference(folder, manifest, TASKS["mnli"])
     with torch.no_grad():
-        reference.classifier.bias += 1e-3          # ten times the tolerance
+        reference.classifier.bias += 1e-3          # tens of times the bound
     report = verify_folder(folder, reference=reference, log=lambda _: None)
     assert not report.passed
     assert 9e-4 < report.outputs["logits"].max_abs < 1.1e-3
     with pytest.raises(ParityError, match="parity FAILED for mnli: logits differs from PyTorch by 1.0"):
         report.raise_on_failure()
     assert json.loads((folder / "manifest.json").read_text())["parity"]["passed"] is False
+
+
+class PlantingRunner:
+    """The artifact's runner with an error of `times` x the bound added to one value of
+    `output` in every case: at the last real token of row 0 (every row is read for a
+    sequence-level output), or at the first padded position when `where` is "padded". The
+    bound is taken from the file's own output, which matches the reference's to ~1e-7."""
+
+    def __init__(self, runner, task, output, times, where):
+        self.runner, self.task, self.output, self.times, self.where = runner, task, output, times, where
+        self.planted = 0
+
+    def run(self, feeds):
+        outputs = self.runner.run(feeds)
+        i = self.task.outputs.index(self.output)
+        got = outputs[i]
+        real = verify.real_positions(self.task, self.output, feeds["attention_mask"], got.shape)
+        if self.where == "padded" and real.all():
+            return outputs
+        index = tuple(np.argwhere(real if self.where == "real" else ~real)[-1 if self.where == "real" else 0])
+        scale = np.abs(got[real]).max()
+        got[index] += self.times * (self.task.atol + self.task.rtol * scale)
+        self.planted += 1
+        return outputs
+
+
+@pytest.mark.parametrize("output, where, fails", [("last_hidden_state", "real", True),
+                                                  ("pooler_output", "real", True),
+                                                  ("last_hidden_state", "padded", False)])
+def test_error_of_three_times_the_bound_at_one_position(tmp_path, onnx_artifact, monkeypatch, output, where, fails):
+    """3x the bound at ONE real position of a token-level or a sequence-level output fails
+    verify, naming the output and the folder; the same error at a padded position does not."""
+    folder = shutil.copytree(onnx_artifact("features"), tmp_path / "features")
+    real_open = verify.open_runner
+    runners = []
+
+    def planting_open(*args, **kwargs):
+        runners.append(PlantingRunner(real_open(*args, **kwargs), TASKS["features"], output, 3.0, where))
+        return runners[-1]
+    monkeypatch.setattr(verify, "open_runner", planting_open)
+    report = verify_folder(folder, log=lambda _: None)
+    assert runners[0].planted >= (report.cases if where == "real" else 2)
+    assert report.passed is not fails, report.table()
+    if fails:
+        assert 2.9 < report.outputs[output].fraction < 3.1
+        with pytest.raises(ParityError, match=rf"^{re.escape(str(folder))}: parity FAILED for features: {output} "):
+            report.raise_on_failure()
+    else:
+        assert report.outputs[output].padded_max_abs > 3 * report.atol   # the error was there, unjudged
+
+
+def break_onnx_export(monkeypatch) -> None:
+    """Make the ONNX exporter write a file whose classifier bias is off by 1e-3 (hundreds of
+    times the bound); the reference keeps its own weights."""
+    from sbexport.export import onnx as onnx_format
+
+    real_export = onnx_format.export
+
+    def export(wrapper, *args, **kwargs):
+        bias = wrapper.model.classifier.bias
+        saved = bias.detach().clone()
+        with torch.no_grad():
+            bias += 1e-3
+        try:
+            return real_export(wrapper, *args, **kwargs)
+        finally:
+            with torch.no_grad():
+                bias.copy_(saved)
+    monkeypatch.setattr(onnx_format, "export", export)
+
+
+def test_export_failing_parity_never_lands(tmp_path, onnx_artifact, monkeypatch):
+    """The export's own sweep fails: ParityError naming the folder the user gave, nothing at
+    that place (nor its staging folder); an existing artifact under --overwrite is untouched."""
+    from sbexport.artifact import sha256_file
+
+    task = TASKS["mnli"]
+    source = resolve_source(task, random_init=True)
+    fresh = tmp_path / "out" / "mnli"
+    good = shutil.copytree(onnx_artifact("mnli"), tmp_path / "good")
+    before = {p.name: sha256_file(p) for p in good.iterdir()}
+    break_onnx_export(monkeypatch)
+    for out, overwrite in ((fresh, False), (good, True)):
+        with pytest.raises(ParityError, match=rf"^{re.escape(str(out))}: parity FAILED for mnli: logits ") as caught:
+            export_artifact("onnx", task, source, out, overwrite=overwrite, config_overrides=EXPORT_TINY,
+                            log=lambda _: None)
+        assert ".partial" not in str(caught.value)
+    assert not fresh.exists()
+    assert {p.name: sha256_file(p) for p in good.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_dir()) == ["good", "out"]   # no staging left
 
 
 def test_nan_output_fails_parity(tmp_path, onnx_artifact, monkeypatch):

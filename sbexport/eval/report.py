@@ -22,7 +22,7 @@ class RunnerResult:
     batch: int
     metrics: dict[str, float]
     delta: dict[str, float]        # metric - PyTorch's metric (zeros for PyTorch itself)
-    agree: int                     # predictions equal to PyTorch's (words for NER; |d| <= atol for STS-B)
+    agree: int                     # predictions equal to PyTorch's (words for NER; within verify's parity bound for STS-B)
     compared: int
     examples: int
     truncated: int                 # examples cut to max_seq

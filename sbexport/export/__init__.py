@@ -130,8 +130,8 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
         write_manifest(tmp, _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds))
         if verify:
             from ..verify import verify_folder
-            report = verify_folder(tmp, reference=model, log=log)
-            report.raise_on_failure()
+            report = verify_folder(tmp, reference=model, log=log, shown_as=out_dir)
+            report.raise_on_failure()   # inside the staged folder: a failing file never lands
     log(f"wrote {out_dir}")
     return out_dir
 
