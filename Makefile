@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench mutate clean
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -22,10 +22,15 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/python -m compileall -q sbexport tests
+	$(BIN)/python -m compileall -q sbexport tests tools
 
 bench: install
 	$(BIN)/python benchmarks/host_comparison.py
+
+# Plant each bug of tools/mutants.toml in a throwaway copy and report those no test catches
+# (exit 1 when one survives or the catalogue is stale). MUTATE_ARGS="--only ID,ID" or "--list".
+mutate: install
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info
