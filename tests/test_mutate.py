@@ -160,6 +160,12 @@ def test_list_and_bad_usage(repo):
     bad.write_text(CATALOGUE.replace('tests = ["tests/test_calc.py"]', 'test = ["tests/test_calc.py"]', 1))
     proc, _ = run_tool(repo, catalogue=bad)
     assert proc.returncode == 2 and "unknown field 'test'" in proc.stderr
+    # A file outside the copy would be written in place: refused before anything runs.
+    bad.write_text(CATALOGUE.replace('file = "calc/__init__.py"', f'file = "{repo}/calc/__init__.py"', 1))
+    before = snapshot(repo)
+    proc, _ = run_tool(repo, catalogue=bad)
+    assert proc.returncode == 2 and "inside the repository" in proc.stderr
+    assert snapshot(repo) == before
 
 
 def test_refuses_to_run_inside_a_mutant_run(repo):

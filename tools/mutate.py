@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -128,6 +129,9 @@ def load_catalogue(path: Path) -> list[Mutant]:
             raise CatalogueError(f"{where}: 'tests' must list at least one test path")
         if entry["find"] == entry["replace"] or not entry["find"]:
             raise CatalogueError(f"{where}: 'replace' must differ from a non-empty 'find'")
+        if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
+            # The copy is written to; a path leaving it would plant the bug in the real tree.
+            raise CatalogueError(f"{where}: 'file' must be a path inside the repository")
         if entry["id"] in seen:
             raise CatalogueError(f"{where}: id used twice")
         seen.add(entry["id"])
@@ -278,7 +282,6 @@ def _first_failure(out: str) -> str:
 
 
 def _passed_count(out: str) -> int:
-    import re
     match = re.search(r"(\d+) passed", out)
     return int(match.group(1)) if match else 0
 
