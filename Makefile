@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean toolchain runner runner-arm64
+.PHONY: install demo test lint bench mutate clean toolchain runner runner-arm64
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -24,7 +24,7 @@ test: install toolchain
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/python -m compileall -q sbexport tests
+	$(BIN)/python -m compileall -q sbexport tests tools
 
 bench: install
 	$(BIN)/python benchmarks/host_comparison.py
@@ -40,6 +40,11 @@ runner: install
 
 runner-arm64: install
 	PYTHON=$(BIN)/python bash android_demo/build.sh arm64
+
+# Plant each bug of tools/mutants.toml in a throwaway copy and report those no test catches
+# (exit 1 when one survives or the catalogue is stale). MUTATE_ARGS="--only ID,ID" or "--list".
+mutate: install
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info
