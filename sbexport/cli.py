@@ -219,11 +219,13 @@ def verify(folder, threads, json_path) -> None:
       sbexport verify artifacts/mnli-onnx
     """
     from .reportfile import check_report_path, write_report
+    from .threads import thread_settings
     from .verify import report_json, verify_folder
 
     if json_path is not None:
         check_report_path(json_path)          # before the sweep, not after it
-    report = verify_folder(folder, threads=threads or 0, log=click.echo)
+    with thread_settings(threads, executorch=threads is not None):   # this command owns the pools
+        report = verify_folder(folder, threads=threads or 0, log=click.echo)
     if json_path is not None:
         write_report(json_path, report_json(report) + "\n")
     report.raise_on_failure()

@@ -48,20 +48,25 @@ class OnnxRunner:
 
 
 class ExecuTorchRunner:
-    """The `forward` method of a .pte program in executorch's Python runtime."""
+    """The `forward` method of a .pte program in executorch's Python runtime.
 
-    def __init__(self, path: Path, input_names: tuple[str, ...], threads: int = 0):
-        Runtime = _executorch_runtime()
-        if threads:
-            _executorch_threads(threads)
+    It runs on ExecuTorch's process-wide thread pool, which belongs to the entry point
+    (threads.thread_settings), not to a runner.
+    """
+
+    def __init__(self, path: Path, input_names: tuple[str, ...]):
         self.path = path
-        with _runtime_log() as log:
-            try:
-                self.program = Runtime.get().load_program(str(path))
-                self.method = self.program.load_method("forward")
-            except Exception as e:  # the pybind layer raises RuntimeError/ValueError on bad files
-                raise SbexportError(f"{path}: not a loadable ExecuTorch program "
-                                    f"({_log_reason(log) or _first_line(e)})") from None
+        try:
+            self.program, self.method = _load(path)
+        except Exception as e:  # the pybind layer raises RuntimeError/ValueError on bad files
+            # The runtime logged the cause to stderr: load again (it fails the same way) to read it.
+            with _runtime_log() as log:
+                try:
+                    _load(path)
+                except Exception:  # the same failure, expected
+                    pass
+            raise SbexportError(f"{path}: not a loadable ExecuTorch program "
+                                f"({_log_reason(log) or _first_line(e)})") from None
         self.input_names = list(input_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -69,13 +74,28 @@ class ExecuTorchRunner:
         refuses them (a batch other than its fixed one, a sequence past its maximum)."""
         import torch
 
+        inputs = [torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names]
+        try:   # nothing but the call: the bench times this
+            outputs = self.method.execute(inputs)
+        except Exception as e:  # the pybind layer raises RuntimeError with an error code
+            raise _run_error(self.path, feeds, self._refusal_reason(inputs) or e) from None
+        return [o.detach().numpy() for o in outputs]
+
+    def _refusal_reason(self, inputs) -> str:
+        """Why the program refused `inputs`: the runtime logs the cause to stderr, so the call
+        is repeated (a refusal is deterministic) with that log collected."""
         with _runtime_log() as log:
             try:
-                outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[k]))
-                                               for k in self.input_names])
-            except Exception as e:  # the pybind layer raises RuntimeError with an error code
-                raise _run_error(self.path, feeds, _log_reason(log) or e) from None
-        return [o.detach().numpy() for o in outputs]
+                self.method.execute(inputs)
+            except Exception:  # the refusal again, expected
+                pass
+        return _log_reason(log)
+
+
+def _load(path: Path):
+    """(program, its forward method) of the .pte at `path`; raises what the runtime raises."""
+    program = _executorch_runtime().get().load_program(str(path))
+    return program, program.load_method("forward")
 
 
 def _executorch_runtime():
@@ -88,9 +108,10 @@ def _executorch_runtime():
 
 @contextlib.contextmanager
 def _runtime_log():
-    """Collect what executorch's runtime logs while it loads or runs (it writes to sys.stderr:
-    cpuinfo probes, then the cause of a failure), so that a failure names its cause in its one
-    error line and a success prints nothing."""
+    """Collect what executorch's runtime logs (it writes to sys.stderr: cpuinfo probes, then
+    the cause of a failure) while a failed load or run is repeated, so that the failure names
+    its cause in its one error line. Never around a call that succeeds: a timed run or a load
+    leaves sys.stderr alone."""
     buffer = io.StringIO()
     with contextlib.redirect_stderr(buffer):
         yield buffer
@@ -104,23 +125,14 @@ def _log_reason(buffer: io.StringIO) -> str:
     return ""
 
 
-def _executorch_threads(threads: int) -> None:
-    """Size ExecuTorch's own thread pool, which XNNPACK runs on (torch's thread count does not
-    reach it). Resized only when it differs: resizing under a loaded delegate is unsafe, and
-    programs loaded side by side (bench) ask for the same count."""
-    from executorch.extension.pybindings import portable_lib
-
-    if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-
-
 def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
-    """A runner for the model file at `path`, chosen by its suffix."""
+    """A runner for the model file at `path`, chosen by its suffix. `threads` is ONNX Runtime's
+    per-session count (0: its default); ExecuTorch's pool is the caller's (threads.py)."""
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxRunner(path, threads)
     if path.suffix == ".pte":
-        return ExecuTorchRunner(path, input_names, threads)
+        return ExecuTorchRunner(path, input_names)
     raise SbexportError(f"{path}: unknown model file type (expected .onnx or .pte)")
 
 

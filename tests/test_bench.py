@@ -230,11 +230,12 @@ def test_failed_export_is_one_line_and_exit_1_from_the_cli(monkeypatch, capsys, 
 
 
 def test_executorch_threads_follow_the_setting():
+    from sbexport.threads import thread_settings
     from executorch.extension.pybindings import portable_lib
 
     before = portable_lib._threadpool_get_thread_count()
     target = 1 if before != 1 else 2
-    with host.thread_settings("executorch", target):
+    with thread_settings(target, executorch=True):
         assert portable_lib._threadpool_get_thread_count() == target
     assert portable_lib._threadpool_get_thread_count() == before
 

@@ -38,10 +38,11 @@ from ..errors import ExportError, SbexportError
 from ..reportfile import check_report_path
 from ..source import ModelSource, _random_init_config, build_reference, resolve_source
 from ..tasks import INPUT_NAMES, Task, get_task
+from ..threads import thread_settings
 from . import memory, report
 from .flops import COUNTED, count_flops
 from .machine import (available_cores, cpu_wait_pct, load_average, machine_info, runtime_unavailable,
-                      scheduler_times, sgemm_ceiling, thread_settings)
+                      scheduler_times, sgemm_ceiling)
 
 RUNTIMES = ("eager", "onnx", "executorch")
 MODELS = ("squeezebert", "bert")
@@ -299,7 +300,7 @@ def time_runtime(runtime: str, task: Task, models: list[BenchModel], artifacts: 
                     seq_len: {"first_s": float, "times_s": [float, ...], "cpu_wait_pct": float}}}.
     """
     out = {}
-    with thread_settings(runtime, threads):
+    with thread_settings(threads, executorch=runtime == "executorch"):
         runs = {}
         for model in models:
             bar.set_description(f"load {model.arch} on {runtime}")
@@ -351,7 +352,7 @@ def open_model(runtime: str, model: BenchModel, task: Task, artifact: str | None
 
     folder = Path(artifact)
     path = folder / read_manifest(folder)["model_file"]
-    runner = OnnxRunner(path, threads) if runtime == "onnx" else ExecuTorchRunner(path, INPUT_NAMES, threads)
+    runner = OnnxRunner(path, threads) if runtime == "onnx" else ExecuTorchRunner(path, INPUT_NAMES)
 
     def run(feeds):
         return runner.run(feeds)

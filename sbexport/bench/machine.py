@@ -1,10 +1,8 @@
-"""The machine under the benchmark: its CPU, its fp32 matrix-multiply ceiling, which runtimes
-import, and how many threads each runtime gets."""
+"""The machine under the benchmark: its CPU, its fp32 matrix-multiply ceiling and which runtimes
+import. Thread counts are set by the entry point (sbexport/threads.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import glob
 import os
 import platform
@@ -26,39 +24,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def set_threads(runtime: str, threads: int) -> int | None:
-    """Give `runtime` `threads` threads: torch's intra-op pool for eager (and the ExecuTorch
-    runner, which sets it too), ExecuTorch's own pool (XNNPACK runs on it; torch's setting
-    does not reach it). ONNX Runtime takes its count per session (OnnxRunner). Returns the
-    ExecuTorch pool's previous size when it was changed. Call only while no ExecuTorch
-    program is loaded: resetting the pool under a loaded delegate is unsafe."""
-    torch.set_num_threads(threads)
-    if runtime != "executorch":
-        return None
-    from executorch.extension.pybindings import portable_lib
-
-    before = portable_lib._threadpool_get_thread_count()
-    if before != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-        return before
-    return None
-
-
-@contextlib.contextmanager
-def thread_settings(runtime: str, threads: int):
-    """set_threads for the block, then the previous settings back."""
-    torch_before = torch.get_num_threads()
-    et_before = set_threads(runtime, threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_before)
-        if et_before is not None:
-            gc.collect()
-            from executorch.extension.pybindings import portable_lib
-            portable_lib._unsafe_reset_threadpool(et_before)
 
 
 def sgemm_ceiling(threads: int, n: int = 2048, repeats: int = 5) -> dict:

@@ -54,20 +54,22 @@ def _probe_main() -> None:
     from ..source import ModelSource
     from ..tasks import get_task
     from .host import BenchModel, feeds_for, model_config, open_model
-    from .machine import set_threads
+    from ..threads import thread_settings
 
     task = get_task(spec["task"])
     source = ModelSource.from_dict(spec["source"])
     model = BenchModel(spec["arch"], source, spec["overrides"], model_config(task, source, spec["overrides"]))
     _import_runtime(spec["runtime"])
-    set_threads(spec["runtime"], spec["threads"])
-    hwm_reset = _reset_high_water_mark()
-    baseline = _rss_mb()
-    run = open_model(spec["runtime"], model, task, spec["artifact"], spec["threads"])
-    peaks = {}
-    for seq_len in spec["seq_lens"]:
-        run(feeds_for(task, model.config, spec["batch"], seq_len))
-        peaks[seq_len] = _high_water_mark_mb()
+    # This subprocess is its own entry point: it owns the pools until it exits.
+    with thread_settings(spec["threads"], executorch=spec["runtime"] == "executorch"):
+        hwm_reset = _reset_high_water_mark()
+        baseline = _rss_mb()
+        run = open_model(spec["runtime"], model, task, spec["artifact"], spec["threads"])
+        peaks = {}
+        for seq_len in spec["seq_lens"]:
+            run(feeds_for(task, model.config, spec["batch"], seq_len))
+            peaks[seq_len] = _high_water_mark_mb()
+        del run
     print(json.dumps({"baseline_mb": baseline, "peak_mb": peaks, "hwm_reset": hwm_reset}))
 
 
