@@ -19,9 +19,9 @@ import re
 import secrets
 import shutil
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .config import load_config
 from .errors import SbexportError

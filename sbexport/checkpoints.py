@@ -19,10 +19,14 @@ import warnings
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub import constants as hf_constants
 import torch
-from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError,
-                                    RepositoryNotFoundError, RevisionNotFoundError)
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import (
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file

@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save_file
 
-from . import modeling
-from . import __version__
+from . import __version__, modeling
 from .artifact import CHECKPOINT, check_destination, output_folder, staged_folder, write_record
 from .checkpoints import load_pretrained, read_state_dict, resolve_checkpoint
 from .config import BertConfig, SqueezeBertConfig, load_config

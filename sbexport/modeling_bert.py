@@ -20,9 +20,18 @@ from __future__ import annotations
 from torch import nn
 
 from .config import BertConfig
-from .modeling import (Backbone, Embeddings, ForMaskedLM, ForMultipleChoice,
-                       ForQuestionAnswering, ForSequenceClassification, ForTokenClassification,
-                       Pooler, activation, run_layers)
+from .modeling import (
+    Backbone,
+    Embeddings,
+    ForMaskedLM,
+    ForMultipleChoice,
+    ForQuestionAnswering,
+    ForSequenceClassification,
+    ForTokenClassification,
+    Pooler,
+    activation,
+    run_layers,
+)
 
 
 class BertEmbeddings(Embeddings):

@@ -16,6 +16,7 @@ from .runtime import open_runner
 from .tasks import INPUT_NAMES, get_task
 from .tokenizer import SqueezeBertTokenizer
 
+
 class PredictWarning(UserWarning):
     """Something the user should know about a prediction (its text was truncated)."""
 

@@ -37,7 +37,7 @@ class ModelSource:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSource":
+    def from_dict(cls, data: dict) -> ModelSource:
         return cls(**data)
 
 

@@ -441,7 +441,7 @@ class SqueezeBertTokenizer:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, **options: Any) -> "SqueezeBertTokenizer":
+    def from_file(cls, path: str | os.PathLike, **options: Any) -> SqueezeBertTokenizer:
         """Load from a vocab.txt or a tokenizer.json (told apart by the .json suffix).
 
         For tokenizer.json the lowercasing, accent, CJK, basic-tokenize and unk settings come
@@ -456,7 +456,7 @@ class SqueezeBertTokenizer:
         return cls._from_vocab(vocab, path, {**file_options, **options})
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **options: Any) -> "SqueezeBertTokenizer":
+    def from_pretrained(cls, folder: str | os.PathLike, **options: Any) -> SqueezeBertTokenizer:
         """Load from a checkpoint folder: tokenizer.json if present, else vocab.txt, with the
         options of tokenizer_config.json when present.
 
@@ -479,7 +479,7 @@ class SqueezeBertTokenizer:
 
     @classmethod
     def _from_vocab(cls, vocab: dict[str, int], source: str,
-                    options: dict[str, Any]) -> "SqueezeBertTokenizer":
+                    options: dict[str, Any]) -> SqueezeBertTokenizer:
         """Build from an already read vocabulary; `options` are constructor keywords."""
         unknown = set(options) - set(_CONFIG_KEYS)
         if unknown:

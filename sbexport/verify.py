@@ -14,9 +14,9 @@ exported file picks the same argmax (and top-5 for vocabularies) as the referenc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -62,7 +62,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # ------------------------------------------------------------------------------------------
 # Device profiles and faults: what the test chooses.
 # ------------------------------------------------------------------------------------------
@@ -338,7 +337,7 @@ class Stream:
     """One adb stream on the device side: bytes from the host queue up in `inbox`; `write`
     sends WRTE messages one at a time, each after the host's OKAY for the previous one."""
 
-    def __init__(self, conn: "Connection", local_id: int, remote_id: int):
+    def __init__(self, conn: Connection, local_id: int, remote_id: int):
         self.conn, self.local_id, self.remote_id = conn, local_id, remote_id
         self.inbox = bytearray()
         self.cond = threading.Condition()
@@ -660,7 +659,7 @@ class Connection:
     """One TCP connection from the adb server: reads messages, answers the handshake,
     opens streams and routes their messages."""
 
-    def __init__(self, server: "AdbDevice", sock: socket.socket):
+    def __init__(self, server: AdbDevice, sock: socket.socket):
         self.server, self.sock = server, sock
         self.send_lock = threading.Lock()
         self.streams: dict[int, Stream] = {}
@@ -890,7 +889,7 @@ class AdbDevice:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
-    def start(self) -> "AdbDevice":
+    def start(self) -> AdbDevice:
         self.thread.start()
         return self
 
@@ -902,7 +901,7 @@ class AdbDevice:
             self.thread.join(5)
         self.listener.close()
 
-    def __enter__(self) -> "AdbDevice":
+    def __enter__(self) -> AdbDevice:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -919,7 +918,7 @@ class AdbDevice:
                 break
             try:
                 sock, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

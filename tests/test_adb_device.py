@@ -21,8 +21,19 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adb_device import (A_CLSE, A_CNXN, A_OKAY, A_OPEN, A_WRTE, ARM64_PHONE,  # noqa: E402
-                        HEADER, X86_64_EMULATOR, AdbDevice, Faults, pack_message)
+from adb_device import (  # noqa: E402
+    A_CLSE,
+    A_CNXN,
+    A_OKAY,
+    A_OPEN,
+    A_WRTE,
+    ARM64_PHONE,
+    HEADER,
+    X86_64_EMULATOR,
+    AdbDevice,
+    Faults,
+    pack_message,
+)
 
 ADB_TIMEOUT = 30   # seconds for any one adb call; the slowest here (3 MB push) takes ~0.1 s
 
@@ -356,7 +367,7 @@ class RawHost:
         self.sock.settimeout(timeout)
         try:
             header = self.sock.recv(24, socket.MSG_WAITALL)
-        except socket.timeout:
+        except TimeoutError:
             return None
         if len(header) < 24:
             return b""

@@ -13,12 +13,12 @@ import shutil
 import stat
 
 import pytest
-
 from conftest import EXPORT_TINY
+
 from sbexport import artifact
 from sbexport.artifact import open_artifact, read_manifest, sha256_file, staged_folder, write_manifest
 from sbexport.errors import ExportError, SbexportError
-from sbexport.export import ExportOptions, export_artifact
+from sbexport.export import export_artifact
 from sbexport.export import onnx as onnx_format
 from sbexport.source import resolve_source
 from sbexport.tasks import TASKS

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+
 from sbexport import cli
 from sbexport.bench import BenchConfig, host, markdown_table, run_bench, table
 from sbexport.errors import SbexportError
@@ -230,8 +230,9 @@ def test_failed_export_is_one_line_and_exit_1_from_the_cli(monkeypatch, capsys, 
 
 
 def test_executorch_threads_follow_the_setting():
-    from sbexport.threads import thread_settings
     from executorch.extension.pybindings import portable_lib
+
+    from sbexport.threads import thread_settings
 
     before = portable_lib._threadpool_get_thread_count()
     target = 1 if before != 1 else 2
@@ -354,6 +355,7 @@ def test_full_size_flops_match_the_closed_form(arch, seq):
 def test_tiny_flops_match_the_closed_form_with_every_group_distinct(batch):
     """Groups 2/4/8/1/16/32: a group count attached to the wrong projection changes the sum."""
     from conftest import EXPORT_TINY
+
     from sbexport.config import SqueezeBertConfig
 
     cfg = SqueezeBertConfig(**EXPORT_TINY, **TASKS_MNLI.config_overrides())

@@ -13,16 +13,20 @@ import huggingface_hub
 import pytest
 import torch
 import transformers
+from conftest import tiny_bert_config, tiny_squeezebert_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sbexport import checkpoints, modeling, modeling_bert
-from sbexport.checkpoints import (checkpoint_fingerprint, load_pretrained, read_state_dict,
-                                  resolve_checkpoint, save_pretrained)
+from sbexport.checkpoints import (
+    checkpoint_fingerprint,
+    load_pretrained,
+    read_state_dict,
+    resolve_checkpoint,
+    save_pretrained,
+)
 from sbexport.config import SqueezeBertConfig
 from sbexport.errors import CheckpointError, ConfigError
-
-from conftest import tiny_bert_config, tiny_squeezebert_config
 
 REPO = "squeezebert/squeezebert-mnli"
 HEADS = ["Model", "ForMaskedLM", "ForSequenceClassification", "ForMultipleChoice",

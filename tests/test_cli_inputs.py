@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SPECIAL_TOKENS, TINY, TINY_WORDS
-from sbexport.artifact import read_manifest, write_manifest
 from test_cli import SBEXPORT, assert_one_error_line, run_main, run_script
+
+from sbexport.artifact import read_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

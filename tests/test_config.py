@@ -8,11 +8,10 @@ import json
 
 import pytest
 import transformers
+from conftest import tiny_bert_config, tiny_squeezebert_config
 
 from sbexport.config import BertConfig, SqueezeBertConfig, load_config
 from sbexport.errors import ConfigError
-
-from conftest import tiny_bert_config, tiny_squeezebert_config
 
 PAIRS = [(SqueezeBertConfig, transformers.SqueezeBertConfig),
          (BertConfig, transformers.BertConfig)]

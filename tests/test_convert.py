@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
+from conftest import tiny_bert_config, tiny_squeezebert_config
 from safetensors.torch import load_file
 
 from sbexport import cli as cli_module
@@ -19,8 +20,6 @@ from sbexport.config import SqueezeBertConfig
 from sbexport.convert import TOKENIZER_FILES, convert_bert_to_squeezebert
 from sbexport.errors import CheckpointError, ConfigError, SbexportError
 from sbexport.tasks import HEADS
-
-from conftest import tiny_bert_config, tiny_squeezebert_config
 
 SENTENCES = [
     ("The quick brown fox jumps over the lazy dog.", "A fast animal leaps over a sleeping one."),

@@ -14,17 +14,27 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_squeezebert_config
 from scipy import stats
 
-from conftest import tiny_squeezebert_config
 from sbexport.checkpoints import save_pretrained
 from sbexport.cli import cli, main
 from sbexport.errors import SbexportError
 from sbexport.eval import SCHEMA, read_dataset, report_json, run_eval
 from sbexport.eval.datasets import HEAD_FORMATS, QAExample, TagExample, TextExample
 from sbexport.eval.evaluate import map_label
-from sbexport.eval.metrics import (accuracy, binary_f1, entity_scores, entity_spans, matthews_corrcoef,
-                                   normalize_answer, pearson, spearman, squad_exact_match, squad_f1)
+from sbexport.eval.metrics import (
+    accuracy,
+    binary_f1,
+    entity_scores,
+    entity_spans,
+    matthews_corrcoef,
+    normalize_answer,
+    pearson,
+    spearman,
+    squad_exact_match,
+    squad_f1,
+)
 from sbexport.eval.runners import predict_examples, pytorch_runner, word_tags
 from sbexport.source import resolve_source
 from sbexport.tasks import TASKS, get_task
@@ -446,7 +456,8 @@ def test_binary_f1_is_of_the_positive_class(tmp_path, task_name):
 
 
 def test_cola_is_scored_by_matthews_correlation(tmp_path):
-    from sklearn.metrics import accuracy_score, matthews_corrcoef as sk_mcc
+    from sklearn.metrics import accuracy_score
+    from sklearn.metrics import matthews_corrcoef as sk_mcc
 
     rng = np.random.default_rng(3)
     texts = [sentence(rng) + "." for _ in range(40)]

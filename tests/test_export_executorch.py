@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import EXPORT_TINY, HEAD_TASKS
+
 from sbexport.errors import SbexportError
 from sbexport.runtime import ExecuTorchRunner
 from sbexport.tasks import HEADS, INPUT_NAMES, TASKS

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import EXPORT_TINY, HEAD_TASKS
 from onnx import TensorProto, numpy_helper
 
-from conftest import EXPORT_TINY, HEAD_TASKS
 from sbexport.artifact import sha256_file
 from sbexport.checkpoints import checkpoint_fingerprint
 from sbexport.runtime import OnnxRunner
@@ -198,6 +198,7 @@ def test_graph_check_counts_the_projections(onnx_artifact):
 def test_bert_baseline_exports(tmp_path):
     """`sbexport onnx --arch bert` always failed: the exporter demanded Conv nodes of every model."""
     from conftest import TINY
+
     from sbexport.export import export_artifact
     from sbexport.source import resolve_source
 

@@ -17,9 +17,9 @@ from collections import defaultdict
 import pytest
 import torch
 import transformers
+from conftest import tiny_squeezebert_config
 from torch import nn
 
-from conftest import tiny_squeezebert_config
 from sbexport import modeling as sb
 
 # Peer parity bound, absolute, float32. Both implementations run the same fp32 ops (conv1d,

@@ -7,13 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from conftest import tiny_bert_config
 
 from sbexport import modeling_bert
 from sbexport.config import ACTIVATIONS, BertConfig
 from sbexport.modeling import ModelOutput
 from sbexport.tasks import HEADS, TASKS
-
-from conftest import tiny_bert_config
 
 ATOL = 1e-5   # fp32, same op order as transformers' eager BERT: differences are rounding only
 BATCH, CHOICES, SEQ = 3, 2, 7

@@ -17,8 +17,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import HEAD_TASKS
+
 from sbexport.artifact import read_manifest
 from sbexport.export import ExportOptions, export_artifact
 from sbexport.source import build_reference, resolve_source

@@ -15,8 +15,8 @@ import json
 import pytest
 import torch
 import transformers
-
 from conftest import HEAD_TASKS
+
 from sbexport.runtime import OnnxRunner
 from sbexport.tasks import HEADS, TASKS
 from sbexport.verify import compare, rebuild_reference, sweep

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import EXPORT_TINY
+
 from sbexport import predict as predict_module
 from sbexport.errors import SbexportError
 from sbexport.predict import predict

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import HEAD_TASKS
+
 from sbexport.artifact import open_artifact
 from sbexport.tasks import INPUT_NAMES, get_task
 from sbexport.verify import rebuild_reference, reference_outputs, sweep

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_squeezebert_config
 
 from sbexport.modeling import SqueezeBertForSequenceClassification
 from sbexport.source import build_reference, resolve_source
 from sbexport.tasks import get_task
-
-from conftest import tiny_squeezebert_config
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def ref(vocab_path: Path) -> BertTokenizerFast:
 @pytest.fixture(scope="module")
 def make_pair(vocab_path: Path):
     """Returns a function options -> (ours, reference), built once per set of options."""
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def build(**options):
         return (SqueezeBertTokenizer(vocab_path, **options),
                 BertTokenizerFast(vocab=str(vocab_path), model_max_length=512, **options))
@@ -597,7 +597,7 @@ COMPARED = ("input_ids", "token_type_ids", "attention_mask")
 ASK = dict(return_token_type_ids=True, return_attention_mask=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _python_pair(vocab_path: Path, **options):
     return (SqueezeBertTokenizer(vocab_path, **options),
             BertTokenizerLegacy(str(vocab_path), model_max_length=512, **options))

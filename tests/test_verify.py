@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import EXPORT_TINY, SPECIAL_TOKENS, save_tiny_checkpoint
+
 from sbexport import verify
 from sbexport.artifact import write_manifest
 from sbexport.errors import ParityError, SbexportError

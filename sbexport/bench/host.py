@@ -24,10 +24,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,8 +41,15 @@ from ..tasks import INPUT_NAMES, Task, get_task
 from ..threads import thread_settings
 from . import memory, report
 from .flops import COUNTED, count_flops
-from .machine import (available_cores, cpu_wait_pct, load_average, machine_info, runtime_unavailable,
-                      scheduler_times, sgemm_ceiling)
+from .machine import (
+    available_cores,
+    cpu_wait_pct,
+    load_average,
+    machine_info,
+    runtime_unavailable,
+    scheduler_times,
+    sgemm_ceiling,
+)
 
 RUNTIMES = ("eager", "onnx", "executorch")
 MODELS = ("squeezebert", "bert")

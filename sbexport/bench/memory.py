@@ -53,8 +53,8 @@ def _probe_main() -> None:
     spec = json.loads(sys.stdin.read())
     from ..source import ModelSource
     from ..tasks import get_task
-    from .host import BenchModel, feeds_for, model_config, open_model
     from ..threads import thread_settings
+    from .host import BenchModel, feeds_for, model_config, open_model
 
     task = get_task(spec["task"])
     source = ModelSource.from_dict(spec["source"])

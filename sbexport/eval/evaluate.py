@@ -10,9 +10,8 @@ numeric labels, by the task's label order (sst2 0 = negative, 1 = positive, ...)
 from __future__ import annotations
 
 import re
-
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

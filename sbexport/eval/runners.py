@@ -9,9 +9,9 @@ the last is filled with copies of its last row, whose outputs are dropped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

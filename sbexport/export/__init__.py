@@ -16,9 +16,9 @@ A format is a module with FILE_NAME, DESCRIPTION,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
