@@ -163,7 +163,7 @@ def test_verify_json_through_a_symlink(monkeypatch, capsys, tmp_path, onnx_artif
     monkeypatch.setattr(sys, "argv", ["sbexport", "verify", str(folder), "--json", str(link)])
     main()
     assert link.is_symlink()
-    assert json.loads((tmp_path / "reports" / "verify.json").read_text())["schema"] == "sbexport.verify/1"
+    assert json.loads((tmp_path / "reports" / "verify.json").read_text())["schema"].startswith("sbexport.verify/")
 
 
 def _no_work(*args, **kwargs):
