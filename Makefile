@@ -23,8 +23,9 @@ demo: install
 test: install toolchain
 	$(BIN)/python -m pytest -q
 
+# ruff, pinned in pyproject's test extra; its rules are pyproject's [tool.ruff].
 lint: install
-	$(BIN)/python -m compileall -q sbexport tests tools
+	$(BIN)/ruff check sbexport tests benchmarks tools
 
 bench: install
 	$(BIN)/python benchmarks/host_comparison.py

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
             continue
         verdict = "within" if e["within_target"] else "OVER"
         print(f"{e['model']:<12}{e['format']:<11}{e['seconds']:>7.1f} s ({verdict} the {e['target_s']:.0f} s target; "
-              f"CPU {e['cpu_seconds']:.1f} s, exporter {e['exporter_seconds']:.1f} s, verify {e['verify_seconds'] or 0:.1f} s, "
+              f"CPU {e['cpu_seconds']:.1f} s, exporter {e['exporter_seconds']:.1f} s, "
+              f"verify {e['verify_seconds'] or 0:.1f} s, "
               f"{e['file_bytes'] / 1e6:.0f} MB)")
     print(f"wrote {args.out}")
     return 0
@@ -73,8 +74,9 @@ def time_one(fmt: str, task, source, folder: Path, verify: bool) -> dict:
         return {**entry, "error": str(e), "seconds": round(time.perf_counter() - started, 2)}
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     manifest = read_manifest(folder)
-    entry.update(seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2), exporter_seconds=manifest["export_seconds"],
-                 within_target=seconds < TARGETS_S[fmt], file_bytes=manifest["files"][manifest["model_file"]]["bytes"],
+    entry.update(seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
+                 exporter_seconds=manifest["export_seconds"], within_target=seconds < TARGETS_S[fmt],
+                 file_bytes=manifest["files"][manifest["model_file"]]["bytes"],
                  verify_seconds=None, parity_max_abs=None)
     if verify:
         started = time.perf_counter()

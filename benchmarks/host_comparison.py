@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
 def table_page(result: dict, stem: str) -> str:
     """The markdown file: machine, the table per sequence length, what was skipped."""
-    m, c = result["machine"], result["ceiling"]
+    m = result["machine"]
     lines = [f"# SqueezeBERT vs BERT-base on the host CPU ({result['created'][:10]})", "",
              f"Machine: {m['cpu']} ({', '.join(f'{k} {v}' for k, v in m['cpu_id'].items())}), "
              f"{m['cores']} cores, flags {' '.join(m['flags'])}{', virtualised' if m['virtualised'] else ''}; "

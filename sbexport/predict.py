@@ -42,7 +42,8 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     if task.head == "question-answering":
         _check_question_fits(tokenizer, text, max_seq)
     first, second = _texts(task, text, text_pair, manifest)
-    enc = tokenizer(first, second, padding="longest", truncation="only_second" if task.head == "question-answering" else True,
+    truncation = "only_second" if task.head == "question-answering" else True
+    enc = tokenizer(first, second, padding="longest", truncation=truncation,
                     max_length=max_seq, return_tensors="np", return_offsets_mapping=True)
     _warn_if_truncated(tokenizer, first, second, max_seq)
     feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}

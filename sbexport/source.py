@@ -112,7 +112,7 @@ def _with_new_head(cls, folder: Path, own, wanted):
     model.backbone.load_state_dict(trained.backbone.state_dict())
     warnings.warn(f"{folder}: its classifier has {own.num_labels} labels, the task has {wanted.num_labels}: "
                   f"the backbone is the checkpoint's, the classifier was initialised randomly; fine-tune "
-                  f"the model before using its outputs")
+                  f"the model before using its outputs", stacklevel=1)
     return model
 
 

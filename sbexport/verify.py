@@ -1,9 +1,10 @@
 """Parity: run the PyTorch reference and an exported file on a sweep of inputs and compare.
 
 The sweep covers batch 1 and 3 (only the fixed batch for a fixed-batch file), sequence lengths
-1, 7, 128 and the file's maximum, padded masks (a batch-1 file gets a padded case of its own), text pairs and real sentences through the
-artifact's tokenizer. Each output of each case is compared at the values a consumer reads
-(a token-level output at real tokens, a sequence-level output in every row) and passes when
+1, 7, 128 and the file's maximum, padded masks (a batch-1 file gets a padded case of its own),
+text pairs and real sentences through the artifact's tokenizer. Each output of each case is
+compared at the values a consumer reads (a token-level output at real tokens, a sequence-level
+output in every row) and passes when
 max |got - ref| <= atol + rtol * scale, scale = max |ref| over those values (`compare`; the
 task's atol and rtol, and what they were measured on, are in tasks.py). The report gives, per
 output, the worst error, the error at padded positions (shown, never judged), the scale and
@@ -110,8 +111,10 @@ class OutputParity:
             self.argmax_agree += int(agree.sum())
             self.argmax_total += agree.size
             if ref.shape[axis_of_classes] > 5:
-                top_ref = np.sort(np.argsort(-ref, axis=axis_of_classes).take(range(5), axis_of_classes), axis_of_classes)
-                top_got = np.sort(np.argsort(-got, axis=axis_of_classes).take(range(5), axis_of_classes), axis_of_classes)
+                def top5(values):
+                    return np.sort(np.argsort(-values, axis=axis_of_classes).take(range(5), axis_of_classes),
+                                   axis_of_classes)
+                top_ref, top_got = top5(ref), top5(got)
                 same = (top_ref == top_got).all(axis=axis_of_classes)[rows]
                 self.topk_agree += int(same.sum())
                 self.topk_total += same.size

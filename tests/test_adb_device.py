@@ -80,7 +80,8 @@ def make_device(tmp_path):
     stopped at teardown."""
     devices = []
 
-    def make(profile=ARM64_PHONE, faults=Faults(), **options) -> AdbDevice:
+    def make(profile=ARM64_PHONE, faults=None, **options) -> AdbDevice:
+        faults = Faults() if faults is None else faults
         options = {"idle_limit": 30.0, "io_timeout": 10.0, "command_timeout": 20.0, **options}
         device = AdbDevice(tmp_path / f"device{len(devices)}", profile, faults, **options).start()
         devices.append(device)
@@ -135,7 +136,7 @@ def shell(adb: Adb, device: AdbDevice, command: str) -> subprocess.CompletedProc
 def test_devices_and_getprop_answer_from_the_profile(adb, make_device, profile):
     device = make_device(profile)
     assert adb.connect(device).startswith(f"connected to {device.serial}")
-    line = next(l for l in adb("devices", "-l").stdout.splitlines() if l.startswith(device.serial))
+    line = next(row for row in adb("devices", "-l").stdout.splitlines() if row.startswith(device.serial))
     # adb replaces spaces in the model with underscores
     assert line.split()[1:4] == ["device", f"product:{profile.product}",
                                  f"model:{profile.model.replace(' ', '_')}"]

@@ -294,9 +294,9 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
 #
 # What is counted (flops.COUNTED): 2 FLOPs per multiply-accumulate of the matrix ops, nothing
 # element-wise, no bias adds. For one encoder layer at batch B, sequence S, hidden H,
-# intermediate I (a 1x1 convolution of cin -> cout channels in g groups does cin/g * cout
+# intermediate F (a 1x1 convolution of cin -> cout channels in g groups does cin/g * cout
 # multiply-adds per position):
-#   projections  2 B S (H H/g_q + H H/g_k + H H/g_v + H H/g_post + H I/g_int + I H/g_out)
+#   projections  2 B S (H H/g_q + H H/g_k + H H/g_v + H H/g_post + H F/g_int + F H/g_out)
 #                (BERT: every g is 1 and they are Linear layers, counted as addmm)
 #   attention    2 B S S H for Q K^T plus 2 B S S H for probs V (heads split H, not the sum)
 # and once per sequence the pooler (2 B H H) and the classifier (2 B H labels), both addmm.
@@ -306,10 +306,10 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
 
 def closed_form_flops(cfg, batch: int, seq: int, num_labels: int) -> dict[str, int]:
     """{op: FLOPs} of a sequence classifier, written from the architecture (see above)."""
-    H, I, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    H, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     groups = [getattr(cfg, name, 1) for name in ("q_groups", "k_groups", "v_groups", "post_attention_groups",
                                                   "intermediate_groups", "output_groups")]
-    macs = [H * H, H * H, H * H, H * H, H * I, I * H]
+    macs = [H * H, H * H, H * H, H * H, H * F, F * H]
     projections = L * 2 * batch * seq * sum(m // g for m, g in zip(macs, groups))
     attention = L * 2 * (2 * batch * seq * seq * H)
     heads = 2 * batch * H * H + 2 * batch * H * num_labels

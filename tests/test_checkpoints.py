@@ -238,7 +238,8 @@ def test_file_instead_of_folder(tmp_path, no_hub):
 
 
 def test_invalid_repo_id_that_is_no_folder(no_hub):
-    with pytest.raises(CheckpointError, match=r"^org/name/extra: no such checkpoint folder.*nor is it a Hugging Face repo id"):
+    with pytest.raises(CheckpointError,
+                       match=r"^org/name/extra: no such checkpoint folder.*nor is it a Hugging Face repo id"):
         resolve_checkpoint("org/name/extra")
 
 
@@ -521,7 +522,8 @@ def test_unexpected_tensor(tmp_path, no_hub):
 def test_unknown_tensor_is_not_taken_for_another_head(tmp_path, no_hub):
     model = tiny_model("Model")
     folder = saved(tmp_path, model, add={"adapter.weight": torch.zeros(2)})
-    with pytest.raises(CheckpointError, match=r"1 unexpected tensor SqueezeBertModel has no place for: adapter.weight$"):
+    with pytest.raises(CheckpointError,
+                       match=r"1 unexpected tensor SqueezeBertModel has no place for: adapter.weight$"):
         load_pretrained(type(model), str(folder))
 
 
@@ -607,7 +609,8 @@ def test_missing_shard(tmp_path, no_hub):
     weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
     first = sorted(k for k, v in weight_map.items() if v == shard.name)[0]
     shard.unlink()
-    with pytest.raises(CheckpointError, match=rf"^{shard}: shard missing \(the index model.safetensors.index.json lists {first}, "):
+    with pytest.raises(CheckpointError,
+                       match=rf"^{shard}: shard missing \(the index model.safetensors.index.json lists {first}, "):
         read_state_dict(folder)
     with pytest.raises(CheckpointError, match=rf"^{shard}: shard missing"):
         checkpoint_fingerprint(folder)
@@ -619,7 +622,8 @@ def test_index_names_a_tensor_its_shard_lacks(tmp_path, no_hub):
     data = json.loads(index.read_text())
     data["weight_map"]["transformer.ghost"] = "model-00001-of-00002.safetensors"
     index.write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match=r"index.json: lists tensors its shards do not hold: transformer.ghost \(in model-00001"):
+    with pytest.raises(CheckpointError,
+                       match=r"index.json: lists tensors its shards do not hold: transformer.ghost \(in model-00001"):
         read_state_dict(folder)
 
 

@@ -335,7 +335,8 @@ def test_executorch_command(monkeypatch, capsys, tmp_path, tiny_checkpoint):
     assert manifest["backend"] == "portable" and manifest["dims"]["batch"] == [2, 2]
     assert manifest["parity"]["passed"] is True
     assert (out_dir / "model.pte").read_bytes()[4:8] == b"ET12"    # the ExecuTorch program identifier
-    code, out, err = run_main(monkeypatch, capsys, "predict", out_dir, "A man plays the guitar.", "Someone makes music.")
+    code, out, err = run_main(monkeypatch, capsys, "predict", out_dir,
+                              "A man plays the guitar.", "Someone makes music.")
     assert code == 0, err
     assert sorted(line.split()[0] for line in out.strip().splitlines()) == sorted(TASKS["mnli"].labels)
 

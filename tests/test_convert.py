@@ -189,7 +189,8 @@ def test_overwrite_keeps_a_project_with_a_config_json(tmp_path):
     (project / "config.json").write_text('{"debug": true}')
     (project / "NOTES.md").write_text("notes")
     before = _snapshot(project)
-    with pytest.raises(SbexportError, match="proj is not an sbexport checkpoint folder .no valid sbexport-checkpoint.json."):
+    with pytest.raises(SbexportError,
+                       match="proj is not an sbexport checkpoint folder .no valid sbexport-checkpoint.json."):
         convert_bert_to_squeezebert(tmp_path / "bert", project, overwrite=True)
     assert _snapshot(project) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -74,8 +74,10 @@ def test_glue_mnli_columns_by_header_and_malformed_rows(tmp_path):
 
 
 def test_glue_sst2_mrpc_stsb_and_headerless_cola(tmp_path):
-    sst2 = read_dataset(write(tmp_path / "sst2.tsv", "sentence\tlabel\nit is great \t1\nbad movie\t0\n"), get_task("sst2"))
-    assert [(e.text, e.text_pair, e.label) for e in sst2.examples] == [("it is great", None, "1"), ("bad movie", None, "0")]
+    sst2 = read_dataset(write(tmp_path / "sst2.tsv", "sentence\tlabel\nit is great \t1\nbad movie\t0\n"),
+                        get_task("sst2"))
+    assert [(e.text, e.text_pair, e.label) for e in sst2.examples] == [("it is great", None, "1"),
+                                                                        ("bad movie", None, "0")]
     # MRPC's file starts with a byte-order mark.
     mrpc = read_dataset(write(tmp_path / "mrpc.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
                               "1\t11\t12\tA cat.\tThe cat.\n"), get_task("mrpc"))
@@ -335,7 +337,8 @@ def test_squad_and_ner_in_pytorch(tmp_path):
     assert report.examples == 2 and report.agreement_unit == "word"
     assert report.runners[0].compared == 6
     assert [str(m) for m in report.malformed] == [
-        "line 11: tag 'B-FOO' is not one of the model's labels (O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC, B-MISC, I-MISC)"]
+        "line 11: tag 'B-FOO' is not one of the model's labels "
+        "(O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC, B-MISC, I-MISC)"]
     assert json.loads(report_json(report))["runners"][0]["metrics"].keys() == {
         "entity_f1", "entity_precision", "entity_recall"}
 

@@ -92,11 +92,13 @@ def _assert_head_nodes_are_head_layers(folder, manifest, model, inits) -> None:
     assert linears and not any(".encoder." in f".{n}" for n in linears)
     used = []
     for node in _head_weight_nodes(model, inits):
-        weights = [numpy_helper.to_array(inits[i]) for i in node.input if i in inits and inits[i].dims and len(inits[i].dims) == 2]
+        weights = [numpy_helper.to_array(inits[i]) for i in node.input
+                   if i in inits and inits[i].dims and len(inits[i].dims) == 2]
         assert len(weights) == 1, node
         w = weights[0]
         owner = [n for n, lw in linears.items()
-                 if (w.shape == lw.shape and np.array_equal(w, lw)) or (w.shape == lw.T.shape and np.array_equal(w, lw.T))]
+                 if (w.shape == lw.shape and np.array_equal(w, lw))
+                 or (w.shape == lw.T.shape and np.array_equal(w, lw.T))]
         assert len(owner) == 1, f"{node.op_type} {node.name} carries a weight of no head Linear"
         used.append(owner[0])
     assert len(used) == len(set(used)) >= 1, used
@@ -163,7 +165,8 @@ def test_local_checkpoint_export(task_name, onnx_artifact, tiny_checkpoint):
     assert manifest["source"]["random_init"] is False
     assert manifest["source"]["checkpoint"] == str(checkpoint)
     assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(checkpoint)
-    assert manifest["labels"] == (list(task.labels) if task.head in ("sequence-classification", "token-classification") else [])
+    labelled = task.head in ("sequence-classification", "token-classification")
+    assert manifest["labels"] == (list(task.labels) if labelled else [])
     for name in ("model.onnx", "config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
         assert manifest["files"][name]["sha256"] == sha256_file(folder / name), name
     assert set(manifest["files"]) == {p.name for p in folder.iterdir()} - {"manifest.json"}

@@ -141,7 +141,8 @@ def test_ambiguous_snippet_and_uncompilable_replacement_are_errors(repo):
 
 def test_hanging_mutant_times_out_and_is_stopped(repo):
     catalogue = repo / "hang.toml"
-    catalogue.write_text(CATALOGUE.replace("'''return a - b'''", "'''return a + b if __import__('time').sleep(600) else 0'''"))
+    catalogue.write_text(CATALOGUE.replace("'''return a - b'''",
+                                           "'''return a + b if __import__('time').sleep(600) else 0'''"))
     proc, tmp = run_tool(repo, "--only", "add-minus", "--timeout", "3", "--json", str(repo.parent / "o.json"),
                          catalogue=catalogue)
     assert proc.returncode == 1

@@ -228,12 +228,14 @@ def test_question_answering_span_is_the_reference_answer(onnx_artifact, referenc
     """Best span: start <= end, under 30 tokens, both ends on context word pieces (token type 1,
     not [SEP]); the answer is the context's characters from the start piece to the end piece."""
     model, tok = reference("squad")
-    question, context = "What is the capital of France?", "John Smith works at Google in New York. He lives in Paris, France."
+    question = "What is the capital of France?"
+    context = "John Smith works at Google in New York. He lives in Paris, France."
     enc = tok(question, context, return_tensors="np", return_offsets_mapping=True)
     out = _run(model, enc)
     start, end = out.start_logits[0].numpy(), out.end_logits[0].numpy()
     offsets = enc["offset_mapping"][0]
-    context_pieces = [i for i in range(len(offsets)) if enc["token_type_ids"][0][i] == 1 and offsets[i][1] > offsets[i][0]]
+    context_pieces = [i for i in range(len(offsets))
+                      if enc["token_type_ids"][0][i] == 1 and offsets[i][1] > offsets[i][0]]
 
     def best(s, e):
         i, j = max(((i, j) for i in context_pieces for j in context_pieces if i <= j < i + 30),

@@ -117,7 +117,8 @@ def parity(runner: Runner, artifact: Path, tmp_path: Path) -> dict[str, float]:
         _, got = run_case(runner, artifact / manifest["model_file"], feeds, tmp_path / f"case{index}")
         assert len(got) == len(expected), f"{runner.name}: {len(got)} outputs, PyTorch gives {len(expected)}"
         for name, ref, out in zip(task.outputs, expected, got):
-            assert out.shape == ref.shape and out.dtype == np.float32, f"{name}: {out.shape} {out.dtype}, PyTorch {ref.shape}"
+            assert out.shape == ref.shape and out.dtype == np.float32, \
+                f"{name}: {out.shape} {out.dtype}, PyTorch {ref.shape}"
             error = float(np.abs(out.astype(np.float64) - ref).max()) if np.isfinite(out).all() else float("inf")
             worst[name] = max(worst.get(name, 0.0), error)
     assert worst, "the sweep ran no case"
@@ -199,7 +200,8 @@ def test_report_holds_what_the_schema_promises(host_runner, et_artifact, tmp_pat
     stats = report["stats_ms"]
     runs = sorted(report["run_ms"])
     # Nearest rank over 7 runs: p50 is the 4th value, p90 and p99 the 7th.
-    assert (stats["min"], stats["p50"], stats["p90"], stats["p99"], stats["max"]) == (runs[0], runs[3], runs[6], runs[6], runs[6])
+    assert (stats["min"], stats["p50"], stats["p90"], stats["p99"], stats["max"]) == \
+        (runs[0], runs[3], runs[6], runs[6], runs[6])
     assert stats["mean"] == pytest.approx(sum(runs) / 7, abs=1e-3)
     # The runner maps a 50-200 kB program and the 14 MB of ExecuTorch's libraries.
     assert 5_000 < report["peak_rss_kb"] < 2_000_000
@@ -208,8 +210,9 @@ def test_report_holds_what_the_schema_promises(host_runner, et_artifact, tmp_pat
     for index, summary in enumerate(report["outputs"]):
         written = np.load(summary["file"])
         assert list(written.shape) == summary["shape"] and summary["dtype"] == "float32"
-        assert summary["checksum"]["sum"] == pytest.approx(float(written.astype(np.float64).sum()), rel=1e-12, abs=1e-12)
-        assert summary["checksum"]["abs_sum"] == pytest.approx(float(np.abs(written.astype(np.float64)).sum()), rel=1e-12)
+        wide = written.astype(np.float64)
+        assert summary["checksum"]["sum"] == pytest.approx(float(wide.sum()), rel=1e-12, abs=1e-12)
+        assert summary["checksum"]["abs_sum"] == pytest.approx(float(np.abs(wide).sum()), rel=1e-12)
         assert summary["checksum"]["fnv1a64"] == fnv1a64(written.tobytes())
         assert summary["file"] == str(tmp_path / "out" / f"output_{index}.npy")
 
@@ -244,8 +247,9 @@ def test_made_inputs_follow_the_documented_recipe(host_runner, et_artifact, tmp_
                                          "token_type_ids": np.zeros((1, 9), np.int64)}, tmp_path / "fed")
     assert made["outputs"][0]["checksum"]["fnv1a64"] == fed["outputs"][0]["checksum"]["fnv1a64"]
     # Different seeds make different ids; one seed, the same ids.
-    sums = [json.loads(host_runner.run("--model", pte, "--seq-len", 9, "--seed", seed, "--runs", 1, "--threads", 1).stdout)
-            ["outputs"][0]["checksum"]["fnv1a64"] for seed in (1, 1, 2)]
+    runs = [host_runner.run("--model", pte, "--seq-len", 9, "--seed", seed, "--runs", 1, "--threads", 1)
+            for seed in (1, 1, 2)]
+    sums = [json.loads(run.stdout)["outputs"][0]["checksum"]["fnv1a64"] for run in runs]
     assert sums[0] == sums[1] != sums[2]
 
 
@@ -310,7 +314,8 @@ BAD_CASES = {
     "missing model": (lambda t, p: ["--model", t / "nope.pte"], 1, "not found"),
     "model is a folder": (lambda t, p: ["--model", t], 1, "is a directory"),
     "model is a FIFO": (lambda t, p: ["--model", _fifo(t / "fifo.pte")], 1, "not a regular file"),
-    "text file": (lambda t, p: ["--model", _write(t / "x.pte", b"not a program\n")], 1, "not a loadable ExecuTorch program"),
+    "text file": (lambda t, p: ["--model", _write(t / "x.pte", b"not a program\n")], 1,
+                  "not a loadable ExecuTorch program"),
     "empty file": (lambda t, p: ["--model", _write(t / "x.pte", b"")], 1, "not a loadable ExecuTorch program"),
     "truncated program": (lambda t, p: ["--model", _write(t / "x.pte", p.read_bytes()[:3000])], 1,
                           "not a loadable ExecuTorch program"),
@@ -332,13 +337,16 @@ BAD_CASES = {
                        "at least 1"),
     "made sequence past the maximum": (lambda t, p: ["--model", p, "--seq-len", 65], 1, "takes at most [1, 64]"),
     "made batch past the fixed one": (lambda t, p: ["--model", p, "--batch", 2], 1, "takes at most [1, 64]"),
-    "Fortran-order npy": (lambda t, p: ["--model", p, *_three(t, _npy(t, "fo.npy", np.asfortranarray(np.ones((2, 8), np.int64))))],
+    "Fortran-order npy": (lambda t, p: ["--model", p,
+                                        *_three(t, _npy(t, "fo.npy", np.asfortranarray(np.ones((2, 8), np.int64))))],
                           1, "Fortran-order"),
     "not an npy": (lambda t, p: ["--model", p, *_three(t, _write(t / "n.npy", b"hello world"))], 1, "not a .npy file"),
     "truncated npy": (lambda t, p: ["--model", p, *_three(t, _cut_npy(t))], 1, "data bytes"),
     "missing npy": (lambda t, p: ["--model", p, *_three(t, t / "gone.npy")], 1, "not found"),
-    "output dir is a file": (lambda t, p: ["--model", p, "--output-dir", _write(t / "file", b"x")], 1, "not a directory"),
-    "output dir without parent": (lambda t, p: ["--model", p, "--output-dir", t / "a" / "b"], 1, "cannot make --output-dir"),
+    "output dir is a file": (lambda t, p: ["--model", p, "--output-dir", _write(t / "file", b"x")], 1,
+                             "not a directory"),
+    "output dir without parent": (lambda t, p: ["--model", p, "--output-dir", t / "a" / "b"], 1,
+                                  "cannot make --output-dir"),
     "output dir under a file": (lambda t, p: ["--model", p, "--output-dir", _write(t / "f", b"x") / "out"], 1,
                                 "cannot make --output-dir"),
     # Caught by the kernel, inside the run: the runner cannot know the embedding table's size.
@@ -389,7 +397,8 @@ def test_toolchain_does_nothing_when_installed():
 
 
 def test_toolchain_refuses_without_root():
-    proc = run_toolchain("sbexport-no-such-package", prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
+    proc = run_toolchain("sbexport-no-such-package",
+                         prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == ["error: make toolchain must run as root to apt-get install "
                                         "sbexport-no-such-package (try: sudo make toolchain)"]

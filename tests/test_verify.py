@@ -103,7 +103,8 @@ def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
     assert lengths[:5] == [1, 7, 128, 512, 512] and len(lengths) == 6   # then the padded case, a sentence
 
 
-@pytest.mark.parametrize("task_name, max_seq, sentences", [("mnli", 4, 0), ("mnli", 5, 2), ("sst2", 2, 0), ("sst2", 3, 2)])
+@pytest.mark.parametrize("task_name, max_seq, sentences",
+                         [("mnli", 4, 0), ("mnli", 5, 2), ("sst2", 2, 0), ("sst2", 3, 2)])
 def test_short_files_skip_sentences_that_cannot_fit(tiny_vocab_dir, task_name, max_seq, sentences):
     """A --max-seq-len 2 export failed its own verify: the tokenizer cannot fit a pair in 2."""
     task = TASKS[task_name]

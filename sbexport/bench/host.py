@@ -131,7 +131,8 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
             for model in lineup[rt]:
                 bar.set_description(f"memory {model.arch} on {rt}")
                 peaks[model.arch, rt] = memory.probe(memory.probe_spec(
-                    rt, model, task.name, _str(artifacts.get((model.arch, rt))), config.seq_lens, config.batch, threads))
+                    rt, model, task.name, _str(artifacts.get((model.arch, rt))), config.seq_lens, config.batch,
+                    threads))
                 bar.update(1)
         artifact_info = {f"{arch}/{rt}": _artifact_info(folder) for (arch, rt), folder in artifacts.items()}
         bar.set_description("sgemm ceiling again")
@@ -217,7 +218,8 @@ def model_config(task: Task, source: ModelSource, overrides: dict):
         return cls(**_random_init_config(task, source.arch, overrides))
     model_cfg = load_config(Path(source.resolved_path) / "config.json")
     if model_cfg.model_type != source.arch:
-        raise SbexportError(f"{source.checkpoint}: a {model_cfg.model_type} checkpoint, given as the {source.arch} model")
+        raise SbexportError(f"{source.checkpoint}: a {model_cfg.model_type} checkpoint, "
+                            f"given as the {source.arch} model")
     return model_cfg
 
 

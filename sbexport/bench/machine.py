@@ -86,7 +86,8 @@ def runtime_unavailable(runtime: str) -> str | None:
         try:
             importlib.import_module(name)
         except Exception as e:  # ImportError, or OSError from a shared library that does not load
-            return f"{name} does not import ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+            first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            return f"{name} does not import ({type(e).__name__}: {first_line})"
     return None
 
 

@@ -85,7 +85,8 @@ def evaluate(task: Task, dataset: Dataset, reference: torch.nn.Module, tokenizer
                         source.to_dict() if source else None)
     reference_values = None
     for runner in runners:
-        log(f"evaluating {runner.name} on {len(examples)} examples (batch {runner.batch}, max sequence {runner.max_seq})")
+        log(f"evaluating {runner.name} on {len(examples)} examples "
+            f"(batch {runner.batch}, max sequence {runner.max_seq})")
         predictions = predict_examples(runner, task, examples)
         values = predictions.values       # label names, so an artifact's label order does not matter
         metrics = score(task.name, gold, values, positive)

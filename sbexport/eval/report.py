@@ -22,7 +22,8 @@ class RunnerResult:
     batch: int
     metrics: dict[str, float]
     delta: dict[str, float]        # metric - PyTorch's metric (zeros for PyTorch itself)
-    agree: int                     # predictions equal to PyTorch's (words for NER; within verify's parity bound for STS-B)
+    agree: int                     # predictions equal to PyTorch's (words for NER; for STS-B, those within
+                                   # verify's parity bound)
     compared: int
     examples: int
     truncated: int                 # examples cut to max_seq
@@ -59,7 +60,8 @@ class EvalReport:
                      + (f" (--limit {self.limit})" if self.limit else ""))
         if self.malformed:
             shown = "; ".join(str(m) for m in self.malformed[:SHOWN_MALFORMED])
-            more = f"; and {len(self.malformed) - SHOWN_MALFORMED} more" if len(self.malformed) > SHOWN_MALFORMED else ""
+            hidden = len(self.malformed) - SHOWN_MALFORMED
+            more = f"; and {hidden} more" if hidden > 0 else ""
             lines.append(f"skipped {len(self.malformed)} malformed rows: {shown}{more}")
         return "\n".join(lines)
 

@@ -169,8 +169,8 @@ def bundled_tokenizer(source: ModelSource, config, log: Callable[[str], None]):
     mismatch = (f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding table has "
                 f"{config.vocab_size} rows (vocab_size)")
     if not source.random_init:
-        raise SbexportError(f"{source.resolved_path}: {mismatch}: ids {config.vocab_size} and up could not be embedded; "
-                            f"give the checkpoint the vocabulary it was trained with")
+        raise SbexportError(f"{source.resolved_path}: {mismatch}: ids {config.vocab_size} and up could not be "
+                            f"embedded; give the checkpoint the vocabulary it was trained with")
     log(f"note: {mismatch}: the artifact is exported without a tokenizer, and predict needs one")
     return None
 
