@@ -138,3 +138,44 @@ def test_fixed_batch_refuses_other_shapes_with_a_clear_error(et_artifact):
         ones = np.ones(shape, dtype=np.int64)
         with pytest.raises(SbexportError, match=r"model\.pte.*input_ids \[" + str(shape[0]) + ".*" + cause):
             runner.run({"input_ids": ones, "attention_mask": ones, "token_type_ids": ones * 0})
+
+
+class GroupedProjectionAsBmm(torch.nn.Module):
+    """A grouped 1x1 Conv1d computed as a batched matmul over its groups: the same numbers,
+    no convolution op in the graph (what a decomposing pass would leave)."""
+
+    def __init__(self, conv: torch.nn.Conv1d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):                                      # x: [batch, cin, seq]
+        g, (cout, cin_g, _) = self.conv.groups, self.conv.weight.shape
+        batch, _, seq = x.shape
+        w = self.conv.weight.reshape(g, cout // g, cin_g)      # [g, cout/g, cin/g]
+        y = torch.matmul(w, x.reshape(batch, g, cin_g, seq))   # [batch, g, cout/g, seq]
+        return y.reshape(batch, cout, seq) + self.conv.bias[:, None]
+
+
+def test_export_fails_when_a_projection_is_not_a_native_convolution(tmp_path):
+    """The exporter's own graph check: one projection turned into a matmul makes the export fail
+    with a message saying so, and no file is written (the product promises native convs)."""
+    from conftest import tiny_squeezebert_config
+
+    from sbexport.errors import ExportError
+    from sbexport.export import ExportOptions, ExportWrapper, example_inputs
+    from sbexport.export import executorch as executorch_format
+
+    task = TASKS["features"]
+    model = task.model_class()(tiny_squeezebert_config()).eval()
+    layer = next(m for name, m in model.named_modules() if name.endswith("layers.0"))
+    layer.intermediate.conv1d = GroupedProjectionAsBmm(layer.intermediate.conv1d)
+    wrapper = ExportWrapper(model, task).eval()
+    example = example_inputs(task, model.config, batch=1, seq_len=8)
+    with torch.no_grad():   # the stand-in computes what the convolution did
+        x = torch.randn(1, model.config.hidden_size, 5)
+        torch.testing.assert_close(layer.intermediate.conv1d(x), layer.intermediate.conv1d.conv(x))
+    path = tmp_path / "model.pte"
+    expected = 6 * model.config.num_hidden_layers
+    with pytest.raises(ExportError, match=rf"has {expected - 1} convolutions where the model has {expected}"):
+        executorch_format.export(wrapper, example, 16, path, ExportOptions())
+    assert not path.exists()
