@@ -321,7 +321,6 @@ class PreTrainedModel(nn.Module):
 
     config_class: ClassVar[type] = SqueezeBertConfig
     base_model_prefix: ClassVar[str] = "transformer"
-    tied_weights: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config):
         super().__init__()
@@ -348,8 +347,16 @@ class PreTrainedModel(nn.Module):
                 nn.init.zeros_(m.bias)
         self.tie_weights()
 
+    @property
+    def tied_weights(self) -> dict[str, str]:
+        """Parameter name -> the name of the parameter it shares (none here; heads add theirs)."""
+        return {}
+
     def tie_weights(self) -> None:
         """Make every parameter in `tied_weights` the same Parameter as its source."""
+        for name, source in self.tied_weights.items():
+            module, _, attr = name.rpartition(".")
+            setattr(self.get_submodule(module), attr, self.get_parameter(source))
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, **kwargs):
@@ -458,10 +465,6 @@ class ForMaskedLM(_Head):
     def tied_weights(self) -> dict[str, str]:
         return {"cls.predictions.decoder.weight": f"{self.base_model_prefix}.embeddings.word_embeddings.weight",
                 "cls.predictions.decoder.bias": "cls.predictions.bias"}
-
-    def tie_weights(self) -> None:
-        self.cls.predictions.decoder.weight = self.backbone.embeddings.word_embeddings.weight
-        self.cls.predictions.decoder.bias = self.cls.predictions.bias
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
