@@ -296,7 +296,7 @@ def info(folder, list_tasks) -> None:
     """
     if list_tasks or folder is None:
         for task in TASKS.values():
-            click.echo(f"{task.name:<10} {task.head:<24} {task.description}")
+            click.echo(f"{task.name:<10} {task.head.name:<24} {task.description}")
         return
     from .artifact import open_artifact
 

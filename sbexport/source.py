@@ -92,13 +92,13 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
         kwargs = {"config": config}
     else:
         kwargs = dict(config_overrides or {})
-        if task.head in ("sequence-classification", "token-classification") and not _has_own_labels(own, task):
+        if task.head.has_labels and not _has_own_labels(own, task):
             kwargs = {**task.config_overrides(), **kwargs}
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("always")
         torch.manual_seed(source.seed)
         wanted = config or own.replace(**{k: v for k, v in kwargs.items()})
-        if task.head in ("sequence-classification", "token-classification") and wanted.num_labels != own.num_labels:
+        if task.head.has_labels and wanted.num_labels != own.num_labels:
             return _with_new_head(cls, folder, own, wanted).eval()
         return load_pretrained(cls, str(folder), allow_missing_head=True, **kwargs).eval()
 

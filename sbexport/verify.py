@@ -25,9 +25,10 @@ import torch
 from .artifact import open_artifact, update_manifest
 from .config import load_config
 from .errors import ParityError, SbexportError
+from .heads import INPUT_NAMES
 from .runtime import open_runner
 from .source import ModelSource, build_reference
-from .tasks import INPUT_NAMES, Task, get_task
+from .tasks import Task, get_task
 
 SWEEP_SEQ_LENS = (1, 7, 128)
 SWEEP_BATCHES = (1, 3)
@@ -183,7 +184,7 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
                 raise ParityError(f"{name}: output {output} has shape {out.shape}, PyTorch gives {ref.shape}")
             real = real_positions(task, output, feeds["attention_mask"], ref.shape)
             report.outputs.setdefault(output, OutputParity(output)).add(
-                compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real, _class_axis(task, output))
+                compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real, task.class_axis(output))
         report.cases += 1
     try:
         update_manifest(folder, parity=report.to_dict())
@@ -220,16 +221,17 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
         # its attention mask would never be exercised.
         yield _random_inputs(task, config, 1, max_seq, rng, pad_first=True)
     tokenizer = _artifact_tokenizer(folder)
-    # [CLS] a [SEP] (b [SEP]) with at least one token of each text must fit.
-    if tokenizer is not None and max_seq >= (5 if task.pair else 3):
+    if tokenizer is not None:
         for batch in batches:
-            yield _sentence_inputs(task, tokenizer, batch, max_seq)
+            texts = _sentences(task, batch)
+            if not any(task.head.unfit(tokenizer, t, max_seq) for t in texts):
+                yield task.head.encode(tokenizer, texts, max_seq).feeds
 
 
 def _random_inputs(task: Task, config, batch: int, seq_len: int, rng, pad_first: bool = False) -> dict[str, np.ndarray]:
     """Random ids, every row but the first (every row when `pad_first`) padded to a random
     length, pair-style token types."""
-    shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
+    shape = task.input_shape(batch, seq_len)
     ids = rng.integers(1, config.vocab_size, shape, dtype=np.int64)
     lengths = rng.integers(1, seq_len + 1, shape[:-1])
     lengths.reshape(-1)[0] = rng.integers(1, seq_len) if pad_first else seq_len
@@ -238,19 +240,13 @@ def _random_inputs(task: Task, config, batch: int, seq_len: int, rng, pad_first:
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}
 
 
-def _sentence_inputs(task: Task, tokenizer, batch: int, max_seq: int) -> dict[str, np.ndarray]:
-    """Real sentences (pairs where the task takes pairs), padded to the longest on the right."""
+def _sentences(task: Task, batch: int) -> list:
+    """`batch` examples of real sentences (heads.Texts): pairs where the task takes pairs, and
+    for multiple choice the task's number of endings to each context."""
     pairs = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
-    first = [p[0] for p in pairs]
-    second = [p[1] for p in pairs] if task.pair else None
-    if task.head == "multiple-choice":   # every ending paired with the same context
-        first = [f for f in first for _ in range(task.num_choices)]
-        second = [f"{p[1]} ({k})" for p in pairs for k in range(task.num_choices)]
-    enc = tokenizer(first, second, padding="longest", truncation=True, max_length=max_seq, return_tensors="np")
-    enc = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}
-    if task.head == "multiple-choice":
-        enc = {k: v.reshape(batch, task.num_choices, -1) for k, v in enc.items()}
-    return enc
+    if task.head.choices:
+        return [(first, [f"{second} ({k})" for k in range(task.num_choices)]) for first, second in pairs]
+    return [(first, second if task.pair else None) for first, second in pairs]
 
 
 def _artifact_tokenizer(folder: Path):
@@ -273,13 +269,6 @@ def real_positions(task: Task, name: str, attention_mask: np.ndarray, shape: tup
         return np.ones(shape, dtype=bool)
     mask = attention_mask.astype(bool)
     return np.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
-
-
-def _class_axis(task: Task, name: str) -> int | None:
-    """The axis argmax agreement is measured over, or None for outputs without classes."""
-    if name in ("last_hidden_state", "pooler_output") or task.problem_type == "regression":
-        return None
-    return -1
 
 
 def report_json(report: ParityReport) -> str:

@@ -130,7 +130,7 @@ def test_inputs_outputs_and_dynamic_axes(task_name, onnx_artifact):
     assert manifest["inputs"] == {n: {"dtype": "int64", "axes": list(task.input_axes)} for n in INPUT_NAMES}
     assert list(manifest["outputs"]) == list(task.outputs)
     assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
-    assert ("choices" in manifest["dims"]) == (task.head == "multiple-choice")
+    assert ("choices" in manifest["dims"]) == (task.head.name == "multiple-choice")
 
 
 @pytest.mark.parametrize("batch, choices, seq", [(2, 2, 5), (1, 5, 9), (3, 1, 3)])
@@ -161,11 +161,11 @@ def test_local_checkpoint_export(task_name, onnx_artifact, tiny_checkpoint):
     checkpoint = tiny_checkpoint(task_name)
     manifest = json.loads((folder / "manifest.json").read_text())
     task = TASKS[task_name]
-    assert manifest["task"] == task_name and manifest["head"] == task.head
+    assert manifest["task"] == task_name and manifest["head"] == task.head.name
     assert manifest["source"]["random_init"] is False
     assert manifest["source"]["checkpoint"] == str(checkpoint)
     assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(checkpoint)
-    labelled = task.head in ("sequence-classification", "token-classification")
+    labelled = task.head.name in ("sequence-classification", "token-classification")
     assert manifest["labels"] == (list(task.labels) if labelled else [])
     for name in ("model.onnx", "config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
         assert manifest["files"][name]["sha256"] == sha256_file(folder / name), name

@@ -26,8 +26,9 @@ from torch import nn
 from .. import __version__
 from ..artifact import check_destination, output_folder, staged_folder, write_manifest
 from ..errors import ExportError, SbexportError
+from ..heads import INPUT_NAMES
 from ..source import ModelSource, build_reference, load_tokenizer
-from ..tasks import INPUT_NAMES, Task
+from ..tasks import Task
 from . import executorch as executorch_format
 from . import onnx as onnx_format
 
@@ -64,7 +65,7 @@ class ExportWrapper(nn.Module):
 
 def example_inputs(task: Task, config, batch: int = 2, seq_len: int = 8) -> dict[str, torch.Tensor]:
     """Random int64 inputs of the task's shape; the last row is padded to show the mask's use."""
-    shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
+    shape = task.input_shape(batch, seq_len)
     gen = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1, config.vocab_size, shape, generator=gen)
     attention_mask = torch.ones(shape, dtype=torch.long)
@@ -195,11 +196,11 @@ def _manifest(fmt, task, source, model, options, exporter, details, max_seq, sec
         "description": exporter.DESCRIPTION,
         "model_file": exporter.FILE_NAME,
         "task": task.name,
-        "head": task.head,
+        "head": task.head.name,
         "arch": source.arch,
         "model_class": type(model).__name__,
         "labels": [config.id2label[i] for i in range(config.num_labels)]
-        if task.head in ("sequence-classification", "token-classification") else [],
+        if task.head.has_labels else [],
         "inputs": {name: {"dtype": "int64", "axes": list(task.input_axes)} for name in INPUT_NAMES},
         "outputs": {name: {"dtype": "float32", "axes": list(task.output_axes(name))} for name in task.outputs},
         "dims": {**dims, **details.pop("dims", {})},
