@@ -43,3 +43,15 @@ def ceilings(threads: int, sgemm_size: int, bandwidth_mb: int) -> dict:
     The caller has torch's pool at `threads`."""
     return {"threads": threads, "sgemm": sgemm_ceiling(threads, sgemm_size),
             "bandwidth": bandwidth(threads, bandwidth_mb)}
+
+
+def better(start: dict, end: dict) -> dict:
+    """A roof is what the machine can do, so of two measurements of ceilings() on the same
+    threads (before and after the sweep) the better of each kind is kept; both rates stay in
+    it (start_*, end_*), their gap shows how much the machine drifted."""
+    out = {"threads": start["threads"]}
+    for kind, rate in (("sgemm", "gflops"), ("bandwidth", "gbytes_per_s")):
+        best = max(start[kind], end[kind], key=lambda m: m[rate])
+        out[kind] = {**best, f"start_{rate}": start[kind][rate], f"end_{rate}": end[kind][rate],
+                     "op": best["op"] + "; measured before and after the sweep, the better kept"}
+    return out
