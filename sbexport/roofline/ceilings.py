@@ -5,7 +5,9 @@
   tuned dense GEMM reaches on these cores, not the datasheet peak (cores x FMA width x clock),
   which no kernel reaches.
 - Memory: the best rate of a large fp32 copy in torch (dst.copy_(src)), counted as bytes read
-  plus bytes written (STREAM's "copy" convention), on buffers far larger than the caches.
+  plus bytes written (STREAM's "copy" convention), on buffers far larger than the caches:
+  the DRAM roof. A projection's weights (0.6 to 2.4 MB) and short activations fit in the
+  caches, so a point may sit above the slanted part of that roof.
 
 Both run on torch's intra-op pool, whose size the caller sets (threads.thread_settings, owned
 by the entry point); the figures are labelled with that size.
