@@ -134,7 +134,7 @@ class ExecuTorchConv:
 
         s = conv.shape
         max_seq = max(max_seq, 2)      # torch.export specialises a dimension of size 1
-        module = _OneConv(conv).eval()
+        module = _one_conv_module(conv).eval()
         example = {"x": torch.zeros(1, s.cin, min(max_seq, 16))}   # the sequence is dynamic
         edge = lower(module, example, max_seq, "xnnpack")
         summary = graph_summary(edge.exported_program().graph_module)
@@ -146,7 +146,7 @@ class ExecuTorchConv:
         return lambda x: runner.run({"x": x})[0]
 
 
-def _OneConv(conv: ConvWeights):
+def _one_conv_module(conv: ConvWeights):
     """A torch module whose forward(x) is the projection, x [1, cin, seq] (the argument named x,
     as the exported program's input)."""
     import torch
