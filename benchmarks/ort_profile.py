@@ -15,7 +15,7 @@ Per node, the median of its kernel times over the runs is taken (robust to a bus
 then summed per op type.
 
     python benchmarks/ort_profile.py --seq-len 128 --runs 25
-    python benchmarks/ort_profile.py --artifact artifacts/mnli-onnx
+    python benchmarks/ort_profile.py --artifact artifacts/mnli-onnx --threads 1 --tag 1t
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--tag", default="", help="suffix of the result file of a variant run (e.g. 1t)")
     args = parser.parse_args(argv)
     import onnx
 
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
                   "optimized_ops": dict(Counter(n.op_type for n in optimized.graph.node).most_common()),
                   "transposes_exported": transposes(exported), "transposes_optimized": transposes(optimized),
                   "load_average": [round(x, 2) for x in os.getloadavg()]}
-    out = Path(args.out) / f"ort_profile_{date.today().isoformat()}.json"
+    out = Path(args.out) / f"ort_profile_{date.today().isoformat()}{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wall {result['wall_ms_median']} ms median, {result['wall_ms_min']} min; kernels {total:.1f} ms per run")
     for op, v in ops.items():
