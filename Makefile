@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench mutate clean toolchain runner runner-arm64
+.PHONY: install demo test lint bench roofline mutate clean toolchain runner runner-arm64
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -29,6 +29,12 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/host_comparison.py
+
+# GFLOP/s of each SqueezeBERT projection shape per runtime against the measured ceilings
+# (issue 10); ROOFLINE_ARGS="--threads 1" or "--seq-lens 128".
+roofline: install
+	$(BIN)/sbexport roofline --json benchmarks/results/roofline_$$(date -u +%F).json \
+		--plot benchmarks/results/roofline_$$(date -u +%F).png $(ROOFLINE_ARGS)
 
 # The native runner (android_demo/): build.sh caches its builds and the aarch64 wheel under
 # build/, so a second call only rebuilds what changed. `make toolchain` installs the compilers and

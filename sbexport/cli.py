@@ -420,6 +420,53 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, mo
 
 
 # --------------------------------------------------------------------------------------
+# roofline
+# --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@_threads_option("all cores")
+@click.option("--seq-lens", default=None, help="Sequence lengths, comma-separated. Default: 8,16,...,512.")
+@click.option("--runtimes", default=None, help="Runtimes, comma-separated. Default: torch,onnx,executorch.")
+@click.option("--repeats", type=int, default=None, help="Timed calls per shape, runtime and length. Default: 20.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON (schema sbexport.roofline/1).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the roofline (GFLOP/s against arithmetic intensity) as PNG.")
+@click.option("--quick", is_flag=True,
+              help="A tiny sweep (lengths 8 and 32, 3 calls, small ceilings) for a first look.")
+def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) -> None:
+    """Measure this CPU's fp32 ceilings and the GFLOP/s of every SqueezeBERT projection shape
+    (grouped 1x1 convolutions, batch 1) in each runtime: torch conv1d, ONNX Runtime's Conv,
+    ExecuTorch XNNPACK.
+
+    Ceilings: a large sgemm in torch (the measured sgemm ceiling) and a large copy (memory
+    bandwidth), on one core and on all. Each runtime's output is checked against a float64
+    reference before it is timed.
+
+    \b
+    Example:
+      sbexport roofline --json roofline.json --plot roofline.png
+      sbexport roofline --quick --runtimes onnx,executorch --threads 1
+    """
+    from .roofline import RooflineConfig, quick_config, run_roofline, table
+
+    changes = {"threads": threads}
+    if seq_lens is not None:
+        changes["seq_lens"] = _split(seq_lens, "--seq-lens", int)
+    if runtimes is not None:
+        changes["runtimes"] = _split(runtimes, "--runtimes")
+    if repeats is not None:
+        changes["repeats"] = repeats
+    config = quick_config(**changes) if quick else RooflineConfig(**changes)
+    result = run_roofline(config, json_path=json_path, plot_path=plot_path)
+    click.echo(table(result))
+    for path in (json_path, plot_path):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------
 # eval
 # --------------------------------------------------------------------------------------
 
