@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -182,7 +183,12 @@ class OnnxServer:
 
     def _answer(self) -> dict:
         """The next JSON line from the process; raises SbexportError with its stderr's last line
-        when it ended instead (a crash under qemu, a missing library)."""
+        when it ended instead (a crash under qemu, a missing library), or when none came within
+        CASE_TIMEOUT (the process is then killed). It writes one line per request, so nothing
+        waits in the pipe's buffer unseen by select."""
+        if not select.select([self.process.stdout], [], [], CASE_TIMEOUT)[0]:
+            self.process.kill()
+            raise SbexportError(f"{self.path}: arm64 ONNX Runtime gave no answer within {CASE_TIMEOUT:g} s")
         line = self.process.stdout.readline()
         if not line:
             self.process.wait(timeout=CASE_TIMEOUT)
