@@ -13,6 +13,7 @@ import warnings
 import click
 
 from .errors import SbexportError
+from .targets import TARGET_NAMES
 from .tasks import TASKS
 
 
@@ -211,7 +212,7 @@ def executorch(backend, batch, **kwargs) -> None:
 @_threads_option("the runtime's own choice")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON.")
-@click.option("--target", "target_name", type=click.Choice(["host", "arm64-qemu"]), default="host",
+@click.option("--target", "target_name", type=click.Choice(list(TARGET_NAMES)), default="host",
               show_default=True, help="Where the file runs: this machine, or an arm64 CPU emulated by "
               "qemu-aarch64 (sequences up to 32; set up by `make arm64`).")
 @click.option("--cpu", default=None, metavar="MODEL",

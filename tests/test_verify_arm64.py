@@ -223,3 +223,15 @@ def test_setup_refuses_without_qemu(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == ["error: no qemu-aarch64; run make toolchain (Debian's qemu-user)"]
     assert not (tmp_path / "python").exists()
+
+
+def test_setup_refuses_without_apt(tmp_path):
+    """Debian's arm64 Python comes from apt-get download: elsewhere, one line saying so."""
+    (tmp_path / "bin").mkdir()
+    for tool in ("dirname", "qemu-aarch64"):   # qemu present, apt-get and dpkg-deb not
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
+    proc = subprocess.run(["/bin/bash", str(SETUP_SCRIPT), str(tmp_path / "python")], capture_output=True,
+                          text=True, env={"PATH": str(tmp_path / "bin"), "PYTHON": sys.executable}, timeout=60)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("error: the arm64 Python is made from Debian packages: needs apt-get"), proc.stderr
+    assert not (tmp_path / "python").exists()

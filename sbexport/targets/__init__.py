@@ -9,6 +9,7 @@ import platform
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import SbexportError
 from ..runtime import open_runner
 
 TARGET_NAMES = ("host", "arm64-qemu")
@@ -37,8 +38,6 @@ HOST = HostTarget()
 def open_target(name: str, cpu: str | None = None):
     """The target called `name` (one of TARGET_NAMES); `cpu` is the emulated CPU model of
     arm64-qemu. Raises SbexportError when the target's setup is missing or `cpu` does not apply."""
-    from ..errors import SbexportError
-
     if name == "host":
         if cpu is not None:
             raise SbexportError("--cpu chooses an emulated CPU model: it applies to --target arm64-qemu only")
