@@ -13,6 +13,7 @@ import warnings
 import click
 
 from .errors import SbexportError
+from .targets import TARGET_NAMES
 from .tasks import TASKS
 
 
@@ -211,7 +212,13 @@ def executorch(backend, batch, **kwargs) -> None:
 @_threads_option("the runtime's own choice")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON.")
-def verify(folder, threads, json_path) -> None:
+@click.option("--target", "target_name", type=click.Choice(list(TARGET_NAMES)), default="host",
+              show_default=True, help="Where the file runs: this machine, or an arm64 CPU emulated by "
+              "qemu-aarch64 (sequences up to 32; set up by `make arm64`).")
+@click.option("--cpu", default=None, metavar="MODEL",
+              help="The emulated CPU model of --target arm64-qemu (`qemu-aarch64 -cpu help`). "
+              "Default: cortex-a53 (ARMv8.0); max has every extension qemu emulates.")
+def verify(folder, threads, json_path, target_name, cpu) -> None:
     """Re-run the parity sweep of an artifact folder against its PyTorch reference.
 
     Exits 1 when any output differs beyond its bound (atol + rtol x the output's scale, at
@@ -220,15 +227,18 @@ def verify(folder, threads, json_path) -> None:
     \b
     Example:
       sbexport verify artifacts/mnli-onnx
+      sbexport verify artifacts/mnli-pte --target arm64-qemu --cpu max
     """
     from .reportfile import check_report_path, write_report
+    from .targets import open_target
     from .threads import thread_settings
     from .verify import report_json, verify_folder
 
     if json_path is not None:
         check_report_path(json_path)          # before the sweep, not after it
+    target = open_target(target_name, cpu)    # a missing arm64 setup is refused before the reference is built
     with thread_settings(threads, executorch=threads is not None):   # this command owns the pools
-        report = verify_folder(folder, threads=threads or 0, log=click.echo)
+        report = verify_folder(folder, threads=threads or 0, log=click.echo, target=target)
     if json_path is not None:
         write_report(json_path, report_json(report) + "\n")
     report.raise_on_failure()

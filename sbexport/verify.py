@@ -26,8 +26,8 @@ from .artifact import open_artifact, update_manifest
 from .config import load_config
 from .errors import ParityError, SbexportError
 from .heads import INPUT_NAMES
-from .runtime import open_runner
 from .source import ModelSource, build_reference
+from .targets import HOST
 from .tasks import Task, get_task
 
 SWEEP_SEQ_LENS = (1, 7, 128)
@@ -129,6 +129,7 @@ class ParityReport:
     rtol: float
     cases: int = 0
     outputs: dict[str, OutputParity] = field(default_factory=dict)
+    target: dict = field(default_factory=lambda: {"name": "host"})   # where the file ran (targets/)
 
     @property
     def passed(self) -> bool:
@@ -146,6 +147,10 @@ class ParityReport:
             top = f"{o.topk_agree}/{o.topk_total}" if o.topk_total else "-"
             rows.append(f"{o.name:<18} {o.max_abs:>11.3e} {o.padded_max_abs:>11.3e} {o.scale:>9.3g} "
                         f"{o.bound:>9.3g} {o.fraction:>9.1%} {arg:>13} {top:>12}")
+        if self.target.get("emulated"):
+            rows.insert(0, f"ran on {self.target['name']} (qemu -cpu {self.target['cpu']}, emulated), "
+                           f"{self.target.get('runtime', '?')} {self.target.get('arch', '?')}, sequences up to "
+                           f"{self.target.get('max_seq')}")
         verdict = "PASS" if self.passed else "FAIL"
         rows.append(f"{verdict}: {self.cases} cases; each output within atol {self.atol:g} + rtol {self.rtol:g} "
                     f"x scale (max |ref|) at real positions; padded positions are not judged")
@@ -162,34 +167,43 @@ class ParityReport:
 
 
 def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, threads: int = 0,
-                  log: Callable[[str], None] = print, shown_as: str | Path | None = None) -> ParityReport:
+                  log: Callable[[str], None] = print, shown_as: str | Path | None = None,
+                  target=None) -> ParityReport:
     """Check the artifact's hashes, run the sweep, record the figures in its manifest and
     return the report. `shown_as` names the folder in the report and in errors (export verifies
-    its staging folder and names the destination the user gave). Raises SbexportError for a
-    tampered or unloadable artifact, ParityError for an output of the wrong shape."""
+    its staging folder and names the destination the user gave). `target` (targets.open_target)
+    is where the file runs: the host by default; elsewhere the sweep may be shorter and the
+    manifest keeps the host's figures. Raises SbexportError for a tampered or unloadable
+    artifact, ParityError for an output of the wrong shape."""
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
     manifest = open_artifact(folder)
     task = get_task(manifest["task"])
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
-    runner = open_runner(folder / manifest["model_file"], INPUT_NAMES, threads)
+    target = HOST if target is None else target
     report = ParityReport(name, task.name, task.atol, task.rtol)
-    for feeds in sweep(task, manifest, reference.config, folder):
-        with torch.no_grad():
-            expected = reference_outputs(reference, task, feeds)
-        got = runner.run(feeds)
-        for output, ref, out in zip(task.outputs, expected, got):
-            if ref.shape != out.shape:
-                raise ParityError(f"{name}: output {output} has shape {out.shape}, PyTorch gives {ref.shape}")
-            real = real_positions(task, output, feeds["attention_mask"], ref.shape)
-            report.outputs.setdefault(output, OutputParity(output)).add(
-                compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real, task.class_axis(output))
-        report.cases += 1
-    try:
-        update_manifest(folder, parity=report.to_dict())
-    except SbexportError as e:   # a read-only artifact can still be verified
-        log(f"note: the figures were not recorded in the manifest ({e})")
+    with target.open_runner(folder / manifest["model_file"], INPUT_NAMES, threads) as runner:
+        for feeds in sweep(task, manifest, reference.config, folder, max_seq=target.max_seq):
+            with torch.no_grad():
+                expected = reference_outputs(reference, task, feeds)
+            got = runner.run(feeds)
+            if len(got) != len(expected):
+                raise ParityError(f"{name}: the file gives {len(got)} outputs, PyTorch {len(expected)}")
+            for output, ref, out in zip(task.outputs, expected, got):
+                if ref.shape != out.shape:
+                    raise ParityError(f"{name}: output {output} has shape {out.shape}, PyTorch gives {ref.shape}")
+                real = real_positions(task, output, feeds["attention_mask"], ref.shape)
+                report.outputs.setdefault(output, OutputParity(output)).add(
+                    compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real,
+                    task.class_axis(output))
+            report.cases += 1
+        report.target = {**target.describe(runner), "max_seq": target.max_seq}
+    if target.records_in_manifest:
+        try:
+            update_manifest(folder, parity=report.to_dict())
+        except SbexportError as e:   # a read-only artifact can still be verified
+            log(f"note: the figures were not recorded in the manifest ({e})")
     log(report.table())
     return report
 
@@ -206,11 +220,12 @@ def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.nd
     return [getattr(out, name).numpy() for name in task.outputs]
 
 
-def sweep(task: Task, manifest: dict, config, folder: Path):
-    """Yield the input dicts of the parity sweep (int64 numpy arrays)."""
+def sweep(task: Task, manifest: dict, config, folder: Path, max_seq: int | None = None):
+    """Yield the input dicts of the parity sweep (int64 numpy arrays); `max_seq` caps the
+    sequences (the reduced sweep of an emulated target) below the file's maximum."""
     lo_batch, hi_batch = manifest["dims"]["batch"]
     batches = [b for b in SWEEP_BATCHES if lo_batch <= b <= hi_batch] or [lo_batch]
-    max_seq = manifest["dims"]["sequence"][1]
+    max_seq = min(manifest["dims"]["sequence"][1], max_seq or manifest["dims"]["sequence"][1])
     seq_lens = sorted({s for s in SWEEP_SEQ_LENS if s <= max_seq} | {max_seq})
     rng = np.random.default_rng(0)
     for batch in batches:
@@ -273,4 +288,4 @@ def real_positions(task: Task, name: str, attention_mask: np.ndarray, shape: tup
 
 def report_json(report: ParityReport) -> str:
     return json.dumps({"schema": "sbexport.verify/2", "folder": report.folder, "task": report.task,
-                       **report.to_dict()}, indent=2)
+                       "target": report.target, **report.to_dict()}, indent=2)
