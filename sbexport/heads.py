@@ -103,8 +103,10 @@ class Head:
                         f"shorten the question to at most {max_seq - 4} tokens")
             return None
         needed = 5 if second is not None else 3
-        return f"{needed} tokens are the fewest that hold the texts; this file takes {max_seq}" \
-            if max_seq < needed else None
+        if max_seq < needed:
+            return (f"[CLS], [SEP] and a token of each text need {needed} tokens; this file takes at most "
+                    f"{max_seq}: re-export it with a larger --max-seq-len")
+        return None
 
     def encode(self, tokenizer, texts: Sequence[Texts], max_seq: int) -> Encoded:
         """Tokenize a batch of examples for this head: padded to the longest row, truncated to

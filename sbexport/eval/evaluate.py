@@ -117,7 +117,8 @@ def _file_order(m: Malformed) -> list:
 
 
 def _gold(task: Task, example, labels: list[str], tokenizer, max_seq: int):
-    """The gold value of one example, in the model's label names; raises ValueError."""
+    """The gold value of one example, in the model's label names; raises ValueError for texts
+    that cannot fit max_seq (heads.Head.unfit) or a label the model does not know."""
     reason = task.head.unfit(tokenizer, example.texts, max_seq)
     if reason:
         raise ValueError(reason)
