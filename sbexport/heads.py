@@ -14,6 +14,7 @@ for the BERT baseline).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,22 +22,13 @@ import numpy as np
 
 from . import metrics
 from .errors import SbexportError
-from .modeling import (
-    SqueezeBertForMaskedLM,
-    SqueezeBertForMultipleChoice,
-    SqueezeBertForQuestionAnswering,
-    SqueezeBertForSequenceClassification,
-    SqueezeBertForTokenClassification,
-    SqueezeBertModel,
-)
-from .modeling_bert import (
-    BertForMaskedLM,
-    BertForMultipleChoice,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-)
+
+# Architecture -> the module holding its model classes. The classes are imported when a head's
+# class is first asked for, not with this module: the CLI reads the registry for its choices,
+# and torch imported with it would cost every command (even --help) ~2 s of a 0.1 s start.
+# tests/test_tasks.py resolves every head's class of every architecture, so a renamed class
+# fails there, not in a user's run.
+ARCHITECTURE_MODULES = {"squeezebert": "sbexport.modeling", "bert": "sbexport.modeling_bert"}
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # Output axes: "batch", "choices" and "sequence" are the inputs'; "labels", "vocab" and "hidden"
@@ -62,7 +54,7 @@ class Head:
     """
 
     name: str
-    classes: Mapping[str, type]                 # model_type -> model class
+    classes: Mapping[str, str]                  # model_type -> its model class's name
     outputs: Mapping[str, tuple[str, ...]]      # output name -> its axes, in the model's output order
     decode: Callable[..., dict]
     has_labels: bool = False                    # one output column per label of config.id2label
@@ -88,7 +80,7 @@ class Head:
         for another."""
         if model_type not in self.classes:
             raise SbexportError(f"unknown architecture {model_type!r}; expected one of {', '.join(self.classes)}")
-        return self.classes[model_type]
+        return getattr(importlib.import_module(ARCHITECTURE_MODULES[model_type]), self.classes[model_type])
 
     def unfit(self, tokenizer, texts: Texts, max_seq: int) -> str | None:
         """Why `texts` cannot be encoded in `max_seq` tokens with this head's truncation, or
@@ -229,30 +221,30 @@ def decode_features(outputs, enc, texts, *, labels, tokenizer, top_k) -> dict:
 # -- the records ------------------------------------------------------------------------------
 
 BASE = Head(
-    "base", {"squeezebert": SqueezeBertModel, "bert": BertModel},
+    "base", {"squeezebert": "SqueezeBertModel", "bert": "BertModel"},
     {"last_hidden_state": ("batch", "sequence", "hidden"), "pooler_output": ("batch", "hidden")},
     decode_features)
 MASKED_LM = Head(
-    "masked-lm", {"squeezebert": SqueezeBertForMaskedLM, "bert": BertForMaskedLM},
+    "masked-lm", {"squeezebert": "SqueezeBertForMaskedLM", "bert": "BertForMaskedLM"},
     {"logits": ("batch", "sequence", "vocab")}, decode_masks)
 SEQUENCE_CLASSIFICATION = Head(
     "sequence-classification",
-    {"squeezebert": SqueezeBertForSequenceClassification, "bert": BertForSequenceClassification},
+    {"squeezebert": "SqueezeBertForSequenceClassification", "bert": "BertForSequenceClassification"},
     {"logits": ("batch", "labels")}, decode_labels, has_labels=True,
     eval_formats=("glue", "jsonl"), metrics=("accuracy",), score=metrics.score_labels)
 MULTIPLE_CHOICE = Head(
-    "multiple-choice", {"squeezebert": SqueezeBertForMultipleChoice, "bert": BertForMultipleChoice},
+    "multiple-choice", {"squeezebert": "SqueezeBertForMultipleChoice", "bert": "BertForMultipleChoice"},
     {"logits": ("batch", "choices")}, decode_choices, choices=True,
     second_text=f"endings separated by {CHOICE_SEPARATOR}")
 TOKEN_CLASSIFICATION = Head(
     "token-classification",
-    {"squeezebert": SqueezeBertForTokenClassification, "bert": BertForTokenClassification},
+    {"squeezebert": "SqueezeBertForTokenClassification", "bert": "BertForTokenClassification"},
     {"logits": ("batch", "sequence", "labels")}, decode_tags, has_labels=True,
     one_text="tags the words of one text",
     eval_formats=("conll",), metrics=("entity_f1", "entity_precision", "entity_recall"),
     score=metrics.score_entities, eval_unit="word")
 QUESTION_ANSWERING = Head(
-    "question-answering", {"squeezebert": SqueezeBertForQuestionAnswering, "bert": BertForQuestionAnswering},
+    "question-answering", {"squeezebert": "SqueezeBertForQuestionAnswering", "bert": "BertForQuestionAnswering"},
     {"start_logits": ("batch", "sequence"), "end_logits": ("batch", "sequence")}, decode_span,
     truncation="only_second", second_text="the context",
     eval_formats=("squad",), metrics=("exact_match", "f1"), score=metrics.score_answers)
