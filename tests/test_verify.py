@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import EXPORT_TINY, SPECIAL_TOKENS, save_tiny_checkpoint
 
-from sbexport import verify
+from sbexport import targets, verify
 from sbexport.artifact import write_manifest
 from sbexport.errors import ParityError, SbexportError
 from sbexport.export import export_artifact
@@ -253,13 +253,13 @@ def test_error_of_three_times_the_bound_at_one_position(tmp_path, onnx_artifact,
     """3x the bound at ONE real position of a token-level or a sequence-level output fails
     verify, naming the output and the folder; the same error at a padded position does not."""
     folder = shutil.copytree(onnx_artifact("features"), tmp_path / "features")
-    real_open = verify.open_runner
+    real_open = targets.open_runner
     runners = []
 
     def planting_open(*args, **kwargs):
         runners.append(PlantingRunner(real_open(*args, **kwargs), TASKS["features"], output, 3.0, where))
         return runners[-1]
-    monkeypatch.setattr(verify, "open_runner", planting_open)
+    monkeypatch.setattr(targets, "open_runner", planting_open)
     report = verify_folder(folder, log=lambda _: None)
     assert runners[0].planted >= (report.cases if where == "real" else 2)
     assert report.passed is not fails, report.table()
@@ -316,7 +316,7 @@ def test_export_failing_parity_never_lands(tmp_path, onnx_artifact, monkeypatch)
 def test_nan_output_fails_parity(tmp_path, onnx_artifact, monkeypatch):
     """max() skipped NaN: a file answering NaN passed with error 0."""
     folder = shutil.copytree(onnx_artifact("sst2"), tmp_path / "sst2")
-    real_open = verify.open_runner
+    real_open = targets.open_runner
 
     class NaNRunner:
         def __init__(self, runner):
@@ -326,7 +326,7 @@ def test_nan_output_fails_parity(tmp_path, onnx_artifact, monkeypatch):
             outputs = self.runner.run(feeds)
             outputs[0][..., 0] = np.nan
             return outputs
-    monkeypatch.setattr(verify, "open_runner", lambda *a, **k: NaNRunner(real_open(*a, **k)))
+    monkeypatch.setattr(targets, "open_runner", lambda *a, **k: NaNRunner(real_open(*a, **k)))
     report = verify_folder(folder, log=lambda _: None)
     assert not report.passed and report.outputs["logits"].max_abs == float("inf")
     with pytest.raises(ParityError):
