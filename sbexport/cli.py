@@ -163,15 +163,17 @@ def _export_options(f):
 
 def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_dir, overwrite, no_verify,
                 seed, **format_options) -> None:
-    from .export import ExportOptions, export_artifact
+    """Export with the options every format shares and `format_options`, the format's own."""
+    from .export import FORMATS, export_artifact
     from .source import resolve_source
     from .tasks import get_task
 
     task = get_task(task_name)
     source = resolve_source(task, model=model, random_init=random_init, arch=arch, seed=seed)
-    options = ExportOptions(max_seq_len=max_seq_len, **format_options)
+    options = FORMATS[fmt].Options(**format_options)
     out_dir = f"artifacts/{task.name}-{fmt}" if out_dir is None else out_dir   # "" is refused, not defaulted
-    export_artifact(fmt, task, source, out_dir, options, overwrite=overwrite, verify=not no_verify, log=click.echo)
+    export_artifact(fmt, task, source, out_dir, options, max_seq_len=max_seq_len,
+                    overwrite=overwrite, verify=not no_verify, log=click.echo)
 
 
 @cli.command()
@@ -300,29 +302,33 @@ def info(folder, list_tasks) -> None:
         return
     from .artifact import open_artifact
 
-    m = open_artifact(folder)
-    source = m["source"]
-    origin = f"random weights, seed {source['seed']}" if source["random_init"] else source["checkpoint"]
-    lines = [f"{folder}: {m['description']}",
-             f"  task      {m['task']} ({m['head']}), {m['arch']} {m['model_class']}",
+    click.echo(_format_manifest(folder, open_artifact(folder)))
+
+
+def _format_manifest(folder, m) -> str:
+    """info's text: one line per fact of the manifest `m` (a manifest.Manifest)."""
+    origin = f"random weights, seed {m.source.seed}" if m.source.random_init else m.source.checkpoint
+    lines = [f"{folder}: {m.description}",
+             f"  task      {m.task} ({m.head}), {m.arch} {m.model_class}",
              f"  weights   {origin}"]
-    if m["labels"]:
-        lines.append(f"  labels    {', '.join(m['labels'])}")
-    lines += [f"  input     {n} int64 [{', '.join(v['axes'])}]" for n, v in m["inputs"].items()]
-    lines += [f"  output    {n} float32 [{', '.join(v['axes'])}]" for n, v in m["outputs"].items()]
-    lines.append("  dims      " + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in m["dims"].items()))
-    parity = m.get("parity")
-    lines.append(_parity_line(parity) if parity else "  parity    not verified (run `sbexport verify`)")
-    lines += [f"  file      {n} {f['bytes'] / 1e6:.1f} MB sha256 {f['sha256'][:16]}" for n, f in m["files"].items()]
-    click.echo("\n".join(lines))
+    if m.labels:
+        lines.append(f"  labels    {', '.join(m.labels)}")
+    lines += [f"  input     {n} {v.dtype} [{', '.join(v.axes)}]" for n, v in m.inputs.items()]
+    lines += [f"  output    {n} {v.dtype} [{', '.join(v.axes)}]" for n, v in m.outputs.items()]
+    dims = [(name, value) for name, value in vars(m.dims).items() if value is not None]
+    lines.append("  dims      " + ", ".join(f"{name} {lo}..{hi}" for name, (lo, hi) in dims))
+    lines.append(f"  exported  {m.details.summary}, sbexport {m.sbexport_version}, torch {m.torch_version}")
+    lines.append(_parity_line(m.parity) if m.parity else "  parity    not verified (run `sbexport verify`)")
+    lines += [f"  file      {n} {f.bytes / 1e6:.1f} MB sha256 {f.sha256[:16]}" for n, f in m.files.items()]
+    return "\n".join(lines)
 
 
-def _parity_line(parity: dict) -> str:
-    """info's parity line: the verdict and the output nearest its bound. (Every manifest that
-    open_artifact accepts, schema artifact/2, was verified under verify/2's bound.)"""
-    worst = max(parity["outputs"].values(), key=lambda o: (o["fraction"], o["max_abs"]))
-    return (f"  parity    {'PASS' if parity['passed'] else 'FAIL'}, worst {worst['max_abs']:.2e} abs "
-            f"({worst['fraction']:.0%} of its bound) over {parity['cases']} cases")
+def _parity_line(parity) -> str:
+    """info's parity line (parity: manifest.ParityFigures): the verdict and the output nearest
+    its bound."""
+    worst = parity.worst
+    return (f"  parity    {'PASS' if parity.passed else 'FAIL'}, worst {worst.max_abs:.2e} abs "
+            f"({worst.fraction:.0%} of its bound) over {parity.cases} cases")
 
 
 @cli.command("convert-bert")

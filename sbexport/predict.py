@@ -14,7 +14,7 @@ from .artifact import open_artifact
 from .errors import SbexportError
 from .runtime import open_runner
 from .tasks import INPUT_NAMES, get_task
-from .tokenizer import SqueezeBertTokenizer
+from .tokenizer import SqueezeBertTokenizer, has_tokenizer
 
 
 class PredictWarning(UserWarning):
@@ -35,13 +35,13 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     """
     folder = Path(folder)
     manifest = open_artifact(folder)
-    task = get_task(manifest["task"])
+    task = get_task(manifest.task)
     _check_texts(task, text, text_pair)
     tokenizer = _tokenizer(folder)
-    max_seq = manifest["dims"]["sequence"][1]
+    max_seq = manifest.dims.sequence[1]
     if task.head == "question-answering":
         _check_question_fits(tokenizer, text, max_seq)
-    first, second = _texts(task, text, text_pair, manifest)
+    first, second = _texts(task, text, text_pair, manifest.dims)
     truncation = "only_second" if task.head == "question-answering" else True
     enc = tokenizer(first, second, padding="longest", truncation=truncation,
                     max_length=max_seq, return_tensors="np", return_offsets_mapping=True)
@@ -49,11 +49,11 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}
     if task.head == "multiple-choice":
         feeds = {k: v[None] for k, v in feeds.items()}                   # [1, choices, S]
-    batch = manifest["dims"]["batch"][0]
+    batch = manifest.dims.batch[0]
     if batch > 1:   # a fixed-batch file (ExecuTorch --batch N): repeat the row, decode row 0
         feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
-    outputs = dict(zip(task.outputs, open_runner(folder / manifest["model_file"], INPUT_NAMES).run(feeds)))
-    return {"task": task.name, **DECODERS[task.head](outputs, enc, tokenizer, manifest, top_k,
+    outputs = dict(zip(task.outputs, open_runner(folder / manifest.model_file, INPUT_NAMES).run(feeds)))
+    return {"task": task.name, **DECODERS[task.head](outputs, enc, tokenizer, manifest.labels, top_k,
                                                     text_pair if task.head == "question-answering" else text)}
 
 
@@ -97,18 +97,19 @@ def _check_question_fits(tokenizer, question: str, max_seq: int) -> None:
 
 
 def _tokenizer(folder: Path) -> SqueezeBertTokenizer:
-    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()):
+    if not has_tokenizer(folder):
         raise SbexportError(f"{folder}: the artifact has no tokenizer (tokenizer.json); export it from a "
                             f"checkpoint that has one")
     return SqueezeBertTokenizer.from_pretrained(folder)
 
 
-def _texts(task, text, text_pair, manifest):
-    """Batch the inputs: one row, or one row per ending for multiple choice."""
+def _texts(task, text, text_pair, dims):
+    """Batch the inputs: one row, or one row per ending for multiple choice (as many as the
+    file's `dims` allow)."""
     if task.head != "multiple-choice":
         return [text], ([text_pair] if text_pair is not None else None)
     endings = [e.strip() for e in text_pair.split(CHOICE_SEPARATOR) if e.strip()]
-    lo, hi = manifest["dims"].get("choices", (1, len(endings) or 1))
+    lo, hi = dims.choices or (1, len(endings) or 1)
     if not lo <= len(endings) <= hi:
         takes = f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
         raise SbexportError(f"this file takes {takes} endings separated by {CHOICE_SEPARATOR!r}, got {len(endings)}")
@@ -128,19 +129,18 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def _label_names(manifest: dict, logits: np.ndarray) -> list[str]:
-    """The manifest's labels, one per column of `logits` ([..., labels]); raises SbexportError
+def _label_names(labels, logits: np.ndarray) -> list[str]:
+    """The manifest's `labels`, one per column of `logits` ([..., labels]); raises SbexportError
     when the model file's width differs (open_artifact checked them against config.json only)."""
-    labels = manifest["labels"]
     if len(labels) != logits.shape[-1]:
         raise SbexportError(f"the model file gives {logits.shape[-1]} scores but the manifest names "
                             f"{len(labels)} labels; re-export the artifact")
     return labels
 
 
-def _labels(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
+def _labels(outputs, enc, tokenizer, labels, top_k, text) -> dict:
     logits = outputs["logits"][0]
-    labels = _label_names(manifest, logits)
+    labels = _label_names(labels, logits)
     if len(logits) == 1:
         return {"score": float(logits[0])}
     probs = _softmax(logits)
@@ -148,15 +148,15 @@ def _labels(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
     return {"labels": [{"label": labels[i], "score": float(probs[i])} for i in order]}
 
 
-def _choices(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
+def _choices(outputs, enc, tokenizer, labels, top_k, text) -> dict:
     probs = _softmax(outputs["logits"][0])
     return {"choices": [{"choice": i, "score": float(p)} for i, p in enumerate(probs)],
             "best": int(probs.argmax())}
 
 
-def _tags(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
+def _tags(outputs, enc, tokenizer, labels, top_k, text) -> dict:
     """One label per word piece, with its characters in the text (special tokens skipped)."""
-    names = _label_names(manifest, outputs["logits"][0])
+    names = _label_names(labels, outputs["logits"][0])
     labels = outputs["logits"][0].argmax(-1)
     tokens = []
     for i, (start, end) in enumerate(enc["offset_mapping"][0]):
@@ -166,7 +166,7 @@ def _tags(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
     return {"tokens": tokens}
 
 
-def _span(outputs, enc, tokenizer, manifest, top_k, context) -> dict:
+def _span(outputs, enc, tokenizer, labels, top_k, context) -> dict:
     """The best span inside the context (token type 1) with start <= end, at most 30 tokens."""
     start, end = outputs["start_logits"][0], outputs["end_logits"][0]
     in_context = (enc["token_type_ids"][0] == 1) & (enc["attention_mask"][0] == 1)
@@ -181,7 +181,7 @@ def _span(outputs, enc, tokenizer, manifest, top_k, context) -> dict:
     return {"answer": context[lo:hi], "start": lo, "end": hi, "score": float(score[i, j])}
 
 
-def _masks(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
+def _masks(outputs, enc, tokenizer, labels, top_k, text) -> dict:
     """Top-k candidates at every [MASK] position."""
     ids = enc["input_ids"][0]
     positions = np.flatnonzero(ids == tokenizer.mask_token_id)
@@ -197,7 +197,7 @@ def _masks(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
     return {"masks": result}
 
 
-def _features(outputs, enc, tokenizer, manifest, top_k, text) -> dict:
+def _features(outputs, enc, tokenizer, labels, top_k, text) -> dict:
     pooled = outputs["pooler_output"][0]
     return {"last_hidden_state_shape": list(outputs["last_hidden_state"].shape),
             "pooler_output": [round(float(v), 6) for v in pooled[:8]] + (["..."] if len(pooled) > 8 else [])}

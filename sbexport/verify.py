@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .artifact import open_artifact, update_manifest
 from .config import load_config
 from .errors import ParityError, SbexportError
+from .manifest import Dims, Manifest, ParityFigures
 from .runtime import open_runner
-from .source import ModelSource, build_reference
+from .source import build_reference, weights_sha256
 from .tasks import INPUT_NAMES, Task, get_task
 
 SWEEP_SEQ_LENS = (1, 7, 128)
@@ -169,12 +171,12 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
     manifest = open_artifact(folder)
-    task = get_task(manifest["task"])
+    task = get_task(manifest.task)
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
-    runner = open_runner(folder / manifest["model_file"], INPUT_NAMES, threads)
+    runner = open_runner(folder / manifest.model_file, INPUT_NAMES, threads)
     report = ParityReport(name, task.name, task.atol, task.rtol)
-    for feeds in sweep(task, manifest, reference.config, folder):
+    for feeds in sweep(task, manifest.dims, reference.config, folder):
         with torch.no_grad():
             expected = reference_outputs(reference, task, feeds)
         got = runner.run(feeds)
@@ -186,18 +188,31 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
                 compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real, _class_axis(task, output))
         report.cases += 1
     try:
-        update_manifest(folder, parity=report.to_dict())
+        update_manifest(folder, parity=ParityFigures.from_json(report.to_dict()))
     except SbexportError as e:   # a read-only artifact can still be verified
         log(f"note: the figures were not recorded in the manifest ({e})")
     log(report.table())
     return report
 
 
-def rebuild_reference(folder: Path, manifest: dict, task: Task) -> torch.nn.Module:
+def rebuild_reference(folder: Path, manifest: Manifest, task: Task) -> torch.nn.Module:
     """The reference the artifact was made from: its manifest's source (seed or checkpoint)
-    built with its config.json, which holds every override the export applied."""
-    source = ModelSource.from_dict(manifest["source"])
-    return build_reference(task, source, config=load_config(folder / "config.json"))
+    built with its config.json, which holds every override the export applied. Raises
+    SbexportError when the rebuilt weights are not the exported reference's (their sha256
+    differs from the manifest's reference_sha256): a parity sweep against another model
+    would report the difference as the file's fault."""
+    source = manifest.source
+    model = build_reference(task, source, config=load_config(folder / "config.json"))
+    if weights_sha256(model) != manifest.reference_sha256:
+        drawn = f"random weights drawn from seed {source.seed}" if source.random_init else \
+            f"the checkpoint {source.checkpoint} (with any head it lacks drawn from seed {source.seed})"
+        raise SbexportError(
+            f"{folder}: the PyTorch reference rebuilt from the manifest ({drawn}) is not the model the "
+            f"artifact was exported from: its weights' sha256 differs from the manifest's reference_sha256 "
+            f"(exported by sbexport {manifest.sbexport_version} with torch {manifest.torch_version}, rebuilt "
+            f"by sbexport {__version__} with torch {torch.__version__}, whose weight initialisation differs); "
+            f"parity cannot be checked against it: re-export the artifact")
+    return model
 
 
 def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -205,11 +220,11 @@ def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.nd
     return [getattr(out, name).numpy() for name in task.outputs]
 
 
-def sweep(task: Task, manifest: dict, config, folder: Path):
-    """Yield the input dicts of the parity sweep (int64 numpy arrays)."""
-    lo_batch, hi_batch = manifest["dims"]["batch"]
+def sweep(task: Task, dims: Dims, config, folder: Path):
+    """Yield the input dicts of the parity sweep (int64 numpy arrays) within the file's `dims`."""
+    lo_batch, hi_batch = dims.batch
     batches = [b for b in SWEEP_BATCHES if lo_batch <= b <= hi_batch] or [lo_batch]
-    max_seq = manifest["dims"]["sequence"][1]
+    max_seq = dims.sequence[1]
     seq_lens = sorted({s for s in SWEEP_SEQ_LENS if s <= max_seq} | {max_seq})
     rng = np.random.default_rng(0)
     for batch in batches:
@@ -254,8 +269,8 @@ def _sentence_inputs(task: Task, tokenizer, batch: int, max_seq: int) -> dict[st
 
 
 def _artifact_tokenizer(folder: Path):
-    from .tokenizer import SqueezeBertTokenizer
-    if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+    from .tokenizer import SqueezeBertTokenizer, has_tokenizer
+    if has_tokenizer(folder):
         return SqueezeBertTokenizer.from_pretrained(folder)
     return None
 

@@ -233,14 +233,16 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
     """The artifact folder of `model` for `runtime`, exported unless the work folder holds one
     made from the same inputs and the same sbexport source (and verified, when asked)."""
     from ..artifact import open_artifact
-    from ..export import ExportOptions, export_artifact
+    from ..export import ExecuTorchOptions, OnnxOptions, export_artifact
     from ..verify import verify_folder
 
-    options = ExportOptions(max_seq_len=max(config.seq_lens), batch=config.batch,
-                            max_batch=max(1024, config.batch))
+    options = OnnxOptions(max_batch=max(1024, config.batch)) if EXPORTED[runtime] == "onnx" \
+        else ExecuTorchOptions(batch=config.batch)
+    max_seq_len = max(config.seq_lens)
     key = json.dumps({"fmt": EXPORTED[runtime], "task": task.name, "source": model.source.to_dict(),
-                      "overrides": model.overrides, "options": asdict(options), "sbexport": __version__,
-                      "code": _code_fingerprint(), "torch": torch.__version__}, sort_keys=True)
+                      "overrides": model.overrides, "options": asdict(options), "max_seq_len": max_seq_len,
+                      "sbexport": __version__, "code": _code_fingerprint(), "torch": torch.__version__},
+                     sort_keys=True)
     folder = workdir / f"{task.name}-{model.arch}-{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if folder.is_dir():
         try:
@@ -248,12 +250,12 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
         except SbexportError as e:
             log(f"re-exporting: cached {e}")
         else:
-            if config.verify and not manifest.get("parity", {}).get("passed"):
+            if config.verify and not (manifest.parity and manifest.parity.passed):
                 verify_folder(folder, log=log).raise_on_failure()
             log(f"using cached export {folder}")
             return folder
-    return export_artifact(EXPORTED[runtime], task, model.source, folder, options, overwrite=True,
-                           verify=config.verify, config_overrides=model.overrides or None, log=log)
+    return export_artifact(EXPORTED[runtime], task, model.source, folder, options, max_seq_len=max_seq_len,
+                           overwrite=True, verify=config.verify, config_overrides=model.overrides or None, log=log)
 
 
 def export_all(runtimes, task: Task, models: list[BenchModel], config: BenchConfig, workdir: Path,
@@ -360,7 +362,7 @@ def open_model(runtime: str, model: BenchModel, task: Task, artifact: str | None
     from ..runtime import ExecuTorchRunner, OnnxRunner
 
     folder = Path(artifact)
-    path = folder / read_manifest(folder)["model_file"]
+    path = folder / read_manifest(folder).model_file
     runner = OnnxRunner(path, threads) if runtime == "onnx" else ExecuTorchRunner(path, INPUT_NAMES)
 
     def run(feeds):
@@ -455,11 +457,11 @@ def _row(runtime, model, seq_len, config, threads, timing, flops, peak, ceiling,
 def _artifact_info(folder: Path) -> dict:
     from ..artifact import read_manifest
     m = read_manifest(folder)
-    parity = m.get("parity")
-    return {"folder": str(folder), "model_file": m["model_file"], "bytes": m["files"][m["model_file"]]["bytes"],
-            "export_seconds": m.get("export_seconds"), "verified": bool(parity),
-            "parity_passed": parity["passed"] if parity else None,
-            "parity_max_abs": max(o["max_abs"] for o in parity["outputs"].values()) if parity else None}
+    parity = m.parity
+    return {"folder": str(folder), "model_file": m.model_file, "bytes": m.files[m.model_file].bytes,
+            "export_seconds": m.export_seconds, "verified": parity is not None,
+            "parity_passed": parity.passed if parity else None,
+            "parity_max_abs": max(o.max_abs for o in parity.outputs.values()) if parity else None}
 
 
 # --------------------------------------------------------------------------------------
