@@ -278,8 +278,8 @@ def test_unwritable_json_refused_before_the_run(no_work, tmp_path):
     (["--seq-lens", "8,abc"], "error: --seq-lens"),
     (["--model-bert", "/nonexistent/bert"], "error: /nonexistent/bert: no such checkpoint folder"),
     (["--json", "/nonexistent/dir/out.json"], "error: cannot write /nonexistent/dir/out.json"),
-    (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-squeezebert/--model-bert exclude"),
-    (["--formats", "onnx,tflite"], "error: unknown format 'tflite'"),
+    (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-bert exclude each other"),
+    (["--runtimes", "onnx,tflite"], "error: unknown format 'tflite'"),
 ])
 def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
     monkeypatch.setattr(sys, "argv", ["sbexport", "bench", *args])
@@ -288,6 +288,24 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_formats_is_a_deprecated_name_of_runtimes(no_work, monkeypatch, capsys):
+    """--formats held runtimes (eager is not an export format): it still works, saying so."""
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "onnx,tflite"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: --formats is deprecated, use --runtimes")
+    assert error.startswith("error: unknown format 'tflite'")
+
+
+def test_random_init_beside_a_checkpoint_is_refused_where_the_source_is_resolved(no_work):
+    """Not only by the CLI: a BenchConfig asking for both is refused before any work."""
+    with pytest.raises(SbexportError, match="--random-init and --model-bert exclude each other"):
+        run_bench(tiny(random_init=True, checkpoints={"bert": "/nonexistent/bert-base"}, config_overrides={}),
+                  progress=False)
 
 
 # -- FLOPs against the closed form ------------------------------------------------------------

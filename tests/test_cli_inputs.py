@@ -384,7 +384,7 @@ def test_unreadable_tokenizer_is_one_line(monkeypatch, capsys, tmp_path, tiny_ch
     assert stub_onnx_export == []
 
 
-@pytest.mark.parametrize("command", [["verify", "NOWHERE"], ["bench", "--formats", "none"]])
+@pytest.mark.parametrize("command", [["verify", "NOWHERE"], ["bench", "--runtimes", "none"]])
 def test_threads_mean_the_same_in_every_command(monkeypatch, capsys, tmp_path, command):
     """--threads 0 is refused alike (it meant 'default' in verify and was refused by bench);
     more threads than cores is allowed with one warning line, in both."""

@@ -75,6 +75,7 @@ class BenchConfig:
     formats: tuple[str, ...] = RUNTIMES
     models: tuple[str, ...] = MODELS
     checkpoints: dict = field(default_factory=dict)
+    random_init: bool = False             # random weights for every model (refused beside a checkpoint)
     config_overrides: dict = field(default_factory=dict)
     workdir: str | None = None            # export cache; None: a temporary folder, removed after
     verify: bool = True                   # parity-check each export before timing it
@@ -198,7 +199,8 @@ def prepare(config: BenchConfig) -> tuple[Task, int, list[BenchModel]]:
         overrides = dict(config.config_overrides.get(arch, {}))
         if checkpoint and overrides:
             raise SbexportError(f"config overrides apply to random init only, not to the {arch} checkpoint")
-        source = resolve_source(task, model=checkpoint, random_init=checkpoint is None, arch=arch, seed=config.seed)
+        source = resolve_source(task, model=checkpoint, random_init=config.random_init or checkpoint is None,
+                                arch=arch, seed=config.seed, model_option=f"--model-{arch}")
         model_cfg = model_config(task, source, overrides)
         limit = model_cfg.max_position_embeddings
         too_long = [s for s in config.seq_lens if s > limit]
