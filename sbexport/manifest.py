@@ -14,8 +14,8 @@ verify can tell a rebuilt reference that is not the exported one from a parity f
 Validation is done from these dataclasses' own annotations (`parse`), not with jsonschema: a
 JSON schema would be a second description of every field, to be kept in step with these
 classes by hand (two places to add a field); here the annotation is the schema. The checks a
-type cannot express (a range's 1 <= min <= max, the model file among the hashed files) are code
-either way (`Dims`, `Manifest.check`).
+type cannot express are code either way: a Range's 1 <= min <= max (`parse`), the model file
+among the hashed files (`Manifest.check`).
 
 Adding a field (int8's quantization, a device's facts): add it to Manifest, or to a format's
 details class, with its type, and nothing else: writing, reading and validating follow the
