@@ -25,7 +25,7 @@ from pathlib import Path
 from sbexport.artifact import read_manifest
 from sbexport.bench.machine import load_average, machine_info
 from sbexport.errors import SbexportError
-from sbexport.export import ExportOptions, export_artifact
+from sbexport.export import export_artifact
 from sbexport.source import resolve_source
 from sbexport.tasks import get_task
 from sbexport.verify import verify_folder
@@ -69,14 +69,14 @@ def time_one(fmt: str, task, source, folder: Path, verify: bool) -> dict:
     entry = {"model": source.arch, "format": fmt, "target_s": TARGETS_S[fmt]}
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
-        export_artifact(fmt, task, source, folder, ExportOptions(), verify=False, log=lambda msg: None)
+        export_artifact(fmt, task, source, folder, verify=False, log=lambda msg: None)
     except SbexportError as e:
         return {**entry, "error": str(e), "seconds": round(time.perf_counter() - started, 2)}
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     manifest = read_manifest(folder)
     entry.update(seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
-                 exporter_seconds=manifest["export_seconds"], within_target=seconds < TARGETS_S[fmt],
-                 file_bytes=manifest["files"][manifest["model_file"]]["bytes"],
+                 exporter_seconds=manifest.export_seconds, within_target=seconds < TARGETS_S[fmt],
+                 file_bytes=manifest.files[manifest.model_file].bytes,
                  verify_seconds=None, parity_max_abs=None)
     if verify:
         started = time.perf_counter()

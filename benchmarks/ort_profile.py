@@ -37,13 +37,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def export_model(folder: Path) -> Path:
     """The full-size MNLI SqueezeBERT (random weights) exported to ONNX in `folder`, verified."""
-    from sbexport.export import ExportOptions, export_artifact
+    from sbexport.export import OnnxOptions, export_artifact
     from sbexport.source import resolve_source
     from sbexport.tasks import get_task
 
     task = get_task("mnli")
     source = resolve_source(task, random_init=True)
-    return export_artifact("onnx", task, source, folder, ExportOptions(), overwrite=True, verify=True, log=print)
+    return export_artifact("onnx", task, source, folder, OnnxOptions(), overwrite=True, verify=True, log=print)
 
 
 def session(path: Path, threads: int, profile_prefix: str | None, optimized: Path | None):

@@ -28,7 +28,7 @@ import torch
 from sbexport.artifact import read_manifest
 from sbexport.bench.machine import machine_info
 from sbexport.convert import convert_bert_to_squeezebert
-from sbexport.export import ExportOptions, export_artifact
+from sbexport.export import export_artifact
 from sbexport.runtime import open_runner
 from sbexport.source import resolve_source
 from sbexport.tasks import INPUT_NAMES, get_task
@@ -41,9 +41,9 @@ MINILM_TASKS = ("features", "mnli", "stsb", "squad", "ner", "swag", "fill-mask")
 def measure(folder: Path, reference, task) -> list[dict]:
     """One record per (case, output): real and padded max |got - ref|, and the scale."""
     manifest = read_manifest(folder)
-    runner = open_runner(folder / manifest["model_file"], INPUT_NAMES, 0)
+    runner = open_runner(folder / manifest.model_file, INPUT_NAMES, 0)
     rows = []
-    for feeds in sweep(task, manifest, reference.config, folder):
+    for feeds in sweep(task, manifest.dims, reference.config, folder):
         with torch.no_grad():
             expected = reference_outputs(reference, task, feeds)
         for name, ref, got in zip(task.outputs, expected, runner.run(feeds)):
@@ -69,7 +69,6 @@ def main(argv=None) -> int:
     record = {"schema": "sbexport.parity_tolerance/1",
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "runs": []}
-    options = ExportOptions(max_seq_len=args.max_seq_len)
     with tempfile.TemporaryDirectory(prefix="sbexport-parity-") as tmp:
         tmp = Path(tmp)
         jobs = []
@@ -85,7 +84,8 @@ def main(argv=None) -> int:
                 out = tmp / f"{model_name}-{task.name}-{fmt}"
                 with warnings.catch_warnings():   # "initialised randomly": MiniLM has no heads
                     warnings.simplefilter("ignore")
-                    export_artifact(fmt, task, source, out, options, verify=False, log=lambda _: None)
+                    export_artifact(fmt, task, source, out, max_seq_len=args.max_seq_len, verify=False,
+                                    log=lambda _: None)
                     reference = rebuild_reference(out, read_manifest(out), task)
                 rows = measure(out, reference, task)
                 record["runs"].append({"model": model_name, "task": task.name, "format": fmt, "cases": rows})

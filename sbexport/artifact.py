@@ -4,14 +4,16 @@ A folder is built in a temporary sibling and renamed into place only when comple
 interrupted or failed export leaves nothing half-written, and an existing folder is replaced
 only when the caller says so and only when it is provably what sbexport wrote, of the same
 kind (an artifact, or a checkpoint written by convert-bert): see check_destination. The
-manifest records the sha256 of every file and of its own content; `open_artifact` refuses a
-folder whose files or manifest no longer match, whose manifest contradicts its config.json
-(label names, sequence range), and a staging folder a killed export left behind.
+manifest (its fields, types and schema: manifest.py) records the sha256 of every file and of
+its own content; `open_artifact` refuses a folder whose files or manifest no longer match,
+whose manifest contradicts its config.json (label names, sequence range), and a staging folder
+a killed export left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,12 +25,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import replace_file
 from .config import load_config
 from .errors import SbexportError
+from .manifest import SCHEMA, FileEntry, Manifest, ManifestInvalid, schema_refusal
 
 MANIFEST = "manifest.json"
-# /2: the manifest records the sha256 of its own content (CONTENT_HASH); /1 folders lack it.
-SCHEMA = "sbexport.artifact/2"
+# The record's own hash field (since artifact/2): the sha256 of every other field.
 CONTENT_HASH = "content_sha256"
 
 
@@ -268,11 +271,11 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool, kind: FolderKind
         raise SbexportError(f"cannot move the finished folder into {out_dir}: {e.strerror or e}") from None
 
 
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    """Add the schema, every file's sha256 and the content hash to `manifest` and write it as
-    manifest.json; returns what was written. Raises SbexportError when it cannot be written."""
-    fields = {k: v for k, v in manifest.items() if k not in ("schema", "files", CONTENT_HASH)}
-    return write_record(folder, ARTIFACT, fields)
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Write `manifest` as manifest.json with the schema, every file's sha256 and the content
+    hash; returns it with its `files` filled in. Raises SbexportError when it cannot be written."""
+    record = write_record(folder, ARTIFACT, manifest.to_json())
+    return dataclasses.replace(manifest, files=_files(record["files"]))
 
 
 def write_record(folder: Path, kind: FolderKind, fields: dict) -> dict:
@@ -303,109 +306,96 @@ def _write_hashed(path: Path, record: dict) -> dict:
 def _write_json(path: Path, data: dict) -> None:
     """Write via a temporary file and a rename, so that an interrupted write never leaves a
     truncated manifest (which would make the artifact unreadable). Raises SbexportError."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(data, indent=2) + "\n")
     except OSError as e:
         raise SbexportError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def read_manifest(folder: Path) -> dict:
-    """The manifest of an artifact folder, checked for schema; raises SbexportError."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if (owner := scratch_owner(folder)) is not None:
-        raise SbexportError(f"{folder}: not an artifact but the staging folder {owner}; export again "
-                            f"(the next export into the same folder removes it once its owner is gone)")
-    if not folder.is_dir():
-        raise SbexportError(f"{folder}: not an artifact folder (no such folder)")
-    if not path.is_file():
-        raise SbexportError(f"{folder}: not an artifact folder (no {MANIFEST})")
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of an artifact folder, checked for schema, field types and content hash
+    (not the files: see open_artifact). Raises SbexportError in one line naming the file and
+    the first problem: an unknown or older schema (which one, which is read, what to do), a
+    missing, mistyped or out-of-range field, an edit after export."""
+    path = _manifest_path(folder)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SbexportError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        found = manifest.get("schema") if isinstance(manifest, dict) else None
-        raise SbexportError(f"{path}: unknown manifest schema {found!r}; expected {SCHEMA!r}")
-    _check_fields(path, manifest)
-    if manifest.get(CONTENT_HASH) != content_sha256(manifest):
+    refusal = schema_refusal(data.get("schema") if isinstance(data, dict) else None)
+    if refusal is not None:
+        raise SbexportError(f"{path}: {refusal}")
+    try:
+        manifest = Manifest.from_json({k: v for k, v in data.items() if k not in ("schema", CONTENT_HASH)})
+    except ManifestInvalid as e:
+        raise SbexportError(f"{path}: {e}; the manifest is damaged (re-export the artifact)") from None
+    if data.get(CONTENT_HASH) != content_sha256(data):
         raise SbexportError(f"{path}: the manifest was edited after export (its {CONTENT_HASH} does not "
                             f"match its content); re-export the artifact rather than editing it")
     return manifest
 
 
-# Manifest fields every reader relies on, with their JSON types.
-REQUIRED_FIELDS = {"task": str, "head": str, "arch": str, "model_class": str, "format": str,
-                   "description": str, "model_file": str, "files": dict, "dims": dict,
-                   "source": dict, "inputs": dict, "outputs": dict, "labels": list}
+def _manifest_path(folder: Path) -> Path:
+    """`folder`'s manifest.json; raises SbexportError when `folder` is a staging folder, not a
+    folder, or has no manifest."""
+    folder = Path(folder)
+    if (owner := scratch_owner(folder)) is not None:
+        raise SbexportError(f"{folder}: not an artifact but the staging folder {owner}; export again "
+                            f"(the next export into the same folder removes it once its owner is gone)")
+    if not folder.is_dir():
+        raise SbexportError(f"{folder}: not an artifact folder (no such folder)")
+    if not (folder / MANIFEST).is_file():
+        raise SbexportError(f"{folder}: not an artifact folder (no {MANIFEST})")
+    return folder / MANIFEST
 
 
-def _check_fields(path: Path, manifest: dict) -> None:
-    """Raise SbexportError naming the first missing or mistyped field of a manifest."""
-    for name, kind in REQUIRED_FIELDS.items():
-        if not isinstance(manifest.get(name), kind):
-            raise SbexportError(f"{path}: field {name!r} is missing or not a JSON {kind.__name__}; "
-                                f"the manifest is damaged (re-export the artifact)")
-    files = manifest["files"]
-    if not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
-        raise SbexportError(f"{path}: every entry of 'files' needs a sha256; the manifest is damaged")
-    if manifest["model_file"] not in files:
-        raise SbexportError(f"{path}: the model file {manifest['model_file']!r} is not among the hashed "
-                            f"files; the manifest is damaged (re-export the artifact)")
-    for axis in ("batch", "sequence"):
-        value = manifest["dims"].get(axis)
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
-                and 1 <= value[0] <= value[1]):
-            raise SbexportError(f"{path}: dims.{axis} must be [min, max] with 1 <= min <= max; "
-                                f"the manifest is damaged")
+def _files(files: dict) -> dict[str, FileEntry]:
+    return {name: FileEntry(**entry) for name, entry in files.items()}
 
 
-def open_artifact(folder: str | os.PathLike) -> dict:
+def open_artifact(folder: str | os.PathLike) -> Manifest:
     """Read the manifest, check every listed file's sha256 and the manifest against config.json;
     returns the manifest. Raises SbexportError naming the first file that is missing or changed,
     or the manifest field that contradicts the model."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
             raise SbexportError(f"{path}: listed in the manifest but missing")
-        if sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry.sha256:
             raise SbexportError(f"{path}: sha256 does not match the manifest; the file was modified "
                                 f"after export (re-export it)")
     _check_against_config(folder, manifest)
     return manifest
 
 
-def _check_against_config(folder: Path, manifest: dict) -> None:
+def _check_against_config(folder: Path, manifest: Manifest) -> None:
     """Raise SbexportError where the manifest contradicts the model's config.json (hashed with
     the model file, so it is what the model was built from): a labelled head's label names
     must be the config's id2label in id order, one per output column, and the sequence range
     must lie within max_position_embeddings."""
     path, damaged = folder / MANIFEST, "the manifest is damaged (re-export the artifact)"
-    if "config.json" not in manifest["files"]:
+    if "config.json" not in manifest.files:
         raise SbexportError(f"{path}: config.json is not among the hashed files; {damaged}")
     config = load_config(folder / "config.json")
     # A labelled head has an output axis of labels ([batch, labels] or [batch, sequence, labels]).
-    if any("labels" in (spec.get("axes") or ()) for spec in manifest["outputs"].values() if isinstance(spec, dict)):
+    if any("labels" in spec.axes for spec in manifest.outputs.values()):
         expected = [config.id2label[i] for i in range(config.num_labels)]
-        if manifest["labels"] != expected:
-            raise SbexportError(f"{path}: labels {manifest['labels']} are not the model's "
+        if list(manifest.labels) != expected:
+            raise SbexportError(f"{path}: labels {list(manifest.labels)} are not the model's "
                                 f"{config.num_labels} outputs {expected} (config.json); {damaged}")
-    limit, longest = config.max_position_embeddings, manifest["dims"]["sequence"][1]
+    limit, longest = config.max_position_embeddings, manifest.dims.sequence[1]
     if longest > limit:
         raise SbexportError(f"{path}: dims.sequence allows {longest} tokens, more than the model's "
                             f"{limit} positions (config.json max_position_embeddings); {damaged}")
 
 
-def update_manifest(folder: Path, **fields) -> dict:
-    """Set top-level fields of an existing, intact manifest (e.g. new parity figures), keeping
-    the file hashes and renewing the content hash. Raises SbexportError as read_manifest does,
-    or when the manifest cannot be written."""
-    manifest = read_manifest(folder)
-    manifest.update(fields)
-    return _write_hashed(Path(folder) / MANIFEST, manifest)
+def update_manifest(folder: Path, **fields) -> Manifest:
+    """Replace fields of an existing, intact manifest (e.g. parity=ParityFigures after a
+    verify), keeping the file hashes and renewing the content hash; returns the new manifest.
+    Raises SbexportError as read_manifest does, or when the manifest cannot be written."""
+    manifest = dataclasses.replace(read_manifest(folder), **fields)
+    files = {name: dataclasses.asdict(entry) for name, entry in manifest.files.items()}
+    _write_hashed(Path(folder) / MANIFEST, {"schema": SCHEMA, **manifest.to_json(), "files": files})
+    return manifest

@@ -8,13 +8,13 @@ error, unless it belongs to the head and the caller allowed that (then a warning
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
-import secrets
 import warnings
 from pathlib import Path
 
@@ -31,8 +31,9 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import replacing
 from .config import load_config
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -295,17 +296,13 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     # file; all of them mean the same to the user.
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
-                              f"{_first_line(e)}); it may be truncated, corrupt or hold objects "
+                              f"{first_line(e, 200)}); it may be truncated, corrupt or hold objects "
                               f"other than tensors: delete it and fetch it again") from None
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of "
                               f"named tensors")
     return state
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -619,18 +616,10 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> None:
 
 
 def _write_atomically(folder: Path, writers: list) -> None:
-    """Run each (name, write(path)) into a temporary file in folder, then rename all in order."""
-    temps = []
-    try:
-        for name, write in writers:
-            tmp = folder / f".{name}.{secrets.token_hex(8)}.tmp"
-            # Created with os.open so that the umask applies (mkstemp would make it 0600).
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            temps.append((tmp, folder / name))
+    """Run each (name, write(path)) into a temporary file in folder, then rename all in order
+    (atomic.replacing: a failure removes every temporary file and renames nothing more)."""
+    with contextlib.ExitStack() as stack:
+        # Entered last to first: the stack unwinds (renames) in reverse order of entry.
+        temps = [(stack.enter_context(replacing(folder / name)), write) for name, write in reversed(writers)]
+        for tmp, write in reversed(temps):
             write(tmp)
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)

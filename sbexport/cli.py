@@ -164,15 +164,17 @@ def _export_options(f):
 
 def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_dir, overwrite, no_verify,
                 seed, **format_options) -> None:
-    from .export import ExportOptions, export_artifact
+    """Export with the options every format shares and `format_options`, the format's own."""
+    from .export import FORMATS, export_artifact
     from .source import resolve_source
     from .tasks import get_task
 
     task = get_task(task_name)
     source = resolve_source(task, model=model, random_init=random_init, arch=arch, seed=seed)
-    options = ExportOptions(max_seq_len=max_seq_len, **format_options)
+    options = FORMATS[fmt].Options(**format_options)
     out_dir = f"artifacts/{task.name}-{fmt}" if out_dir is None else out_dir   # "" is refused, not defaulted
-    export_artifact(fmt, task, source, out_dir, options, overwrite=overwrite, verify=not no_verify, log=click.echo)
+    export_artifact(fmt, task, source, out_dir, options, max_seq_len=max_seq_len,
+                    overwrite=overwrite, verify=not no_verify, log=click.echo)
 
 
 @cli.command()
@@ -278,19 +280,26 @@ def predict(folder, text, text_pair, top_k, as_json) -> None:
 
 
 def _format_prediction(result: dict) -> str:
-    if "labels" in result:
-        return "\n".join(f"{r['label']:<20} {r['score']:.4f}" for r in result["labels"])
-    if "score" in result and "answer" not in result:
+    """predict's text, chosen by the head of the task the result names (not by which keys it
+    happens to hold): one line per label, tag, [MASK] or choice; the answer; the embedding."""
+    from .tasks import get_task
+
+    task = get_task(result["task"])
+    if task.head == "sequence-classification" and task.problem_type == "regression":
         return f"score {result['score']:.4f}"
-    if "answer" in result:
-        return f"answer: {result['answer']!r} (characters {result['start']}-{result['end']})"
-    if "tokens" in result:
-        return "\n".join(f"{t['token']:<20} {t['label']}" for t in result["tokens"])
-    if "masks" in result:
-        return "\n".join(" ".join(f"{c['token']}({c['score']:.3f})" for c in cands) for cands in result["masks"])
-    if "choices" in result:
-        return "\n".join(f"choice {c['choice']}: {c['score']:.4f}" for c in result["choices"])
-    return f"last_hidden_state {result['last_hidden_state_shape']}, pooler_output {result['pooler_output']}"
+    return PREDICTION_TEXT[task.head](result)
+
+
+PREDICTION_TEXT = {
+    "sequence-classification":
+        lambda r: "\n".join(f"{x['label']:<20} {x['score']:.4f}" for x in r["labels"]),
+    "question-answering": lambda r: f"answer: {r['answer']!r} (characters {r['start']}-{r['end']})",
+    "token-classification": lambda r: "\n".join(f"{t['token']:<20} {t['label']}" for t in r["tokens"]),
+    "masked-lm":
+        lambda r: "\n".join(" ".join(f"{c['token']}({c['score']:.3f})" for c in cands) for cands in r["masks"]),
+    "multiple-choice": lambda r: "\n".join(f"choice {c['choice']}: {c['score']:.4f}" for c in r["choices"]),
+    "base": lambda r: f"last_hidden_state {r['last_hidden_state_shape']}, pooler_output {r['pooler_output']}",
+}
 
 
 @cli.command()
@@ -310,29 +319,33 @@ def info(folder, list_tasks) -> None:
         return
     from .artifact import open_artifact
 
-    m = open_artifact(folder)
-    source = m["source"]
-    origin = f"random weights, seed {source['seed']}" if source["random_init"] else source["checkpoint"]
-    lines = [f"{folder}: {m['description']}",
-             f"  task      {m['task']} ({m['head']}), {m['arch']} {m['model_class']}",
+    click.echo(_format_manifest(folder, open_artifact(folder)))
+
+
+def _format_manifest(folder, m) -> str:
+    """info's text: one line per fact of the manifest `m` (a manifest.Manifest)."""
+    origin = f"random weights, seed {m.source.seed}" if m.source.random_init else m.source.checkpoint
+    lines = [f"{folder}: {m.description}",
+             f"  task      {m.task} ({m.head}), {m.arch} {m.model_class}",
              f"  weights   {origin}"]
-    if m["labels"]:
-        lines.append(f"  labels    {', '.join(m['labels'])}")
-    lines += [f"  input     {n} int64 [{', '.join(v['axes'])}]" for n, v in m["inputs"].items()]
-    lines += [f"  output    {n} float32 [{', '.join(v['axes'])}]" for n, v in m["outputs"].items()]
-    lines.append("  dims      " + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in m["dims"].items()))
-    parity = m.get("parity")
-    lines.append(_parity_line(parity) if parity else "  parity    not verified (run `sbexport verify`)")
-    lines += [f"  file      {n} {f['bytes'] / 1e6:.1f} MB sha256 {f['sha256'][:16]}" for n, f in m["files"].items()]
-    click.echo("\n".join(lines))
+    if m.labels:
+        lines.append(f"  labels    {', '.join(m.labels)}")
+    lines += [f"  input     {n} {v.dtype} [{', '.join(v.axes)}]" for n, v in m.inputs.items()]
+    lines += [f"  output    {n} {v.dtype} [{', '.join(v.axes)}]" for n, v in m.outputs.items()]
+    dims = [(name, value) for name, value in vars(m.dims).items() if value is not None]
+    lines.append("  dims      " + ", ".join(f"{name} {lo}..{hi}" for name, (lo, hi) in dims))
+    lines.append(f"  exported  {m.details.summary}, sbexport {m.sbexport_version}, torch {m.torch_version}")
+    lines.append(_parity_line(m.parity) if m.parity else "  parity    not verified (run `sbexport verify`)")
+    lines += [f"  file      {n} {f.bytes / 1e6:.1f} MB sha256 {f.sha256[:16]}" for n, f in m.files.items()]
+    return "\n".join(lines)
 
 
-def _parity_line(parity: dict) -> str:
-    """info's parity line: the verdict and the output nearest its bound. (Every manifest that
-    open_artifact accepts, schema artifact/2, was verified under verify/2's bound.)"""
-    worst = max(parity["outputs"].values(), key=lambda o: (o["fraction"], o["max_abs"]))
-    return (f"  parity    {'PASS' if parity['passed'] else 'FAIL'}, worst {worst['max_abs']:.2e} abs "
-            f"({worst['fraction']:.0%} of its bound) over {parity['cases']} cases")
+def _parity_line(parity) -> str:
+    """info's parity line (parity: manifest.ParityFigures): the verdict and the output nearest
+    its bound."""
+    worst = parity.worst
+    return (f"  parity    {'PASS' if parity.passed else 'FAIL'}, worst {worst.max_abs:.2e} abs "
+            f"({worst.fraction:.0%} of its bound) over {parity.cases} cases")
 
 
 @cli.command("convert-bert")
@@ -376,7 +389,9 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @_threads_option("all cores, for every runtime")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per shape, after the first.")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed calls per model and shape.")
-@click.option("--formats", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")
+@click.option("--runtimes", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")
+@click.option("--formats", "formats_alias", default=None, hidden=True,
+              help="The old name of --runtimes (deprecated: it always held runtimes, not export formats).")
 @click.option("--models", default="squeezebert,bert", show_default=True, help="Models, comma-separated.")
 @click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID",
               help="A SqueezeBERT checkpoint instead of random weights.")
@@ -397,9 +412,9 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--no-verify", is_flag=True, help="Time exports without checking their parity first.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, model_squeezebert, model_bert,
-          random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify, no_memory,
-          seed) -> None:
+def bench(task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, models, model_squeezebert,
+          model_bert, random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify,
+          no_memory, seed) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
 
     Exports each model once per format, times both interleaved run by run, and prints per
@@ -409,18 +424,21 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, mo
     \b
     Example:
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
-      sbexport bench --formats onnx --threads 1 --runs 50
+      sbexport bench --runtimes onnx --threads 1 --runs 50
       sbexport bench --config-squeezebert small/config.json --models squeezebert
     """
     from .bench import BenchConfig, run_bench, table
 
     checkpoints = {arch: path for arch, path in (("squeezebert", model_squeezebert), ("bert", model_bert)) if path}
     configs = {arch: path for arch, path in (("squeezebert", config_squeezebert), ("bert", config_bert)) if path}
-    if random_init and checkpoints:
-        raise SbexportError("--random-init and --model-squeezebert/--model-bert exclude each other")
+    if formats_alias is not None:
+        click.echo("warning: --formats is deprecated, use --runtimes (it names runtimes: eager, onnx, executorch)",
+                   err=True)
+        runtimes = formats_alias
     config = BenchConfig(task=task_name, seq_lens=_split(seq_lens, "--seq-lens", int), batch=batch, threads=threads,
-                         warmup=warmup, runs=runs, formats=_split(formats, "--formats"),
+                         warmup=warmup, runs=runs, formats=_split(runtimes, "--runtimes"),
                          models=_split(models, "--models"), checkpoints=checkpoints, configs=configs,
+                         random_init=random_init,
                          workdir=workdir, verify=not no_verify, memory=not no_memory, seed=seed)
     result = run_bench(config, json_path=json_path, plot_path=plot_path)
     click.echo(table(result))

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .atomic import replace_file
 from .errors import ConfigError
 
 ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new")
@@ -125,9 +126,9 @@ class _ConfigBase:
         return cls.from_dict(_read_json(path))
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        """Write the config.json at `path`, replacing it atomically (a failure leaves the old
+        file, never a truncated one). Raises OSError."""
+        replace_file(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def replace(self, **changes):
         """A copy with some fields changed (and validated). A new num_labels without new

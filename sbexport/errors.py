@@ -20,3 +20,11 @@ class ExportError(SbexportError):
 
 class ParityError(SbexportError):
     """An exported file whose outputs differ from the reference beyond the task's tolerance."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of `error`'s message, at most `limit` characters; "" when it has none.
+    Third-party errors (torch.export, ONNX Runtime, safetensors) carry pages of context: the
+    first line is the one that fits an sbexport error line."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ""

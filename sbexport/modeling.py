@@ -311,6 +311,13 @@ def run_layers(layers, x, mask, head_masks, output_attentions: bool, output_hidd
 # --------------------------------------------------------------------------------------
 
 
+def conv_projections(config) -> int:
+    """How many grouped 1x1 convolutions a model of `config` holds, which every export must
+    keep as native convolutions: six per SqueezeBERT layer (Q, K, V, post-attention,
+    intermediate, output); the BERT baseline (its Linear layers) has none."""
+    return 6 * config.num_hidden_layers if config.model_type == "squeezebert" else 0
+
+
 class PreTrainedModel(nn.Module):
     """A config, weight initialisation, and loading / saving through sbexport.checkpoints.
 

@@ -16,7 +16,7 @@ from .errors import SbexportError
 from .heads import CHOICE_SEPARATOR, INPUT_NAMES
 from .runtime import open_runner
 from .tasks import get_task
-from .tokenizer import SqueezeBertTokenizer
+from .tokenizer import SqueezeBertTokenizer, has_tokenizer
 
 
 class PredictWarning(UserWarning):
@@ -33,11 +33,11 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     """
     folder = Path(folder)
     manifest = open_artifact(folder)
-    task = get_task(manifest["task"])
+    task = get_task(manifest.task)
     _check_texts(task, text, text_pair)
     tokenizer = _tokenizer(folder)
-    max_seq = manifest["dims"]["sequence"][1]
-    texts = (text, _endings(text_pair, manifest) if task.head.choices else text_pair)
+    max_seq = manifest.dims.sequence[1]
+    texts = (text, _endings(text_pair, manifest.dims) if task.head.choices else text_pair)
     reason = task.head.unfit(tokenizer, texts, max_seq)
     if reason:
         raise SbexportError(reason)
@@ -46,11 +46,11 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
         warnings.warn(f"input is {encoded.lengths[0]} tokens; truncated to the model's maximum of {max_seq}",
                       PredictWarning, stacklevel=2)
     feeds = encoded.feeds
-    batch = manifest["dims"]["batch"][0]
+    batch = manifest.dims.batch[0]
     if batch > 1:   # a fixed-batch file (ExecuTorch --batch N): repeat the row, decode row 0
         feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
-    outputs = dict(zip(task.outputs, open_runner(folder / manifest["model_file"], INPUT_NAMES).run(feeds)))
-    return {"task": task.name, **task.head.decode(outputs, encoded.example(0), texts, labels=manifest["labels"],
+    outputs = dict(zip(task.outputs, open_runner(folder / manifest.model_file, INPUT_NAMES).run(feeds)))
+    return {"task": task.name, **task.head.decode(outputs, encoded.example(0), texts, labels=list(manifest.labels),
                                                   tokenizer=tokenizer, top_k=top_k)}
 
 
@@ -82,17 +82,18 @@ def _undecodable(char: str) -> str:
 
 
 def _tokenizer(folder: Path) -> SqueezeBertTokenizer:
-    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()):
+    if not has_tokenizer(folder):
         raise SbexportError(f"{folder}: the artifact has no tokenizer (tokenizer.json); export it from a "
                             f"checkpoint that has one")
     return SqueezeBertTokenizer.from_pretrained(folder)
 
 
-def _endings(text_pair: str, manifest: dict) -> list[str]:
+def _endings(text_pair: str, dims) -> list[str]:
     """The endings of a multiple-choice question, '|'-separated in `text_pair`; raises
-    SbexportError when their count is outside the file's choices dimension."""
+    SbexportError when their count is outside the file's choices dimension (`dims`, the
+    manifest's)."""
     endings = [e.strip() for e in text_pair.split(CHOICE_SEPARATOR) if e.strip()]
-    lo, hi = manifest["dims"].get("choices", (1, len(endings) or 1))
+    lo, hi = dims.choices or (1, len(endings) or 1)
     if not lo <= len(endings) <= hi:
         takes = f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
         raise SbexportError(f"this file takes {takes} endings separated by {CHOICE_SEPARATOR!r}, got {len(endings)}")

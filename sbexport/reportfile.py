@@ -11,10 +11,10 @@ nothing. Anything else (a folder, a block device, a socket) is refused with one 
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from pathlib import Path
 
+from .atomic import replace_file
 from .errors import SbexportError
 
 
@@ -35,7 +35,7 @@ def write_report(path: str | os.PathLike, data: str | bytes) -> None:
             with open(path, "wb") as f:       # through the name the user gave: /dev/stdout is a link
                 f.write(data)
         else:
-            _replace_file(target, data, None if st is None else stat.S_IMODE(st.st_mode))
+            replace_file(target, data, None if st is None else stat.S_IMODE(st.st_mode))
     except OSError as e:
         raise SbexportError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -68,24 +68,3 @@ def _destination(path: str | os.PathLike) -> tuple[Path, os.stat_result | None]:
         raise SbexportError(f"cannot write {path}: it is not a regular file, FIFO or character device "
                             f"(a block device or socket); name a file")
     return target, st
-
-
-def _replace_file(target: Path, data: bytes, mode: int | None) -> None:
-    """Write `data` to a new file beside `target` and rename it over `target`. `mode`: the
-    permission bits to keep (an existing file's), or None for the umask's (what os.open with
-    0o666 gives; tempfile.mkstemp would give 0600). Raises OSError; the temporary file is gone."""
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        try:
-            if mode is not None:
-                os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

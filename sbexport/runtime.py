@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SbexportError
+from .errors import SbexportError, first_line
 
 
 class OnnxRunner:
@@ -35,7 +35,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
-            raise SbexportError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
+            raise SbexportError(f"{path}: not a loadable ONNX model ({first_line(e) or type(e).__name__})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -66,7 +66,7 @@ class ExecuTorchRunner:
                 except Exception:  # the same failure, expected
                     pass
             raise SbexportError(f"{path}: not a loadable ExecuTorch program "
-                                f"({_log_reason(log) or _first_line(e)})") from None
+                                f"({_log_reason(log) or first_line(e) or type(e).__name__})") from None
         self.input_names = list(input_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -138,10 +138,5 @@ def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
 
 def _run_error(path: Path, feeds: dict[str, np.ndarray], reason: Exception | str) -> SbexportError:
     shapes = ", ".join(f"{k} {list(np.shape(v))} {np.asarray(v).dtype}" for k, v in feeds.items())
-    reason = reason if isinstance(reason, str) else _first_line(reason)
+    reason = reason if isinstance(reason, str) else first_line(reason) or type(reason).__name__
     return SbexportError(f"{path}: the model refused inputs {shapes} ({reason})")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

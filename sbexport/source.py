@@ -5,6 +5,7 @@ that an artifact's manifest can say exactly how to rebuild it.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from .checkpoints import checkpoint_fingerprint, load_pretrained, resolve_checkp
 from .config import CONFIG_CLASSES, load_config
 from .errors import SbexportError
 from .tasks import BERT_BASE, Task
-from .tokenizer import SqueezeBertTokenizer
+from .tokenizer import SqueezeBertTokenizer, has_tokenizer
 
 # The public SqueezeBERT shape (squeezebert/squeezebert-uncased's config.json): 30528 embedding
 # rows for a 30522-token vocabulary. Random-init exports use it so that size and speed match.
@@ -42,14 +43,17 @@ class ModelSource:
 
 
 def resolve_source(task: Task, model: str | None = None, random_init: bool = False,
-                   arch: str = "squeezebert", seed: int = 0) -> ModelSource:
+                   arch: str = "squeezebert", seed: int = 0, model_option: str = "--model") -> ModelSource:
     """Pick the source the CLI's --model / --random-init ask for; with neither, the task's
-    default public checkpoint. Raises SbexportError when both are given or none resolves."""
+    default public checkpoint. `model_option` names the option that gave `model` in errors.
+    Raises SbexportError when both are given (every command: export, eval, bench) or none
+    resolves."""
     if arch not in CONFIG_CLASSES:
         raise SbexportError(f"unknown architecture {arch!r}; expected one of {', '.join(CONFIG_CLASSES)}")
     if random_init:
         if model is not None:
-            raise SbexportError("--model and --random-init exclude each other")
+            raise SbexportError(f"--random-init and {model_option} exclude each other: random weights, "
+                                f"or the checkpoint's")
         return ModelSource(arch=arch, random_init=True, seed=seed)
     model = model or (task.default_checkpoint if arch == "squeezebert" else BERT_BASE)
     # Absolute, so that a manifest's source still resolves from another working directory.
@@ -102,6 +106,18 @@ def build_reference(task: Task, source: ModelSource, config=None) -> torch.nn.Mo
         return load_pretrained(cls, str(folder), allow_missing_head=True, **kwargs).eval()
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """The sha256 of `model`'s state_dict: every tensor's name, dtype, shape and bytes, in name
+    order. The manifest records it at export, so that verify can tell whether the reference it
+    rebuilds (from a seed, or a checkpoint plus a head drawn from a seed) is the one exported."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _with_new_head(cls, folder: Path, own, wanted):
     """The checkpoint's backbone under a new, randomly initialised head of `wanted`'s label
     count: the task's labels do not fit the checkpoint's classifier (sst2, 2 labels, from the
@@ -120,7 +136,7 @@ def load_tokenizer(source: ModelSource) -> SqueezeBertTokenizer | None:
     (SqueezeBERT's) when a copy is installed, else None."""
     if source.resolved_path:
         folder = Path(source.resolved_path)
-        if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+        if has_tokenizer(folder):
             return SqueezeBertTokenizer.from_pretrained(folder)
         return None
     folder = bundled_vocab_folder()

@@ -50,6 +50,12 @@ _TRUNCATION = {"do_not_truncate": None, "longest_first": "longest_first",
 _TENSOR_TYPES = (None, "np", "pt")
 
 
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a tokenizer SqueezeBertTokenizer.from_pretrained can load (a
+    tokenizer.json or a vocab.txt): the one test every reader of a folder uses."""
+    return os.path.isfile(os.path.join(folder, TOKENIZER_FILE)) or os.path.isfile(os.path.join(folder, VOCAB_FILE))
+
+
 class TokenizerError(SbexportError, ValueError):
     """A vocabulary, tokenizer file, option or input the tokenizer cannot use; the message
     names the file or argument and the problem."""

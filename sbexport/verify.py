@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .artifact import open_artifact, update_manifest
 from .config import load_config
 from .errors import ParityError, SbexportError
 from .heads import INPUT_NAMES
-from .source import ModelSource, build_reference
+from .manifest import Dims, Manifest, ParityFigures
+from .source import build_reference, weights_sha256
 from .targets import HOST
 from .tasks import Task, get_task
 
@@ -178,13 +180,13 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
     manifest = open_artifact(folder)
-    task = get_task(manifest["task"])
+    task = get_task(manifest.task)
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
     target = HOST if target is None else target
     report = ParityReport(name, task.name, task.atol, task.rtol)
-    with target.open_runner(folder / manifest["model_file"], INPUT_NAMES, threads) as runner:
-        for feeds in sweep(task, manifest, reference.config, folder, max_seq=target.max_seq):
+    with target.open_runner(folder / manifest.model_file, INPUT_NAMES, threads) as runner:
+        for feeds in sweep(task, manifest.dims, reference.config, folder, max_seq=target.max_seq):
             with torch.no_grad():
                 expected = reference_outputs(reference, task, feeds)
             got = runner.run(feeds)
@@ -201,18 +203,31 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
         report.target = {**target.describe(runner), "max_seq": target.max_seq}
     if target.records_in_manifest:
         try:
-            update_manifest(folder, parity=report.to_dict())
+            update_manifest(folder, parity=ParityFigures.from_json(report.to_dict()))
         except SbexportError as e:   # a read-only artifact can still be verified
             log(f"note: the figures were not recorded in the manifest ({e})")
     log(report.table())
     return report
 
 
-def rebuild_reference(folder: Path, manifest: dict, task: Task) -> torch.nn.Module:
+def rebuild_reference(folder: Path, manifest: Manifest, task: Task) -> torch.nn.Module:
     """The reference the artifact was made from: its manifest's source (seed or checkpoint)
-    built with its config.json, which holds every override the export applied."""
-    source = ModelSource.from_dict(manifest["source"])
-    return build_reference(task, source, config=load_config(folder / "config.json"))
+    built with its config.json, which holds every override the export applied. Raises
+    SbexportError when the rebuilt weights are not the exported reference's (their sha256
+    differs from the manifest's reference_sha256): a parity sweep against another model
+    would report the difference as the file's fault."""
+    source = manifest.source
+    model = build_reference(task, source, config=load_config(folder / "config.json"))
+    if weights_sha256(model) != manifest.reference_sha256:
+        drawn = f"random weights drawn from seed {source.seed}" if source.random_init else \
+            f"the checkpoint {source.checkpoint} (with any head it lacks drawn from seed {source.seed})"
+        raise SbexportError(
+            f"{folder}: the PyTorch reference rebuilt from the manifest ({drawn}) is not the model the "
+            f"artifact was exported from: its weights' sha256 differs from the manifest's reference_sha256 "
+            f"(exported by sbexport {manifest.sbexport_version} with torch {manifest.torch_version}, rebuilt "
+            f"by sbexport {__version__} with torch {torch.__version__}, whose weight initialisation differs); "
+            f"parity cannot be checked against it: re-export the artifact")
+    return model
 
 
 def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -220,12 +235,13 @@ def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.nd
     return [getattr(out, name).numpy() for name in task.outputs]
 
 
-def sweep(task: Task, manifest: dict, config, folder: Path, max_seq: int | None = None):
-    """Yield the input dicts of the parity sweep (int64 numpy arrays); `max_seq` caps the
-    sequences (the reduced sweep of an emulated target) below the file's maximum."""
-    lo_batch, hi_batch = manifest["dims"]["batch"]
+def sweep(task: Task, dims: Dims, config, folder: Path, max_seq: int | None = None):
+    """Yield the input dicts of the parity sweep (int64 numpy arrays) within the file's `dims`;
+    `max_seq` caps the sequences (the reduced sweep of an emulated target) below the file's
+    maximum."""
+    lo_batch, hi_batch = dims.batch
     batches = [b for b in SWEEP_BATCHES if lo_batch <= b <= hi_batch] or [lo_batch]
-    max_seq = min(manifest["dims"]["sequence"][1], max_seq or manifest["dims"]["sequence"][1])
+    max_seq = min(dims.sequence[1], max_seq or dims.sequence[1])
     seq_lens = sorted({s for s in SWEEP_SEQ_LENS if s <= max_seq} | {max_seq})
     rng = np.random.default_rng(0)
     for batch in batches:
@@ -265,8 +281,8 @@ def _sentences(task: Task, batch: int) -> list:
 
 
 def _artifact_tokenizer(folder: Path):
-    from .tokenizer import SqueezeBertTokenizer
-    if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+    from .tokenizer import SqueezeBertTokenizer, has_tokenizer
+    if has_tokenizer(folder):
         return SqueezeBertTokenizer.from_pretrained(folder)
     return None
 

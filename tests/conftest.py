@@ -154,7 +154,7 @@ def export_cache(tmp_path_factory, tiny_checkpoint):
     artifact folder, made once per session. local=False: random init at EXPORT_TINY's size
     (tiny_random_config); local=True: from tiny_checkpoint(task_name). The export's log is in
     `<folder>.log`."""
-    from sbexport.export import ExportOptions, export_artifact
+    from sbexport.export import FORMATS, export_artifact
     from sbexport.source import resolve_source
     from sbexport.tasks import TASKS
 
@@ -167,13 +167,14 @@ def export_cache(tmp_path_factory, tiny_checkpoint):
             task = TASKS[task_name]
             out = root / f"{task_name}-{fmt}{'-' + backend if fmt == 'executorch' else ''}{'-local' if local else ''}"
             lines: list[str] = []
+            options = FORMATS[fmt].Options(backend=backend) if fmt == "executorch" else None
             try:
                 if local:
                     source = resolve_source(task, model=str(tiny_checkpoint(task_name)))
-                    export_artifact(fmt, task, source, out, ExportOptions(backend=backend), log=lines.append)
+                    export_artifact(fmt, task, source, out, options, log=lines.append)
                 else:
                     source = resolve_source(task, random_init=True)
-                    export_artifact(fmt, task, source, out, ExportOptions(backend=backend),
+                    export_artifact(fmt, task, source, out, options,
                                     config=tiny_random_config(task), log=lines.append)
                 made[key] = out
             except Exception as e:  # noqa: BLE001 - re-raised for every test that asks

@@ -16,7 +16,7 @@ import pytest
 from conftest import tiny_random_config
 
 from sbexport import artifact
-from sbexport.artifact import open_artifact, read_manifest, sha256_file, staged_folder, write_manifest
+from sbexport.artifact import ARTIFACT, open_artifact, read_manifest, sha256_file, staged_folder, write_record
 from sbexport.errors import ExportError, SbexportError
 from sbexport.export import export_artifact
 from sbexport.export import onnx as onnx_format
@@ -42,9 +42,15 @@ def stub_exporter(monkeypatch):
         if calls["fail"] is not None:
             raise calls["fail"]
         path.write_bytes(b"a whole model")
-        return {"dims": {"batch": [1, 4]}}
+        return stub_details(max_seq)
     monkeypatch.setattr(onnx_format, "export", export)
     return calls
+
+
+def stub_details(max_seq):
+    """What a stub ONNX exporter returns: made-up details, and dims of batch 1..4."""
+    from sbexport.manifest import Dims, OnnxDetails, OnnxGraph
+    return OnnxDetails(opset=18, onnx_version="stub", graph=OnnxGraph({}, {})), Dims((1, 4), (1, max_seq))
 
 
 def _leftovers(parent):
@@ -54,8 +60,8 @@ def _leftovers(parent):
 def test_stub_export_writes_a_complete_hashed_folder(tmp_path, stub_exporter):
     out = _export(tmp_path / "art")
     manifest = open_artifact(out)
-    assert sorted(manifest["files"]) == ["config.json", "model.onnx"]
-    assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(out / "model.onnx")
+    assert sorted(manifest.files) == ["config.json", "model.onnx"]
+    assert manifest.files["model.onnx"].sha256 == sha256_file(out / "model.onnx")
     assert _leftovers(tmp_path) == []
 
 
@@ -176,7 +182,7 @@ def test_file_added_during_the_export_stops_the_swap(tmp_path):
     out = tmp_path / "art"
     out.mkdir()
     (out / "model.onnx").write_bytes(b"old")
-    write_manifest(out, {})
+    write_record(out, ARTIFACT, {})
     with pytest.raises(SbexportError, match="art holds notes.txt, which sbexport did not write"):
         with staged_folder(out, overwrite=True) as tmp:
             (tmp / "model.onnx").write_bytes(b"new")
@@ -227,7 +233,7 @@ def test_folder_that_appears_during_the_export_is_not_replaced(tmp_path):
 def test_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
     out = tmp_path / "art"
     out.mkdir()
-    write_manifest(out, {"placeholder": True})
+    write_record(out, ARTIFACT, {"placeholder": True})
     before = (out / "manifest.json").read_bytes()
     real_replace, calls = os.replace, []
 
@@ -316,7 +322,7 @@ def test_manifest_update_is_all_or_nothing(onnx_copy, monkeypatch):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(artifact.os, "replace", no_space)
     with pytest.raises(SbexportError, match="cannot write .*manifest.json: No space left on device"):
-        update_manifest(onnx_copy, parity={"passed": True})
+        update_manifest(onnx_copy, parity=read_manifest(onnx_copy).parity)
     assert (onnx_copy / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in onnx_copy.iterdir() if p.name.startswith(".")) == []
 

@@ -255,7 +255,7 @@ def no_work(monkeypatch):
     (tiny(seq_lens=(8, 65)), "sequence length 65 exceeds the SqueezeBERT model's maximum of 64"),
     (BenchConfig(seq_lens=(128, 1024)), "sequence length 1024 exceeds the SqueezeBERT model's maximum of 512"),
     (tiny(checkpoints={"bert": "/nonexistent/bert-base"}, configs={}), "no such checkpoint folder"),
-    (tiny(formats=("tflite",)), "unknown format 'tflite'"),
+    (tiny(formats=("tflite",)), "unknown runtime 'tflite'"),
     (tiny(models=("gpt2",)), "unknown model 'gpt2'"),
 ])
 def test_bad_input_refused(no_work, config, message):
@@ -276,8 +276,8 @@ def test_unwritable_json_refused_before_the_run(no_work, tmp_path):
     (["--seq-lens", "8,abc"], "error: --seq-lens"),
     (["--model-bert", "/nonexistent/bert"], "error: /nonexistent/bert: no such checkpoint folder"),
     (["--json", "/nonexistent/dir/out.json"], "error: cannot write /nonexistent/dir/out.json"),
-    (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-squeezebert/--model-bert exclude"),
-    (["--formats", "onnx,tflite"], "error: unknown format 'tflite'"),
+    (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-bert exclude each other"),
+    (["--runtimes", "onnx,tflite"], "error: unknown runtime 'tflite'"),
     (["--config-squeezebert", "/nonexistent/config.json"], "error: --config-squeezebert /nonexistent/config.json: "
                                                            "cannot read it (No such file or directory)"),
     (["--config-bert", "CONFIG", "--model-bert", "/x"], "error: --config-bert applies to random weights only"),
@@ -294,6 +294,24 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, tmp_path, args,
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_formats_is_a_deprecated_name_of_runtimes(no_work, monkeypatch, capsys):
+    """--formats held runtimes (eager is not an export format): it still works, saying so."""
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "onnx,tflite"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: --formats is deprecated, use --runtimes")
+    assert error.startswith("error: unknown runtime 'tflite'")
+
+
+def test_random_init_beside_a_checkpoint_is_refused_where_the_source_is_resolved(no_work):
+    """Not only by the CLI: a BenchConfig asking for both is refused before any work."""
+    with pytest.raises(SbexportError, match="--random-init and --model-bert exclude each other"):
+        run_bench(tiny(random_init=True, checkpoints={"bert": "/nonexistent/bert-base"}),
+                  progress=False)
 
 
 # -- FLOPs against the closed form ------------------------------------------------------------

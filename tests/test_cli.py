@@ -203,9 +203,9 @@ def garbage_model(tmp_path, onnx_artifact, et_artifact, request):
     source = onnx_artifact("mnli", local=True) if request.param == "onnx" else et_artifact("mnli")
     folder = shutil.copytree(source, tmp_path / "garbage")
     manifest = read_manifest(folder)
-    (folder / manifest["model_file"]).write_bytes(b"\x00garbage, not a model" * 40)
-    write_manifest(folder, {k: v for k, v in manifest.items() if k not in ("schema", "files")})
-    return folder, manifest["model_file"]
+    (folder / manifest.model_file).write_bytes(b"\x00garbage, not a model" * 40)
+    write_manifest(folder, manifest)   # the files re-hashed
+    return folder, manifest.model_file
 
 
 @pytest.mark.parametrize("garbage_model", ["onnx", "executorch"], indirect=True)
@@ -314,9 +314,9 @@ def test_seed_no_verify_and_opset(monkeypatch, capsys, tmp_path, headless_checkp
     assert code == 0, err
     assert "PASS: 8 cases" in out
     ma, mb = read_manifest(a), read_manifest(b)
-    assert (ma["source"]["seed"], mb["source"]["seed"]) == (1, 2)
-    assert "parity" not in ma and mb["parity"]["passed"] is True
-    assert (ma["options"]["opset"], mb["options"]["opset"]) == (19, 18)
+    assert (ma.source.seed, mb.source.seed) == (1, 2)
+    assert ma.parity is None and mb.parity.passed is True
+    assert (ma.details.opset, mb.details.opset) == (19, 18)
     assert (_onnx_opset(a / "model.onnx"), _onnx_opset(b / "model.onnx")) == (19, 18)
     import numpy as np
     assert not np.allclose(_classifier_weight(a / "model.onnx"), _classifier_weight(b / "model.onnx"))
@@ -331,9 +331,9 @@ def test_executorch_command(monkeypatch, capsys, tmp_path, tiny_checkpoint):
     assert code == 0, err
     assert "PASS" in out and f"wrote {out_dir}" in out
     manifest = read_manifest(out_dir)
-    assert manifest["format"] == "executorch" and manifest["model_file"] == "model.pte"
-    assert manifest["backend"] == "portable" and manifest["dims"]["batch"] == [2, 2]
-    assert manifest["parity"]["passed"] is True
+    assert manifest.format == "executorch" and manifest.model_file == "model.pte"
+    assert manifest.details.backend == "portable" and manifest.dims.batch == (2, 2)
+    assert manifest.parity.passed is True
     assert (out_dir / "model.pte").read_bytes()[4:8] == b"ET12"    # the ExecuTorch program identifier
     code, out, err = run_main(monkeypatch, capsys, "predict", out_dir,
                               "A man plays the guitar.", "Someone makes music.")

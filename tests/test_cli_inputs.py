@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import SPECIAL_TOKENS, TINY, TINY_WORDS
+from test_artifact import stub_details
 from test_cli import SBEXPORT, assert_one_error_line, run_main, run_script
 
-from sbexport.artifact import read_manifest, write_manifest
+from sbexport.artifact import ARTIFACT, CONTENT_HASH, read_manifest, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,9 +42,9 @@ def _edit_manifest(folder: Path, edit) -> None:
 def _rehash_manifest(folder: Path, edit) -> None:
     """Edit the manifest and rewrite every hash, as only a determined hand would: what is left
     to catch it is the check against config.json."""
-    manifest = read_manifest(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
-    write_manifest(folder, manifest)
+    write_record(folder, ARTIFACT, {k: v for k, v in manifest.items() if k not in ("files", CONTENT_HASH)})
 
 
 def _no_leftovers(parent: Path) -> list[str]:
@@ -81,6 +82,44 @@ def test_rehashed_manifest_is_checked_against_the_model(monkeypatch, capsys, mnl
     args = [mnli_copy, "A man plays.", "Music."] if command == "predict" else [mnli_copy]
     code, out, err = run_main(monkeypatch, capsys, command, *args)
     assert_one_error_line(code, out, err, message)
+
+
+@pytest.mark.parametrize("schema, message", [
+    ("sbexport.artifact/2", "unknown manifest schema 'sbexport.artifact/2'; this sbexport reads "
+                            "'sbexport.artifact/3' only (written by an older sbexport: re-export the artifact"),
+    ("sbexport.artifact/4", "unknown manifest schema 'sbexport.artifact/4'; this sbexport reads "
+                            "'sbexport.artifact/3' only (written by a newer sbexport"),
+    ("something/9", "unknown manifest schema 'something/9'"),
+])
+@pytest.mark.parametrize("command", ["info", "verify", "predict"])
+def test_manifest_of_another_schema_version_is_refused(monkeypatch, capsys, mnli_copy, schema, message, command):
+    """A folder an older (or newer) sbexport wrote: one line saying which version was found,
+    which one is read, and what to do; never a KeyError from a field that moved."""
+    _rehash_manifest(mnli_copy, lambda m: m.update(schema=schema))
+    args = [mnli_copy, "A man plays.", "Music."] if command == "predict" else [mnli_copy]
+    code, out, err = run_main(monkeypatch, capsys, command, *args)
+    assert_one_error_line(code, out, err, message)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(labels="entailment"), "field 'labels' is not a JSON array"),
+    (lambda m: m["dims"].update(batch="1..1024"), "dims.batch must be [min, max] with 1 <= min <= max"),
+    (lambda m: m["details"].update(opset="18"), "field 'details.opset' is not an integer"),
+    (lambda m: m["parity"]["outputs"]["logits"].update(max_abs="small"),
+     "field \"parity.outputs['logits'].max_abs\" is not a number"),
+    (lambda m: m["parity"].update(cases=True), "field 'parity.cases' is not an integer"),
+    (lambda m: m["source"].update(random_init="no"), "field 'source.random_init' is not a JSON boolean"),
+    (lambda m: m.pop("reference_sha256"), "field 'reference_sha256' is missing"),
+    (lambda m: m.update(extra_field=1), "unknown field 'extra_field'"),
+    (lambda m: m.update(format="tflite"), "field 'format' is 'tflite', not one of onnx, executorch"),
+])
+def test_manifest_field_of_the_wrong_type_is_refused(monkeypatch, capsys, mnli_copy, edit, message):
+    """Every field is checked against its declared type when the manifest is read (re-hashed
+    here, so that only the type check stands in the way)."""
+    _rehash_manifest(mnli_copy, edit)
+    code, out, err = run_main(monkeypatch, capsys, "info", mnli_copy)
+    assert_one_error_line(code, out, err, message)
+    assert "the manifest is damaged (re-export the artifact)" in err
 
 
 def test_verify_still_records_its_figures(monkeypatch, capsys, mnli_copy):
@@ -136,7 +175,7 @@ def stub_onnx_export(monkeypatch):
     def export(wrapper, example, max_seq, path, options):
         calls.append(path)
         path.write_bytes(b"not really a model")
-        return {"dims": {"batch": [1, 4]}}
+        return stub_details(max_seq)
     monkeypatch.setattr(onnx_format, "export", export)
     return calls
 
@@ -187,7 +226,7 @@ def test_highest_supported_opset_exports_and_verifies(tmp_path, tiny_checkpoint)
     assert result.stderr == ""
     import onnx
     assert [o.version for o in onnx.load(str(out / "model.onnx")).opset_import if o.domain == ""] == [25]
-    assert read_manifest(out)["opset"] == 25 and read_manifest(out)["parity"]["passed"]
+    assert read_manifest(out).details.opset == 25 and read_manifest(out).parity.passed
 
 
 # -- 5. Ctrl-C during torch.export ----------------------------------------------------------
@@ -345,7 +384,7 @@ def test_unreadable_tokenizer_is_one_line(monkeypatch, capsys, tmp_path, tiny_ch
     assert stub_onnx_export == []
 
 
-@pytest.mark.parametrize("command", [["verify", "NOWHERE"], ["bench", "--formats", "none"]])
+@pytest.mark.parametrize("command", [["verify", "NOWHERE"], ["bench", "--runtimes", "none"]])
 def test_threads_mean_the_same_in_every_command(monkeypatch, capsys, tmp_path, command):
     """--threads 0 is refused alike (it meant 'default' in verify and was refused by bench);
     more threads than cores is allowed with one warning line, in both."""

@@ -68,6 +68,31 @@ def test_json_round_trip_keeps_unknown_keys(tmp_path):
     assert SqueezeBertConfig.from_json_file(tmp_path / "out.json") == config
 
 
+@pytest.mark.parametrize("failure", ["disk full", "unserialisable value"])
+def test_config_json_write_is_all_or_nothing(tmp_path, monkeypatch, failure):
+    """config.json was written in place: a failure mid-write left it truncated, and the
+    checkpoint or artifact holding it unreadable. Now the old file stays, with no temporary."""
+    import errno
+
+    from sbexport import atomic
+
+    path = tmp_path / "config.json"
+    tiny_squeezebert_config().to_json_file(path)
+    before = path.read_bytes()
+    if failure == "disk full":
+        def full(fd, data):   # the disk is full when the content is written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(atomic.os, "write", full)
+        expected = OSError
+    else:                     # json stops at the value it cannot write, after the keys before it
+        monkeypatch.setattr(SqueezeBertConfig, "to_dict", lambda self: {"a_first": 1, "z_last": object()})
+        expected = TypeError
+    with pytest.raises(expected):
+        tiny_squeezebert_config(num_hidden_layers=3).to_json_file(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
 def test_id2label_string_keys_become_ints():
     config = SqueezeBertConfig.from_dict({"id2label": {"0": "neg", "1": "pos"}})
     assert config.id2label == {0: "neg", 1: "pos"}

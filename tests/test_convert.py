@@ -198,14 +198,14 @@ def test_overwrite_keeps_a_project_with_a_config_json(tmp_path):
 
 def test_a_checkpoint_never_replaces_an_artifact(tmp_path):
     """convert-bert onto an artifact folder silently turned it into a checkpoint."""
-    from sbexport.artifact import write_manifest
+    from sbexport.artifact import ARTIFACT, write_record
 
     _tiny_bert_checkpoint("base", tmp_path / "bert")
     art = tmp_path / "mnli-onnx"
     art.mkdir()
     (art / "model.onnx").write_bytes(b"a model")
     (art / "config.json").write_text("{}")
-    write_manifest(art, {"task": "mnli"})
+    write_record(art, ARTIFACT, {"task": "mnli"})
     before = _snapshot(art)
     with pytest.raises(SbexportError, match="mnli-onnx is an sbexport artifact folder, not an sbexport checkpoint one"):
         convert_bert_to_squeezebert(tmp_path / "bert", art, overwrite=True)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import EXPORT_TINY, HEAD_TASKS
 
+from sbexport.artifact import read_manifest
 from sbexport.errors import SbexportError
 from sbexport.runtime import ExecuTorchRunner
 from sbexport.tasks import HEADS, INPUT_NAMES, TASKS
@@ -76,7 +77,7 @@ def test_every_task_maps_to_an_exported_head():
 @pytest.mark.parametrize("task_name", sorted(HEAD_TASKS.values()))
 def test_xnnpack_holds_every_convolution(task_name, et_artifact):
     folder = et_artifact(task_name)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     operators, delegates, nodes = read_pte(folder / "model.pte")
     assert delegates and set(delegates) == {"XnnpackBackend"}
     assert not [op for op in operators if "conv" in op], operators
@@ -87,33 +88,33 @@ def test_xnnpack_holds_every_convolution(task_name, et_artifact):
         == expected_convs(config)
     assert all(c["kernel_height"] == c["kernel_width"] == 1 for c in convs)
     # The exporter's own summary (read from the lowered graph) agrees.
-    graph = manifest["graph"]
-    assert graph["convolutions_in_delegate"] == 6 * config.num_hidden_layers
-    assert graph["convolutions_outside_delegate"] == 0
-    assert manifest["backend"] == "xnnpack" and manifest["executorch_version"]
-    assert manifest["parity"]["passed"]
+    graph = manifest.details.graph
+    assert graph.convolutions_in_delegate == 6 * config.num_hidden_layers
+    assert graph.convolutions_outside_delegate == 0
+    assert manifest.details.backend == "xnnpack" and manifest.details.executorch_version
+    assert manifest.parity.passed
 
 
 def test_portable_backend_runs_without_delegates(et_artifact):
     folder = et_artifact("mnli", backend="portable")
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     operators, delegates, _ = read_pte(folder / "model.pte")
     assert delegates == []
     assert "aten::convolution" in operators
-    assert manifest["backend"] == "portable"
-    assert manifest["graph"]["delegates"] == 0
-    assert manifest["parity"]["passed"]
+    assert manifest.details.backend == "portable"
+    assert manifest.details.graph.delegates == 0
+    assert manifest.parity.passed
 
 
 @pytest.mark.parametrize("task_name", sorted(HEAD_TASKS.values()))
 def test_runs_in_executorch_runtime_at_any_length(task_name, et_artifact):
     """Dynamic sequence (lengths the sweep skips), fixed batch 1 (choices fixed at 4 for swag)."""
     folder = et_artifact(task_name)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     task = TASKS[task_name]
-    assert manifest["dims"]["batch"] == [1, 1]
-    assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
-    assert manifest["dims"].get("choices") == ([4, 4] if task.head.name == "multiple-choice" else None)
+    assert manifest.dims.batch == (1, 1)
+    assert manifest.dims.sequence == (1, EXPORT_TINY["max_position_embeddings"])
+    assert manifest.dims.choices == ((4, 4) if task.head.name == "multiple-choice" else None)
     reference = rebuild_reference(folder, manifest, task)
     runner = ExecuTorchRunner(folder / "model.pte", INPUT_NAMES)
     rng = np.random.default_rng(1)
@@ -162,7 +163,7 @@ def test_export_fails_when_a_projection_is_not_a_native_convolution(tmp_path):
     from conftest import tiny_squeezebert_config
 
     from sbexport.errors import ExportError
-    from sbexport.export import ExportOptions, ExportWrapper, example_inputs
+    from sbexport.export import ExecuTorchOptions, ExportWrapper, example_inputs
     from sbexport.export import executorch as executorch_format
 
     task = TASKS["features"]
@@ -177,5 +178,5 @@ def test_export_fails_when_a_projection_is_not_a_native_convolution(tmp_path):
     path = tmp_path / "model.pte"
     expected = 6 * model.config.num_hidden_layers
     with pytest.raises(ExportError, match=rf"has {expected - 1} convolutions where the model has {expected}"):
-        executorch_format.export(wrapper, example, 16, path, ExportOptions())
+        executorch_format.export(wrapper, example, 16, path, ExecuTorchOptions())
     assert not path.exists()

@@ -8,7 +8,6 @@ head); every one of them passed the verify sweep when it was written.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 
@@ -19,7 +18,7 @@ import torch
 from conftest import EXPORT_TINY, HEAD_TASKS
 from onnx import TensorProto, numpy_helper
 
-from sbexport.artifact import sha256_file
+from sbexport.artifact import read_manifest, sha256_file
 from sbexport.checkpoints import checkpoint_fingerprint
 from sbexport.runtime import OnnxRunner
 from sbexport.tasks import INPUT_NAMES, TASKS
@@ -34,8 +33,8 @@ CONV_WEIGHT = re.compile(r"encoder\.layers\.(\d+)\.(" + "|".join(map(re.escape, 
 
 
 def _load(folder):
-    manifest = json.loads((folder / "manifest.json").read_text())
-    return onnx.load(str(folder / manifest["model_file"])), manifest
+    manifest = read_manifest(folder)
+    return onnx.load(str(folder / manifest.model_file)), manifest
 
 
 def _attrs(node) -> dict:
@@ -86,7 +85,7 @@ def _head_weight_nodes(model, inits) -> list:
 def _assert_head_nodes_are_head_layers(folder, manifest, model, inits) -> None:
     """Each weight-carrying MatMul/Gemm holds (maybe transposed) the weight of one Linear outside
     the encoder (pooler, classifier, qa_outputs, the masked-LM transform and decoder)."""
-    reference = rebuild_reference(folder, manifest, TASKS[manifest["task"]])
+    reference = rebuild_reference(folder, manifest, TASKS[manifest.task])
     linears = {name: m.weight.detach().numpy() for name, m in reference.named_modules()
                if isinstance(m, torch.nn.Linear)}
     assert linears and not any(".encoder." in f".{n}" for n in linears)
@@ -127,10 +126,11 @@ def test_inputs_outputs_and_dynamic_axes(task_name, onnx_artifact):
                 assert dim == axis, (name, dims)
             else:
                 assert isinstance(dim, int) and dim > 0, (name, dims)
-    assert manifest["inputs"] == {n: {"dtype": "int64", "axes": list(task.input_axes)} for n in INPUT_NAMES}
-    assert list(manifest["outputs"]) == list(task.outputs)
-    assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
-    assert ("choices" in manifest["dims"]) == (task.head.name == "multiple-choice")
+    assert {n: (s.dtype, list(s.axes)) for n, s in manifest.inputs.items()} \
+        == {n: ("int64", list(task.input_axes)) for n in INPUT_NAMES}
+    assert list(manifest.outputs) == list(task.outputs)
+    assert manifest.dims.sequence == (1, EXPORT_TINY["max_position_embeddings"])
+    assert (manifest.dims.choices is not None) == (task.head.name == "multiple-choice")
 
 
 @pytest.mark.parametrize("batch, choices, seq", [(2, 2, 5), (1, 5, 9), (3, 1, 3)])
@@ -159,25 +159,26 @@ def test_local_checkpoint_export(task_name, onnx_artifact, tiny_checkpoint):
     the tokenizer is copied, the sweep included real sentences, every file is hashed."""
     folder = onnx_artifact(task_name, local=True)
     checkpoint = tiny_checkpoint(task_name)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     task = TASKS[task_name]
-    assert manifest["task"] == task_name and manifest["head"] == task.head.name
-    assert manifest["source"]["random_init"] is False
-    assert manifest["source"]["checkpoint"] == str(checkpoint)
-    assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(checkpoint)
+    assert manifest.task == task_name and manifest.head == task.head.name
+    assert manifest.source.random_init is False
+    assert manifest.source.checkpoint == str(checkpoint)
+    assert manifest.source.fingerprint == checkpoint_fingerprint(checkpoint)
     labelled = task.head.name in ("sequence-classification", "token-classification")
-    assert manifest["labels"] == (list(task.labels) if labelled else [])
+    assert list(manifest.labels) == (list(task.labels) if labelled else [])
     for name in ("model.onnx", "config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
-        assert manifest["files"][name]["sha256"] == sha256_file(folder / name), name
-    assert set(manifest["files"]) == {p.name for p in folder.iterdir()} - {"manifest.json"}
-    for key in ("sbexport_version", "torch_version", "onnx_version", "opset"):
-        assert manifest[key], key
-    parity = manifest["parity"]
-    assert parity["passed"] and (parity["atol"], parity["rtol"]) == (task.atol, task.rtol)
+        assert manifest.files[name].sha256 == sha256_file(folder / name), name
+    assert set(manifest.files) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    for value in (manifest.sbexport_version, manifest.torch_version, manifest.details.onnx_version,
+                  manifest.details.opset, manifest.reference_sha256):
+        assert value
+    parity = manifest.parity
+    assert parity.passed and (parity.atol, parity.rtol) == (task.atol, task.rtol)
     # 2 batches x 3 lengths of random ids, and 2 batches of sentences through the tokenizer.
-    assert parity["cases"] == 8
-    for out in parity["outputs"].values():
-        assert out["max_abs"] <= out["bound"] and out["fraction"] <= 1.0
+    assert parity.cases == 8
+    for out in parity.outputs.values():
+        assert out.max_abs <= out.bound and out.fraction <= 1.0
     assert not list(folder.parent.glob(f".{folder.name}.*")), "staging folder left behind"
 
 
@@ -185,7 +186,7 @@ def test_random_init_skips_a_tokenizer_too_big_for_the_model(onnx_artifact):
     """The bundled bert-base vocabulary (30522 tokens) would give ids a 99-row model cannot embed."""
     folder = onnx_artifact("mnli")
     assert not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists()
-    assert json.loads((folder / "manifest.json").read_text())["source"]["random_init"] is True
+    assert read_manifest(folder).source.random_init is True
 
 
 def test_graph_check_counts_the_projections(onnx_artifact):
@@ -193,7 +194,7 @@ def test_graph_check_counts_the_projections(onnx_artifact):
     from sbexport.export.onnx import graph_summary
 
     model, _ = _load(onnx_artifact("mnli"))
-    assert graph_summary(model, 12)["conv_groups"] == {"2": 2, "4": 2, "8": 2, "1": 2, "16": 2, "32": 2}
+    assert graph_summary(model, 12).conv_groups == {"2": 2, "4": 2, "8": 2, "1": 2, "16": 2, "32": 2}
     with pytest.raises(ExportError, match="has 12 Conv nodes where the model has 13"):
         graph_summary(model, 13)
 
@@ -211,4 +212,4 @@ def test_bert_baseline_exports(tmp_path):
     model, manifest = _load(out)
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["Conv"] == 0 and ops["MatMul"] + ops["Gemm"] >= 6 * TINY["num_hidden_layers"]
-    assert manifest["arch"] == "bert" and manifest["parity"]["passed"]
+    assert manifest.arch == "bert" and manifest.parity.passed

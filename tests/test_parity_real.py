@@ -20,7 +20,7 @@ import torch
 from conftest import HEAD_TASKS
 
 from sbexport.artifact import read_manifest
-from sbexport.export import ExportOptions, export_artifact
+from sbexport.export import export_artifact
 from sbexport.source import build_reference, resolve_source
 from sbexport.tasks import TASKS
 from sbexport.verify import compare, reference_outputs, sweep
@@ -37,7 +37,7 @@ def test_real_weights_export_and_pass_parity(fmt, task_name, minilm_squeezebert,
     lines: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "initialised randomly": MiniLM has no head of its own
-        out = export_artifact(fmt, task, source, tmp_path / "art", ExportOptions(max_seq_len=128), log=lines.append)
+        out = export_artifact(fmt, task, source, tmp_path / "art", max_seq_len=128, log=lines.append)
     table = "\n".join(lines)
     parity = read_manifest(out)["parity"]
     assert parity["passed"] and parity["cases"] == (8 if fmt == "onnx" else 5), table

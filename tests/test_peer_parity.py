@@ -10,13 +10,13 @@ LayerNorm or a wrong group shows there.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
 import transformers
 from conftest import HEAD_TASKS
 
+from sbexport.artifact import read_manifest
 from sbexport.runtime import OnnxRunner
 from sbexport.tasks import TASKS
 from sbexport.verify import compare, rebuild_reference, sweep
@@ -38,12 +38,12 @@ def transformers_twin(reference, task) -> torch.nn.Module:
 
 def _check(folder, task_name):
     task = TASKS[task_name]
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     reference = rebuild_reference(folder, manifest, task)
     twin = transformers_twin(reference, task)
-    runner = OnnxRunner(folder / manifest["model_file"])
+    runner = OnnxRunner(folder / manifest.model_file)
     cases = 0
-    for feeds in sweep(task, manifest, reference.config, folder):
+    for feeds in sweep(task, manifest.dims, reference.config, folder):
         with torch.no_grad():
             theirs = twin(**{k: torch.from_numpy(v) for k, v in feeds.items()})
         for name, got in zip(task.outputs, runner.run(feeds)):

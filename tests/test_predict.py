@@ -130,12 +130,12 @@ def test_artifact_without_tokenizer_is_refused(onnx_artifact):
 @pytest.fixture(scope="module")
 def batch2_pte(tmp_path_factory, tiny_checkpoint):
     """mnli as a portable ExecuTorch program with a fixed batch of 2."""
-    from sbexport.export import ExportOptions, export_artifact
+    from sbexport.export import ExecuTorchOptions, export_artifact
     from sbexport.source import resolve_source
 
     task = TASKS["mnli"]
     return export_artifact("executorch", task, resolve_source(task, model=str(tiny_checkpoint("mnli"))),
-                           tmp_path_factory.mktemp("b2") / "mnli-b2", ExportOptions(backend="portable", batch=2),
+                           tmp_path_factory.mktemp("b2") / "mnli-b2", ExecuTorchOptions(backend="portable", batch=2),
                            log=lambda _: None)
 
 

@@ -88,13 +88,13 @@ def run_case(runner: Runner, pte: Path, feeds: dict[str, np.ndarray], folder: Pa
 def parity(runner: Runner, artifact: Path, tmp_path: Path) -> dict[str, float]:
     """Worst |runner - PyTorch| per output over verify's sweep of `artifact`."""
     manifest = open_artifact(artifact)
-    task = get_task(manifest["task"])
+    task = get_task(manifest.task)
     reference = rebuild_reference(artifact, manifest, task)
     worst: dict[str, float] = {}
-    for index, feeds in enumerate(sweep(task, manifest, reference.config, artifact)):
+    for index, feeds in enumerate(sweep(task, manifest.dims, reference.config, artifact)):
         with torch.no_grad():
             expected = reference_outputs(reference, task, feeds)
-        _, got = run_case(runner, artifact / manifest["model_file"], feeds, tmp_path / f"case{index}")
+        _, got = run_case(runner, artifact / manifest.model_file, feeds, tmp_path / f"case{index}")
         assert len(got) == len(expected), f"{runner.name}: {len(got)} outputs, PyTorch gives {len(expected)}"
         for name, ref, out in zip(task.outputs, expected, got):
             assert out.shape == ref.shape and out.dtype == np.float32, \

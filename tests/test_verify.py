@@ -3,6 +3,7 @@ warns) when an exported file differs from PyTorch beyond the task's tolerance.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -13,10 +14,11 @@ import torch
 from conftest import SPECIAL_TOKENS, save_tiny_checkpoint, tiny_random_config
 
 from sbexport import targets, verify
-from sbexport.artifact import write_manifest
+from sbexport.artifact import read_manifest, write_manifest
 from sbexport.config import load_config
 from sbexport.errors import ParityError, SbexportError
 from sbexport.export import export_artifact
+from sbexport.manifest import Dims
 from sbexport.source import build_reference, resolve_source
 from sbexport.tasks import TASKS
 from sbexport.tokenizer import SqueezeBertTokenizer
@@ -75,8 +77,8 @@ def test_nan_or_inf_is_an_infinite_error():
 def test_sweep_covers_batches_lengths_masks_pairs_and_sentences(task_name, tiny_vocab_dir):
     task = TASKS[task_name]
     config = tiny_random_config(task)
-    manifest = {"dims": {"batch": [1, 1024], "sequence": [1, 64]}}
-    cases = list(sweep(task, manifest, config, tiny_vocab_dir))
+    dims = Dims(batch=(1, 1024), sequence=(1, 64))
+    cases = list(sweep(task, dims, config, tiny_vocab_dir))
     shapes = [c["input_ids"].shape for c in cases]
     choices = (task.num_choices,) if task.num_choices else ()
     assert shapes[:6] == [(b, *choices, s) for b in (1, 3) for s in (1, 7, 64)]
@@ -99,8 +101,8 @@ def test_sweep_covers_batches_lengths_masks_pairs_and_sentences(task_name, tiny_
 def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
     task = TASKS["sst2"]
     config = tiny_random_config(task)
-    manifest = {"dims": {"batch": [1, 1], "sequence": [1, 512]}}
-    lengths = [c["input_ids"].shape[-1] for c in sweep(task, manifest, config, tiny_vocab_dir)]
+    dims = Dims(batch=(1, 1), sequence=(1, 512))
+    lengths = [c["input_ids"].shape[-1] for c in sweep(task, dims, config, tiny_vocab_dir)]
     assert lengths[:5] == [1, 7, 128, 512, 512] and len(lengths) == 6   # then the padded case, a sentence
 
 
@@ -110,29 +112,29 @@ def test_short_files_skip_sentences_that_cannot_fit(tiny_vocab_dir, task_name, m
     """A --max-seq-len 2 export failed its own verify: the tokenizer cannot fit a pair in 2."""
     task = TASKS[task_name]
     config = tiny_random_config(task)
-    manifest = {"dims": {"batch": [1, 3], "sequence": [1, max_seq]}}
-    cases = list(sweep(task, manifest, config, tiny_vocab_dir))
+    dims = Dims(batch=(1, 3), sequence=(1, max_seq))
+    cases = list(sweep(task, dims, config, tiny_vocab_dir))
     assert len(cases) == 2 * len({1, 7, max_seq} & set(range(1, max_seq + 1))) + sentences
 
 
 def test_max_seq_len_must_leave_a_range():
-    from sbexport.export import ExportOptions, max_sequence
+    from sbexport.export import max_sequence
 
     config = tiny_random_config(TASKS["sst2"])
-    assert max_sequence(config, ExportOptions()) == 64
-    assert max_sequence(config, ExportOptions(max_seq_len=2)) == 2
+    assert max_sequence(config, None) == 64
+    assert max_sequence(config, 2) == 2
     for bad in (1, 65):
         with pytest.raises(SbexportError, match=f"--max-seq-len {bad} is outside 2..64"):
-            max_sequence(config, ExportOptions(max_seq_len=bad))
+            max_sequence(config, bad)
 
 
 def test_fixed_batch_file_sweeps_its_own_batch(et_artifact, tiny_vocab_dir):
     """ExecuTorch files have a fixed batch: the sweep uses it (1), every length, a padded case
     (before it, no case of a batch-1 file had padding), one sentence batch."""
-    manifest = json.loads((et_artifact("mnli") / "manifest.json").read_text())
-    assert manifest["parity"]["passed"] and manifest["parity"]["cases"] == 3 + 1 + 1
+    manifest = read_manifest(et_artifact("mnli"))
+    assert manifest.parity.passed and manifest.parity.cases == 3 + 1 + 1
     config = tiny_random_config(TASKS["mnli"])
-    cases = list(sweep(TASKS["mnli"], manifest, config, tiny_vocab_dir))
+    cases = list(sweep(TASKS["mnli"], manifest.dims, config, tiny_vocab_dir))
     assert [c["input_ids"].shape for c in cases[:4]] == [(1, 1), (1, 7), (1, 64), (1, 64)]
     assert not (cases[2]["attention_mask"] == 0).any() and (cases[3]["attention_mask"] == 0).any()
 
@@ -175,7 +177,7 @@ def headless_artifact(tmp_path_factory, tiny_vocab_dir):
 def test_standalone_verify_of_a_headless_export_with_overrides(headless_artifact):
     """Before: verify rebuilt another random classifier and ignored the override: parity FAILED."""
     folder, checkpoint = headless_artifact
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     assert json.loads((folder / "config.json").read_text())["hidden_act"] == "relu"
     first = rebuild_reference(folder, manifest, TASKS["mnli"])
     second = rebuild_reference(folder, manifest, TASKS["mnli"])
@@ -199,8 +201,8 @@ def test_relative_checkpoint_path_is_recorded_absolute(tmp_path, monkeypatch, ti
 def test_changed_checkpoint_is_refused(tmp_path, headless_artifact):
     folder, checkpoint = headless_artifact
     copy = shutil.copytree(checkpoint, tmp_path / "ckpt")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["source"]["resolved_path"] = str(copy)
+    manifest = read_manifest(folder)
+    manifest = dataclasses.replace(manifest, source=dataclasses.replace(manifest.source, resolved_path=str(copy)))
     art = shutil.copytree(folder, tmp_path / "art")
     write_manifest(art, manifest)   # re-hashed: a hand edit is refused (the manifest hashes its content)
     weights = copy / "model.safetensors"
@@ -213,7 +215,7 @@ def test_changed_checkpoint_is_refused(tmp_path, headless_artifact):
 
 def test_parity_failure_raises(tmp_path, onnx_artifact):
     folder = shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / "mnli")
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     reference = rebuild_reference(folder, manifest, TASKS["mnli"])
     with torch.no_grad():
         reference.classifier.bias += 1e-3          # tens of times the bound
@@ -337,11 +339,32 @@ def test_nan_output_fails_parity(tmp_path, onnx_artifact, monkeypatch):
 
 
 def test_garbage_model_file_is_one_clear_error(tmp_path, onnx_artifact):
-    from sbexport.artifact import read_manifest, write_manifest
-
     folder = shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / "mnli")
     (folder / "model.onnx").write_bytes(b"this is not an onnx file")
-    manifest = read_manifest(folder)
-    write_manifest(folder, {k: v for k, v in manifest.items() if k not in ("schema", "files")})
+    write_manifest(folder, read_manifest(folder))   # the files re-hashed
     with pytest.raises(SbexportError, match=r"model\.onnx: not a loadable ONNX model"):
         verify_folder(folder, log=lambda _: None)
+
+
+def test_rebuilt_reference_that_is_not_the_exported_one_is_named_as_such(tmp_path, onnx_artifact, monkeypatch,
+                                                                           capsys):
+    """Random-init artifacts are verified against a reference rebuilt from their seed. When the
+    rebuild draws other weights (here: one extra draw before initialising, as a reordering of
+    initialisation in a later sbexport would), the cause is said in one line, not reported as a
+    parity failure of the file."""
+    from test_cli import assert_one_error_line, run_main
+
+    from sbexport.modeling import PreTrainedModel
+
+    folder = shutil.copytree(onnx_artifact("sst2"), tmp_path / "sst2")
+    assert read_manifest(folder).source.random_init
+    real_init = PreTrainedModel.init_weights
+
+    def init_weights_reordered(self):
+        torch.randn(1)
+        real_init(self)
+    monkeypatch.setattr(PreTrainedModel, "init_weights", init_weights_reordered)
+    code, out, err = run_main(monkeypatch, capsys, "verify", folder)
+    assert_one_error_line(code, out, err, "the PyTorch reference rebuilt from the manifest (random weights drawn "
+                                          "from seed 0) is not the model the artifact was exported from")
+    assert "re-export the artifact" in err and "PASS" not in out and "FAIL" not in out

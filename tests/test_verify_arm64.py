@@ -94,10 +94,10 @@ def test_the_reduced_sweep_keeps_every_kind_of_case(et_artifact, onnx_artifact):
 
     for folder in (et_artifact("mnli"), onnx_artifact("mnli", local=True)):
         manifest = open_artifact(folder)
-        task = get_task(manifest["task"])
+        task = get_task(manifest.task)
         config = rebuild_reference(folder, manifest, task).config
-        full, reduced = list(sweep(task, manifest, config, folder)), list(sweep(task, manifest, config, folder,
-                                                                                 max_seq=MAX_SEQ))
+        full = list(sweep(task, manifest.dims, config, folder))
+        reduced = list(sweep(task, manifest.dims, config, folder, max_seq=MAX_SEQ))
         assert len(reduced) == len(full)
         lengths = {feeds["input_ids"].shape[-1] for feeds in reduced}
         assert max(lengths) == MAX_SEQ and 1 in lengths and 7 in lengths
@@ -141,14 +141,14 @@ def test_a_perturbed_onnx_output_fails_on_arm64(arm64_setup, onnx_artifact, tmp_
     folder = tmp_path / "mnli-onnx"
     shutil.copytree(onnx_artifact("mnli", local=True), folder)
     manifest = read_manifest(folder)
-    model = onnx.load(str(folder / manifest["model_file"]))
+    model = onnx.load(str(folder / manifest.model_file))
     graph = model.graph
     first = graph.output[0].name
     graph.initializer.append(onnx.numpy_helper.from_array(np.array(PERTURBATION, np.float32), "perturbation"))
     for node in graph.node:                       # the node that made the output now makes "raw"
         node.output[:] = ["raw" if name == first else name for name in node.output]
     graph.node.append(onnx.helper.make_node("Add", ["raw", "perturbation"], [first]))
-    onnx.save(model, str(folder / manifest["model_file"]))
+    onnx.save(model, str(folder / manifest.model_file))
     write_manifest(folder, manifest)
     code, out, err = run_main(monkeypatch, capsys, "verify", folder, "--target", "arm64-qemu")
     assert code == 1 and "FAIL" in out, out

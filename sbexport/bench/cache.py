@@ -38,11 +38,11 @@ def work_folder(path: str | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def cache_key(runtime: str, task: Task, model: BenchModel, options) -> str:
+def cache_key(runtime: str, task: Task, model: BenchModel, options, max_seq_len: int) -> str:
     """12 hex digits naming everything that shapes the exported file."""
     built = model.build_config.to_dict() if model.build_config is not None else None
     key = json.dumps({"fmt": EXPORTED[runtime], "task": task.name, "source": model.source.to_dict(),
-                      "config": built, "options": asdict(options), "sbexport": __version__,
+                      "config": built, "options": asdict(options), "max_seq_len": max_seq_len, "sbexport": __version__,
                       "code": code_fingerprint(), "torch": torch.__version__}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -55,16 +55,18 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
     Raises ExportError naming the model and runtime when the export fails or fails its parity
     check: a benchmark that quietly drops a model is read as a complete one, and a fast wrong
     graph is not worth timing."""
-    from ..export import ExportOptions, export_artifact
+    from ..export import ExecuTorchOptions, OnnxOptions, export_artifact
 
-    options = ExportOptions(max_seq_len=max(config.seq_lens), batch=config.batch,
-                            max_batch=max(1024, config.batch))
-    folder = workdir / f"{task.name}-{model.arch}-{runtime}-{cache_key(runtime, task, model, options)}"
+    options = OnnxOptions(max_batch=max(1024, config.batch)) if EXPORTED[runtime] == "onnx" \
+        else ExecuTorchOptions(batch=config.batch)
+    max_seq_len = max(config.seq_lens)
+    folder = workdir / f"{task.name}-{model.arch}-{runtime}-{cache_key(runtime, task, model, options, max_seq_len)}"
     try:
         if folder.is_dir() and _reusable(folder, config.verify, log):
             log(f"using cached export {folder}")
             return folder
-        return export_artifact(EXPORTED[runtime], task, model.source, folder, options, overwrite=True,
+        return export_artifact(EXPORTED[runtime], task, model.source, folder, options, max_seq_len=max_seq_len,
+                               overwrite=True,
                                verify=config.verify, config=model.build_config, log=log)
     except SbexportError as e:
         raise ExportError(f"bench stopped: the {LABELS[model.arch]} export to {runtime} failed "
@@ -82,7 +84,7 @@ def _reusable(folder: Path, verify: bool, log: Callable[[str], None]) -> bool:
     except SbexportError as e:
         log(f"re-exporting: cached {e}")
         return False
-    if verify and not manifest.get("parity", {}).get("passed"):
+    if verify and not (manifest.parity and manifest.parity.passed):
         verify_folder(folder, log=log).raise_on_failure()
     return True
 
@@ -103,8 +105,8 @@ def artifact_info(folder: Path) -> dict:
     from ..artifact import read_manifest
 
     m = read_manifest(folder)
-    parity = m.get("parity")
-    return {"folder": str(folder), "model_file": m["model_file"], "bytes": m["files"][m["model_file"]]["bytes"],
-            "export_seconds": m.get("export_seconds"), "verified": bool(parity),
-            "parity_passed": parity["passed"] if parity else None,
-            "parity_max_abs": max(o["max_abs"] for o in parity["outputs"].values()) if parity else None}
+    parity = m.parity
+    return {"folder": str(folder), "model_file": m.model_file, "bytes": m.files[m.model_file].bytes,
+            "export_seconds": m.export_seconds, "verified": parity is not None,
+            "parity_passed": parity.passed if parity else None,
+            "parity_max_abs": max(o.max_abs for o in parity.outputs.values()) if parity else None}

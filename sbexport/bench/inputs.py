@@ -43,6 +43,7 @@ class BenchConfig:
     models: tuple[str, ...] = MODELS
     checkpoints: dict = field(default_factory=dict)
     configs: dict = field(default_factory=dict)
+    random_init: bool = False             # random weights for every model (refused beside a checkpoint)
     workdir: str | None = None            # export cache; None: a temporary folder, removed after
     verify: bool = True                   # parity-check each export before timing it
     memory: bool = True                   # peak memory per row, measured apart (see memory.py)
@@ -98,7 +99,8 @@ def bench_model(task: Task, arch: str, config: BenchConfig) -> BenchModel:
     checkpoint, shape = config.checkpoints.get(arch), config.configs.get(arch)
     if checkpoint and shape is not None:
         raise SbexportError(f"--config-{arch} applies to random weights only, not to the {arch} checkpoint")
-    source = resolve_source(task, model=checkpoint, random_init=checkpoint is None, arch=arch, seed=config.seed)
+    source = resolve_source(task, model=checkpoint, random_init=config.random_init or checkpoint is None,
+                            arch=arch, seed=config.seed, model_option=f"--model-{arch}")
     if not source.random_init:
         return bench_model_of(source)
     if not isinstance(shape, (str, os.PathLike)):      # None (the public size) or a config object
@@ -123,7 +125,7 @@ def bench_model_of(source: ModelSource, build_config=None) -> BenchModel:
 
 
 def _check_choices(config: BenchConfig) -> None:
-    for name, values, allowed in (("format", config.formats, RUNTIMES), ("model", config.models, MODELS)):
+    for name, values, allowed in (("runtime", config.formats, RUNTIMES), ("model", config.models, MODELS)):
         if not values:
             raise SbexportError(f"no {name} given; choose from {', '.join(allowed)}")
         for v in values:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import first_line
+
 INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
                      "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "asimddp", "i8mm",
                      "sve", "sve2", "bf16")
@@ -86,8 +88,7 @@ def runtime_unavailable(runtime: str) -> str | None:
         try:
             importlib.import_module(name)
         except Exception as e:  # ImportError, or OSError from a shared library that does not load
-            first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            return f"{name} does not import ({type(e).__name__}: {first_line})"
+            return f"{name} does not import ({type(e).__name__}: {first_line(e, 200)})"
     return None
 
 

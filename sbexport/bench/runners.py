@@ -33,7 +33,7 @@ def open_model(task: Task, runtime: str, model, artifact: Path | None, threads: 
     from ..artifact import read_manifest
     from ..runtime import open_runner
 
-    path = Path(artifact) / read_manifest(artifact)["model_file"]
+    path = Path(artifact) / read_manifest(artifact).model_file
     runner = open_runner(path, INPUT_NAMES, threads)
     return HostModel(runner.run, path.name, path.stat().st_size)
 

@@ -18,7 +18,7 @@ import torch
 from ..errors import SbexportError
 from ..source import ModelSource, build_reference, load_tokenizer, resolve_source
 from ..tasks import Task, get_task
-from ..tokenizer import SqueezeBertTokenizer
+from ..tokenizer import SqueezeBertTokenizer, has_tokenizer
 from .datasets import Dataset, Malformed, QAExample, TagExample, read_dataset
 from .report import EvalReport, RunnerResult
 from .runners import artifact_runner, model_labels, open_artifact_for, predict_examples, pytorch_runner
@@ -45,11 +45,10 @@ def run_eval(task_name: str, data: str | Path, fmt: str = "auto", *, model: str 
         from ..verify import rebuild_reference
 
         folder = Path(artifacts[0])
-        source = ModelSource.from_dict(manifests[0]["source"])
+        source = manifests[0].source
         log(f"PyTorch model: rebuilt from {folder}'s manifest")
         reference = rebuild_reference(folder, manifests[0], task)
-        has_own = (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
-        tokenizer = SqueezeBertTokenizer.from_pretrained(folder) if has_own else load_tokenizer(source)
+        tokenizer = SqueezeBertTokenizer.from_pretrained(folder) if has_tokenizer(folder) else load_tokenizer(source)
     return evaluate(task, dataset, reference, tokenizer, artifacts, limit=limit, batch_size=batch_size,
                     source=source, log=log)
 

@@ -20,9 +20,10 @@ import torch
 from ..artifact import open_artifact
 from ..errors import SbexportError
 from ..heads import INPUT_NAMES
+from ..manifest import Manifest
 from ..runtime import open_runner
 from ..tasks import Task
-from ..tokenizer import SqueezeBertTokenizer
+from ..tokenizer import SqueezeBertTokenizer, has_tokenizer
 from ..verify import reference_outputs
 from .datasets import QAExample, TagExample, TextExample
 
@@ -64,12 +65,12 @@ def model_labels(model: torch.nn.Module, task: Task) -> list[str]:
     return []
 
 
-def open_artifact_for(folder: str | Path, task: Task) -> dict:
+def open_artifact_for(folder: str | Path, task: Task) -> Manifest:
     """The manifest of the artifact at `folder`, checked to be an export of `task`."""
     manifest = open_artifact(folder)
-    if manifest["task"] != task.name:
-        raise SbexportError(f"{folder}: the artifact is a {manifest['task']} export, not {task.name}; "
-                            f"evaluate it with --task {manifest['task']}")
+    if manifest.task != task.name:
+        raise SbexportError(f"{folder}: the artifact is a {manifest.task} export, not {task.name}; "
+                            f"evaluate it with --task {manifest.task}")
     return manifest
 
 
@@ -79,15 +80,15 @@ def artifact_runner(folder: str | Path, task: Task, tokenizer, batch: int, label
     names other labels than `labels`, the reference's."""
     folder = Path(folder)
     manifest = open_artifact_for(folder, task)
-    if sorted(manifest["labels"]) != sorted(labels):
-        raise SbexportError(f"{folder}: the artifact's labels ({', '.join(manifest['labels'])}) are not "
+    if sorted(manifest.labels) != sorted(labels):
+        raise SbexportError(f"{folder}: the artifact's labels ({', '.join(manifest.labels)}) are not "
                             f"the PyTorch model's ({', '.join(labels)})")
-    if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+    if has_tokenizer(folder):
         tokenizer = SqueezeBertTokenizer.from_pretrained(folder)
-    lo, hi = manifest["dims"]["batch"]
-    runner = open_runner(folder / manifest["model_file"], INPUT_NAMES)
-    return Runner(str(folder), manifest["format"], runner.run, list(manifest["labels"]), tokenizer,
-                  manifest["dims"]["sequence"][1], hi if lo == hi else max(lo, min(batch, hi)), lo == hi)
+    lo, hi = manifest.dims.batch
+    runner = open_runner(folder / manifest.model_file, INPUT_NAMES)
+    return Runner(str(folder), manifest.format, runner.run, list(manifest.labels), tokenizer,
+                  manifest.dims.sequence[1], hi if lo == hi else max(lo, min(batch, hi)), lo == hi)
 
 
 def predict_examples(runner: Runner, task: Task, examples: list) -> Predictions:

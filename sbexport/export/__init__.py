@@ -1,23 +1,27 @@
 """One export interface for every format.
 
-    export_artifact(fmt, task, source, out_dir, options) -> Path
+    export_artifact(fmt, task, source, out_dir, options=None, *, max_seq_len=None, ...) -> Path
 
 builds the reference model once, wraps it so that it takes the task's inputs positionally and
-returns its outputs as a tuple, and hands the wrapper, example inputs and dynamic dimensions
-to the format's exporter, which writes one model file and returns what the manifest should
-record about it. The folder (model file, config.json, tokenizer, manifest.json) is staged and
+returns its outputs as a tuple, and hands the wrapper, example inputs and the sequence bound
+to the format's exporter, which writes one model file and returns what the manifest records
+about it. The folder (model file, config.json, tokenizer, manifest.json) is staged and
 renamed into place; verify runs before the rename, so a file that fails parity never lands.
 
-A format is a module with FILE_NAME, DESCRIPTION,
-    check_options(options) -> None      (raises SbexportError; runs before any work)
-    export(wrapper, example, dims, path, options) -> dict
+A format is a module (FORMATS) with
+    FILE_NAME, DESCRIPTION
+    Options                                  its options, a frozen dataclass (defaults work)
+    check_options(options) -> None           raises SbexportError; runs before any work
+    example_batch(options) -> int            the batch of the example inputs it traces with
+    export(wrapper, example, max_seq, path, options) -> (details, Dims)
+                                             details: its class in manifest.DETAILS; Dims: the
+                                             ranges the written file accepts
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,25 +29,17 @@ from torch import nn
 
 from .. import __version__
 from ..artifact import check_destination, output_folder, staged_folder, write_manifest
-from ..errors import ExportError, SbexportError
+from ..errors import ExportError, SbexportError, first_line
 from ..heads import INPUT_NAMES
-from ..source import ModelSource, build_reference, load_tokenizer
+from ..manifest import Manifest, TensorSpec
+from ..source import ModelSource, build_reference, load_tokenizer, weights_sha256
 from ..tasks import Task
 from . import executorch as executorch_format
 from . import onnx as onnx_format
 
 FORMATS = {"onnx": onnx_format, "executorch": executorch_format}
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What a user can choose about an export. Unused fields are ignored by a format."""
-
-    opset: int = 18                   # ONNX opset
-    max_seq_len: int | None = None    # upper bound of the dynamic sequence; default max_position_embeddings
-    backend: str = "xnnpack"          # ExecuTorch: "xnnpack" or "portable"
-    batch: int = 1                    # ExecuTorch: fixed batch (XNNPACK reshapes allow one dynamic dim)
-    max_batch: int = 1024             # ONNX: upper bound of the dynamic batch
+OnnxOptions = onnx_format.Options
+ExecuTorchOptions = executorch_format.Options
 
 
 class ExportWrapper(nn.Module):
@@ -75,27 +71,28 @@ def example_inputs(task: Task, config, batch: int = 2, seq_len: int = 8) -> dict
     return dict(zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids)))
 
 
-def max_sequence(config, options: ExportOptions) -> int:
-    """The upper bound of the exported sequence dimension; raises SbexportError outside
-    2..max_position_embeddings (a dynamic dimension needs a range: 1..1 cannot be one)."""
+def max_sequence(config, max_seq_len: int | None) -> int:
+    """The upper bound of the exported sequence dimension: `max_seq_len`, or the model's
+    max_position_embeddings when None; raises SbexportError outside 2..max_position_embeddings
+    (a dynamic dimension needs a range: 1..1 cannot be one)."""
     limit = config.max_position_embeddings
-    if options.max_seq_len is None:
+    if max_seq_len is None:
         return limit
-    if not 2 <= options.max_seq_len <= limit:
-        raise SbexportError(f"--max-seq-len {options.max_seq_len} is outside 2..{limit} "
+    if not 2 <= max_seq_len <= limit:
+        raise SbexportError(f"--max-seq-len {max_seq_len} is outside 2..{limit} "
                             f"(the model's max_position_embeddings)")
-    return options.max_seq_len
+    return max_seq_len
 
 
-def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Path,
-                    options: ExportOptions = ExportOptions(), *, overwrite: bool = False,
-                    verify: bool = True, config=None,
-                    log: Callable[[str], None] = print) -> Path:
+def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Path, options=None, *,
+                    max_seq_len: int | None = None, overwrite: bool = False, verify: bool = True,
+                    config=None, log: Callable[[str], None] = print) -> Path:
     """Export `task` from `source` to format `fmt` in the folder `out_dir`.
 
+    `options`: the format's Options (OnnxOptions, ExecuTorchOptions); None: its defaults.
+    `max_seq_len`: the largest sequence the file accepts (default max_position_embeddings).
     `config`, when given, is the exact model config to build instead of the source's (see
     source.build_reference), e.g. random_init_config(task, arch, a custom size).
-
     Returns the folder. Raises SbexportError (bad options, an empty `out_dir`, an existing
     folder that may not be replaced (see artifact.check_destination), missing checkpoint),
     ExportError (the exporter failed) or ParityError (verify failed); in every failure `out_dir`
@@ -104,6 +101,9 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     if fmt not in FORMATS:
         raise SbexportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     exporter, out_dir = FORMATS[fmt], output_folder(out_dir)
+    options = exporter.Options() if options is None else options
+    if not isinstance(options, exporter.Options):
+        raise TypeError(f"{fmt} export takes {exporter.Options.__qualname__}, not {type(options).__name__}")
     # Cheap checks first: fail in a second, not after minutes of work.
     check_destination(out_dir, overwrite)
     exporter.check_options(options)
@@ -111,27 +111,25 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
         log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
             f"(seed {source.seed}); its outputs mean nothing, its size and speed are real")
     model = build_reference(task, source, config)
-    max_seq = max_sequence(model.config, options)
+    max_seq = max_sequence(model.config, max_seq_len)
     tokenizer = bundled_tokenizer(source, model.config, log)
     wrapper = ExportWrapper(model, task).eval()
-    example = example_inputs(task, model.config, batch=options.batch if fmt == "executorch" else 2,
-                             seq_len=min(8, max_seq))
+    example = example_inputs(task, model.config, batch=exporter.example_batch(options), seq_len=min(8, max_seq))
     with staged_folder(out_dir, overwrite, log=log) as tmp:
         log(f"exporting {task.name} ({type(model).__name__}) to {fmt}...")
         started = time.perf_counter()
         try:
-            details = exporter.export(wrapper, example, max_seq, tmp / exporter.FILE_NAME, options)
+            details, dims = exporter.export(wrapper, example, max_seq, tmp / exporter.FILE_NAME, options)
         except SbexportError:
             raise
         except Exception as e:
             if _interrupted(e):   # Ctrl-C inside torch.export, which wraps it: abort like every other phase
                 raise KeyboardInterrupt from e
-            raise ExportError(f"{fmt} export of {task.name} failed: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}") from e
+            raise ExportError(f"{fmt} export of {task.name} failed: {type(e).__name__}: {first_line(e, 400)}") from e
         seconds = time.perf_counter() - started
         log(f"exported {exporter.FILE_NAME} in {seconds:.1f} s")
         _write_side_files(tmp, model, tokenizer)
-        write_manifest(tmp, _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds))
+        write_manifest(tmp, _manifest(fmt, task, source, model, exporter, details, dims, seconds))
         if verify:
             from ..verify import verify_folder
             report = verify_folder(tmp, reference=model, log=log, shown_as=out_dir)
@@ -190,27 +188,16 @@ def _write_side_files(folder: Path, model: nn.Module, tokenizer) -> None:
         raise SbexportError(f"cannot write {e.filename or folder}: {e.strerror or e}") from None
 
 
-def _manifest(fmt, task, source, model, options, exporter, details, max_seq, seconds) -> dict:
+def _manifest(fmt, task, source, model, exporter, details, dims, seconds) -> Manifest:
+    """The manifest of a finished export (its `files` are filled in when it is written)."""
     config = model.config
-    dims = {"sequence": [1, max_seq]}
-    return {
-        "sbexport_version": __version__,
-        "format": fmt,
-        "description": exporter.DESCRIPTION,
-        "model_file": exporter.FILE_NAME,
-        "task": task.name,
-        "head": task.head.name,
-        "arch": source.arch,
-        "model_class": type(model).__name__,
-        "labels": [config.id2label[i] for i in range(config.num_labels)]
-        if task.head.has_labels else [],
-        "inputs": {name: {"dtype": "int64", "axes": list(task.input_axes)} for name in INPUT_NAMES},
-        "outputs": {name: {"dtype": "float32", "axes": list(task.output_axes(name))} for name in task.outputs},
-        "dims": {**dims, **details.pop("dims", {})},
-        "num_choices": task.num_choices or None,
-        "source": source.to_dict(),
-        "options": asdict(options),
-        "torch_version": torch.__version__,
-        "export_seconds": round(seconds, 2),
-        **details,
-    }
+    return Manifest(
+        format=fmt, description=exporter.DESCRIPTION, model_file=exporter.FILE_NAME,
+        task=task.name, head=task.head.name, arch=source.arch, model_class=type(model).__name__,
+        labels=tuple(config.id2label[i] for i in range(config.num_labels)) if task.head.has_labels else (),
+        inputs={name: TensorSpec("int64", tuple(task.input_axes)) for name in INPUT_NAMES},
+        outputs={name: TensorSpec("float32", tuple(task.output_axes(name))) for name in task.outputs},
+        dims=dims, num_choices=task.num_choices or None, source=source,
+        reference_sha256=weights_sha256(model), details=details,
+        sbexport_version=__version__, torch_version=torch.__version__,
+        export_seconds=round(seconds, 2), files={})

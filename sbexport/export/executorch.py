@@ -1,7 +1,7 @@
 """ExecuTorch: torch.export with a dynamic sequence, lowered to XNNPACK (every convolution
 inside the delegate, checked here) or left on the portable kernels, saved as a .pte.
 
-The batch is fixed (ExportOptions.batch, 1 by default, as on a phone): XNNPACK's reshape
+The batch is fixed (Options.batch, 1 by default, as on a phone): XNNPACK's reshape
 accepts one dynamic dimension, and the attention's head split reshapes [B, C, S] into
 [B, heads, head_size, S], which with a dynamic batch would have two.
 """
@@ -9,45 +9,61 @@ accepts one dynamic dimension, and the attention's head split reshapes [B, C, S]
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ExportError
+from ..manifest import Dims, ExecuTorchDetails, ExecuTorchGraph
+from ..modeling import conv_projections
 
 FILE_NAME = "model.pte"
 DESCRIPTION = "ExecuTorch program (fp32)"
 BACKENDS = ("xnnpack", "portable")
 
 
-def check_options(options) -> None:
+@dataclass(frozen=True)
+class Options:
+    """What a user can choose about an ExecuTorch export."""
+
+    backend: str = "xnnpack"          # "xnnpack" or "portable"
+    batch: int = 1                    # the program's fixed batch (see the module docstring)
+
+
+def example_batch(options: Options) -> int:
+    """The fixed batch: the program accepts only the batch it was traced with."""
+    return options.batch
+
+
+def check_options(options: Options) -> None:
     """Raise ExportError for a backend this exporter does not know."""
     if options.backend not in BACKENDS:
         raise ExportError(f"unknown ExecuTorch backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
-    """Write wrapper as a .pte at `path`; return the manifest's format fields."""
+def export(wrapper, example: dict, max_seq: int, path: Path, options: Options) -> tuple[ExecuTorchDetails, Dims]:
+    """Write wrapper as a .pte at `path`; return what the manifest records about it, and the
+    ranges it accepts. Raises ExportError when a projection is not a native convolution or
+    (XNNPACK) falls out of the delegate."""
     import executorch
 
     check_options(options)
     edge = lower(wrapper, example, max_seq, options.backend)
     summary = graph_summary(edge.exported_program().graph_module)
-    config = wrapper.model.config
-    expected = 6 * config.num_hidden_layers if config.model_type == "squeezebert" else 0
-    found = summary["convolutions_in_delegate"] + summary["convolutions_outside_delegate"]
+    expected = conv_projections(wrapper.model.config)
+    found = summary.convolutions_in_delegate + summary.convolutions_outside_delegate
     if found != expected:
         raise ExportError(f"the lowered graph has {found} convolutions where the model has {expected} "
                           f"grouped projections: they were not kept as native convolutions")
-    if options.backend == "xnnpack" and summary["convolutions_outside_delegate"]:
-        raise ExportError(f"{summary['convolutions_outside_delegate']} convolution(s) fell out of the "
+    if options.backend == "xnnpack" and summary.convolutions_outside_delegate:
+        raise ExportError(f"{summary.convolutions_outside_delegate} convolution(s) fell out of the "
                           f"XNNPACK delegate")
     path.write_bytes(edge.to_executorch().buffer)
-    dims = {"batch": [options.batch, options.batch]}
-    if example["input_ids"].dim() == 3:   # multiple choice: the choices are fixed too
-        dims["choices"] = [example["input_ids"].shape[1]] * 2
-    return {"backend": options.backend, "executorch_version": _version(executorch), "dims": dims,
-            "graph": summary}
+    choices = example["input_ids"].shape[1] if example["input_ids"].dim() == 3 else None   # fixed too
+    dims = Dims(batch=(options.batch, options.batch), sequence=(1, max_seq),
+                choices=(choices, choices) if choices else None)
+    return ExecuTorchDetails(backend=options.backend, executorch_version=_version(executorch), graph=summary), dims
 
 
 def lower(module, example: dict, max_seq: int, backend: str):
@@ -68,7 +84,7 @@ def _dynamic_shapes(example: dict, max_seq: int) -> dict:
     return {name: {t.dim() - 1: seq} for name, t in example.items()}
 
 
-def graph_summary(graph_module) -> dict:
+def graph_summary(graph_module) -> ExecuTorchGraph:
     """Delegate count, ops left outside delegates, and convolutions by where they run."""
     outside = Counter()
     inside_convs = 0
@@ -81,10 +97,10 @@ def graph_summary(graph_module) -> dict:
             inside_convs += _count_convs(lowered.original_module.graph_module)
         elif name not in ("getitem", "sym_size"):
             outside[name] += 1
-    return {"delegates": sum(1 for n, _ in graph_module.named_children() if n.startswith("lowered_module")),
-            "convolutions_in_delegate": inside_convs,
-            "convolutions_outside_delegate": outside.get("convolution", 0),
-            "ops_outside_delegate": dict(outside.most_common())}
+    return ExecuTorchGraph(
+        delegates=sum(1 for n, _ in graph_module.named_children() if n.startswith("lowered_module")),
+        convolutions_in_delegate=inside_convs, convolutions_outside_delegate=outside.get("convolution", 0),
+        ops_outside_delegate=dict(outside.most_common()))
 
 
 def _count_convs(graph_module) -> int:

@@ -4,15 +4,26 @@ onnx.checker. Every Conv1d stays one ONNX Conv node with kernel 1 and its group 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ExportError, SbexportError
+from ..manifest import Dims, OnnxDetails, OnnxGraph
+from ..modeling import conv_projections
 
 FILE_NAME = "model.onnx"
 DESCRIPTION = "ONNX model for ONNX Runtime (fp32)"
 MAX_CHOICES = 64
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a user can choose about an ONNX export."""
+
+    opset: int = 18
+    max_batch: int = 1024             # upper bound of the dynamic batch
 
 
 def supported_opsets() -> range:
@@ -27,7 +38,12 @@ def supported_opsets() -> range:
         return range(18, ONNX_MAX_OPSET + 1)
 
 
-def check_options(options) -> None:
+def example_batch(options: Options) -> int:
+    """Two rows, so that the traced batch dimension is not specialised to 1."""
+    return 2
+
+
+def check_options(options: Options) -> None:
     """Raise SbexportError for an opset the installed exporter cannot write."""
     opsets = supported_opsets()
     if options.opset not in opsets:
@@ -35,8 +51,9 @@ def check_options(options) -> None:
                             f"(torch {torch.__version__}): choose {opsets.start} to {opsets.stop - 1}")
 
 
-def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
-    """Write wrapper as ONNX at `path`; return the manifest's format fields."""
+def export(wrapper, example: dict, max_seq: int, path: Path, options: Options) -> tuple[OnnxDetails, Dims]:
+    """Write wrapper as ONNX at `path`; return what the manifest records about it, and the
+    ranges it accepts. Raises ExportError when a projection is not a native Conv."""
     import onnx
 
     dims = _dynamic_shapes(example, max_seq, options.max_batch)
@@ -48,11 +65,12 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
                       external_data=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
-    dims = {"batch": [1, options.max_batch]}
-    if example["input_ids"].dim() == 3:   # multiple choice: [batch, choices, sequence]
-        dims["choices"] = [1, MAX_CHOICES]
-    return {"opset": options.opset, "onnx_version": onnx.__version__, "dims": dims,
-            "graph": graph_summary(model, expected_convs(wrapper.model.config))}
+    multiple_choice = example["input_ids"].dim() == 3   # [batch, choices, sequence]
+    dims = Dims(batch=(1, options.max_batch), sequence=(1, max_seq),
+                choices=(1, MAX_CHOICES) if multiple_choice else None)
+    details = OnnxDetails(opset=options.opset, onnx_version=onnx.__version__,
+                          graph=graph_summary(model, conv_projections(wrapper.model.config)))
+    return details, dims
 
 
 def _dynamic_shapes(example: dict, max_seq: int, max_batch: int) -> dict:
@@ -76,17 +94,12 @@ def conv_nodes(model) -> list[dict]:
     return out
 
 
-def expected_convs(config) -> int:
-    """Six grouped 1x1 projections per SqueezeBERT layer; the BERT baseline has none."""
-    return 6 * config.num_hidden_layers if config.model_type == "squeezebert" else 0
-
-
-def graph_summary(model, expected: int | None = None) -> dict:
+def graph_summary(model, expected: int | None = None) -> OnnxGraph:
     """Op counts and the Conv groups, for the manifest and `sbexport info`. Raises ExportError
     when the graph does not hold `expected` Conv nodes (the projections were not kept)."""
     convs = conv_nodes(model)
     if expected is not None and len(convs) != expected:
         raise ExportError(f"the ONNX graph has {len(convs)} Conv nodes where the model has {expected} "
                           f"grouped projections: they were not kept as native convolutions")
-    return {"ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
-            "conv_groups": dict(Counter(str(c["group"]) for c in convs))}
+    return OnnxGraph(ops=dict(Counter(n.op_type for n in model.graph.node).most_common()),
+                     conv_groups=dict(Counter(str(c["group"]) for c in convs)))

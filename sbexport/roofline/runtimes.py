@@ -138,7 +138,7 @@ class ExecuTorchConv:
         example = {"x": torch.zeros(1, s.cin, min(max_seq, 16))}   # the sequence is dynamic
         edge = lower(module, example, max_seq, "xnnpack")
         summary = graph_summary(edge.exported_program().graph_module)
-        if (summary["convolutions_in_delegate"], summary["convolutions_outside_delegate"]) != (1, 0):
+        if (summary.convolutions_in_delegate, summary.convolutions_outside_delegate) != (1, 0):
             raise SbexportError(f"the {s.key} convolution was not lowered into the XNNPACK delegate: {summary}")
         path = folder / f"conv-{s.cin}x{s.cout}-g{s.groups}.pte"
         path.write_bytes(edge.to_executorch().buffer)

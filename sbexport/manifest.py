@@ -1,0 +1,296 @@
+"""The artifact's manifest.json as a typed record: built by the export, turned into JSON and
+read back (and validated) here only. Everyone else reads attributes, never string keys.
+
+    Manifest.from_json(data, where) -> Manifest   (raises ManifestInvalid naming the field)
+    manifest.to_json() -> dict                     (without the schema, files and content hash,
+                                                    which artifact.write_manifest adds)
+
+Schema SCHEMA ("sbexport.artifact/3"). /3 over /2: the format's own facts moved under
+"details" (OnnxDetails / ExecuTorchDetails) instead of being merged into the top level, the
+union of every format's options is gone (the details say what the file was exported with),
+and "reference_sha256" records the sha256 of the reference's weights at export, so that
+verify can tell a rebuilt reference that is not the exported one from a parity failure.
+
+Validation is done from these dataclasses' own annotations (`parse`), not with jsonschema: a
+JSON schema would be a second description of every field, to be kept in step with these
+classes by hand (two places to add a field); here the annotation is the schema. The checks a
+type cannot express are code either way: a Range's 1 <= min <= max (`parse`), the model file
+among the hashed files (`Manifest.check`).
+
+Adding a field (int8's quantization, a device's facts): add it to Manifest, or to a format's
+details class, with its type, and nothing else: writing, reading and validating follow the
+annotations. A field every artifact must have: give it no default and bump SCHEMA (older
+folders are then refused with "re-export"). An optional one: give it a default of None, and
+older /3 folders stay readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass
+
+from .source import ModelSource
+
+SCHEMA = "sbexport.artifact/3"
+SCHEMA_VERSION = 3
+
+# [min, max] of a dimension, 1 <= min <= max; min == max is a fixed dimension.
+Range = tuple[int, int]
+
+
+class ManifestInvalid(ValueError):
+    """A manifest field that is missing, of the wrong type or out of range; the message names
+    the field (dotted: "dims.sequence", "files['model.onnx'].sha256")."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str                    # "int64" inputs, "float32" outputs
+    axes: tuple[str, ...]         # named axes, e.g. ("batch", "sequence")
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The range of every dynamic dimension the file accepts."""
+
+    batch: Range
+    sequence: Range
+    choices: Range | None = None      # multiple choice only
+
+    @property
+    def fixed_batch(self) -> bool:
+        """Whether the file takes exactly one batch size (an ExecuTorch program)."""
+        return self.batch[0] == self.batch[1]
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    ops: dict[str, int]               # op type -> count, most common first
+    conv_groups: dict[str, int]       # group count (as text) -> Conv nodes with it
+
+
+@dataclass(frozen=True)
+class OnnxDetails:
+    """What the ONNX exporter records about its file."""
+
+    opset: int
+    onnx_version: str
+    graph: OnnxGraph
+
+    @property
+    def summary(self) -> str:
+        """One line for `sbexport info`."""
+        groups = ", ".join(f"{n} x group {g}" for g, n in self.graph.conv_groups.items()) or "none"
+        return f"ONNX opset {self.opset} (onnx {self.onnx_version}), Conv nodes: {groups}"
+
+
+@dataclass(frozen=True)
+class ExecuTorchGraph:
+    delegates: int
+    convolutions_in_delegate: int
+    convolutions_outside_delegate: int
+    ops_outside_delegate: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ExecuTorchDetails:
+    """What the ExecuTorch exporter records about its program."""
+
+    backend: str                      # "xnnpack" or "portable"
+    executorch_version: str
+    graph: ExecuTorchGraph
+
+    @property
+    def summary(self) -> str:
+        """One line for `sbexport info`."""
+        g = self.graph
+        return (f"ExecuTorch {self.executorch_version}, {self.backend}: {g.delegates} delegate(s), "
+                f"convolutions {g.convolutions_in_delegate} inside, {g.convolutions_outside_delegate} outside")
+
+
+# format -> its details class: the only place a format's name picks a type.
+DETAILS: dict[str, type] = {"onnx": OnnxDetails, "executorch": ExecuTorchDetails}
+
+
+@dataclass(frozen=True)
+class OutputFigures:
+    """verify's figures for one output (verify.OutputParity, as recorded)."""
+
+    name: str
+    max_abs: float
+    padded_max_abs: float
+    scale: float
+    bound: float
+    fraction: float
+    argmax_agree: int
+    argmax_total: int
+    topk_agree: int
+    topk_total: int
+
+
+@dataclass(frozen=True)
+class ParityFigures:
+    """The last verify's verdict and figures (verify.ParityReport.to_dict())."""
+
+    passed: bool
+    atol: float
+    rtol: float
+    cases: int
+    outputs: dict[str, OutputFigures]
+
+    @property
+    def worst(self) -> OutputFigures:
+        """The output nearest its bound (the largest error among equals)."""
+        return max(self.outputs.values(), key=lambda o: (o.fraction, o.max_abs))
+
+    @classmethod
+    def from_json(cls, data: dict) -> ParityFigures:
+        """Raises ManifestInvalid naming the field."""
+        return parse(cls, data, "parity")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything an artifact folder says about itself. Built by export.export_artifact (with
+    no `files`: artifact.write_manifest hashes the folder); `parity` is set by verify."""
+
+    format: str                       # a key of DETAILS
+    description: str
+    model_file: str
+    task: str
+    head: str
+    arch: str
+    model_class: str
+    labels: tuple[str, ...]           # one per output column of a labelled head, else ()
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    dims: Dims
+    num_choices: int | None
+    source: ModelSource
+    reference_sha256: str             # source.weights_sha256 of the reference at export
+    details: OnnxDetails | ExecuTorchDetails
+    sbexport_version: str
+    torch_version: str
+    export_seconds: float
+    files: dict[str, FileEntry]       # name -> sha256 and size of every other file of the folder
+    parity: ParityFigures | None = None
+
+    def to_json(self) -> dict:
+        """The JSON object of every field (tuples become lists when dumped); `parity` only
+        once verified, `files` left to artifact.write_manifest."""
+        data = dataclasses.asdict(self)
+        del data["files"]
+        if self.parity is None:
+            del data["parity"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        """The manifest in `data` (manifest.json without schema and content hash), validated.
+        Raises ManifestInvalid naming the first field that is missing, mistyped or out of range."""
+        if not isinstance(data, dict):
+            raise ManifestInvalid("the manifest is not a JSON object")
+        fmt = data.get("format")
+        if fmt not in DETAILS:
+            raise ManifestInvalid(f"field 'format' is {fmt!r}, not one of {', '.join(DETAILS)}")
+        manifest = _parse_dataclass(cls, data, "", {"details": DETAILS[fmt]})
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Raise ManifestInvalid for what the field types cannot say."""
+        if self.model_file not in self.files:
+            raise ManifestInvalid(f"the model file {self.model_file!r} is not among the hashed files")
+
+
+def schema_refusal(found) -> str | None:
+    """None when `found` (a manifest's "schema") is SCHEMA; else the reason it cannot be read,
+    saying which version was found, which this sbexport reads, and what to do."""
+    if found == SCHEMA:
+        return None
+    match = re.fullmatch(r"sbexport\.artifact/(\d+)", found) if isinstance(found, str) else None
+    if match and int(match[1]) < SCHEMA_VERSION:
+        why = "written by an older sbexport: re-export the artifact with this one"
+    elif match:
+        why = "written by a newer sbexport: re-export the artifact with this one, or upgrade sbexport"
+    else:
+        why = "not an sbexport artifact manifest: re-export the artifact"
+    return f"unknown manifest schema {found!r}; this sbexport reads {SCHEMA!r} only ({why})"
+
+
+# -- typed parsing -------------------------------------------------------------------------
+
+
+def parse(tp, value, where: str):
+    """`value` (decoded JSON) as type `tp`: a dataclass (from an object, unknown keys refused),
+    list/tuple (from an array), dict[str, X] (from an object), int (not bool), float (int too),
+    str, bool, a union with None. `where` names the field in errors; raises ManifestInvalid."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp == Range:
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)
+                and 1 <= value[0] <= value[1]):
+            raise ManifestInvalid(f"{where} must be [min, max] with 1 <= min <= max, not {value!r}")
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]   # X | None only
+        return parse(inner, value, where)
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, value, where)
+    if origin is dict:
+        _expect(isinstance(value, dict), where, "a JSON object")
+        return {k: parse(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+    if origin in (list, tuple):
+        _expect(isinstance(value, list), where, "a JSON array")
+        return origin(parse(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is int:
+        _expect(_is_int(value), where, "an integer")
+    elif tp is float:
+        _expect(_is_int(value) or isinstance(value, float), where, "a number")
+        return float(value)
+    elif tp in (str, bool):
+        _expect(isinstance(value, tp), where, f"a JSON {'string' if tp is str else 'boolean'}")
+    else:
+        raise TypeError(f"manifest field {where}: type {tp} has no parser")   # a bug here, not in the file
+    return value
+
+
+def _parse_dataclass(cls, value, where: str, override: dict | None = None):
+    """An instance of dataclass `cls` from the JSON object `value`; `override` replaces the
+    annotated type of some fields (Manifest.details, picked by format)."""
+    _expect(isinstance(value, dict), where or "the manifest", "a JSON object")
+    hints = {**typing.get_type_hints(cls), **(override or {})}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ManifestInvalid(f"unknown field {_join(where, unknown[0])!r}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in value:
+            kwargs[f.name] = parse(hints[f.name], value[f.name], _join(where, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ManifestInvalid(f"field {_join(where, f.name)!r} is missing")
+    return cls(**kwargs)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expect(ok: bool, where: str, kind: str) -> None:
+    if not ok:
+        raise ManifestInvalid(f"field {where!r} is not {kind}")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
