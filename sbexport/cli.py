@@ -280,26 +280,10 @@ def predict(folder, text, text_pair, top_k, as_json) -> None:
 
 
 def _format_prediction(result: dict) -> str:
-    """predict's text, chosen by the head of the task the result names (not by which keys it
-    happens to hold): one line per label, tag, [MASK] or choice; the answer; the embedding."""
+    """predict's text, shown by the head of the task the result names (heads.Head.show)."""
     from .tasks import get_task
 
-    task = get_task(result["task"])
-    if task.head == "sequence-classification" and task.problem_type == "regression":
-        return f"score {result['score']:.4f}"
-    return PREDICTION_TEXT[task.head](result)
-
-
-PREDICTION_TEXT = {
-    "sequence-classification":
-        lambda r: "\n".join(f"{x['label']:<20} {x['score']:.4f}" for x in r["labels"]),
-    "question-answering": lambda r: f"answer: {r['answer']!r} (characters {r['start']}-{r['end']})",
-    "token-classification": lambda r: "\n".join(f"{t['token']:<20} {t['label']}" for t in r["tokens"]),
-    "masked-lm":
-        lambda r: "\n".join(" ".join(f"{c['token']}({c['score']:.3f})" for c in cands) for cands in r["masks"]),
-    "multiple-choice": lambda r: "\n".join(f"choice {c['choice']}: {c['score']:.4f}" for c in r["choices"]),
-    "base": lambda r: f"last_hidden_state {r['last_hidden_state_shape']}, pooler_output {r['pooler_output']}",
-}
+    return get_task(result["task"]).head.show(result)
 
 
 @cli.command()

@@ -57,6 +57,7 @@ class Head:
     classes: Mapping[str, str]                  # model_type -> its model class's name
     outputs: Mapping[str, tuple[str, ...]]      # output name -> its axes, in the model's output order
     decode: Callable[..., dict]
+    show: Callable[[dict], str]                 # predict's text for one decoded answer
     has_labels: bool = False                    # one output column per label of config.id2label
     choices: bool = False                       # inputs [batch, choices, sequence], one row per ending
     # Encoding: tokenizers' truncation strategy, and the second text where the head needs one
@@ -218,34 +219,62 @@ def decode_features(outputs, enc, texts, *, labels, tokenizer, top_k) -> dict:
             "pooler_output": [round(float(v), 6) for v in pooled[:8]] + (["..."] if len(pooled) > 8 else [])}
 
 
+# -- predict's text of a decoded answer: one line per label, choice, tag or [MASK] --------------
+
+def show_labels(r: dict) -> str:
+    if "score" in r:                     # regression (one output column): decode_labels' score
+        return f"score {r['score']:.4f}"
+    return "\n".join(f"{x['label']:<20} {x['score']:.4f}" for x in r["labels"])
+
+
+def show_choices(r: dict) -> str:
+    return "\n".join(f"choice {c['choice']}: {c['score']:.4f}" for c in r["choices"])
+
+
+def show_tags(r: dict) -> str:
+    return "\n".join(f"{t['token']:<20} {t['label']}" for t in r["tokens"])
+
+
+def show_span(r: dict) -> str:
+    return f"answer: {r['answer']!r} (characters {r['start']}-{r['end']})"
+
+
+def show_masks(r: dict) -> str:
+    return "\n".join(" ".join(f"{c['token']}({c['score']:.3f})" for c in cands) for cands in r["masks"])
+
+
+def show_features(r: dict) -> str:
+    return f"last_hidden_state {r['last_hidden_state_shape']}, pooler_output {r['pooler_output']}"
+
+
 # -- the records ------------------------------------------------------------------------------
 
 BASE = Head(
     "base", {"squeezebert": "SqueezeBertModel", "bert": "BertModel"},
     {"last_hidden_state": ("batch", "sequence", "hidden"), "pooler_output": ("batch", "hidden")},
-    decode_features)
+    decode_features, show_features)
 MASKED_LM = Head(
     "masked-lm", {"squeezebert": "SqueezeBertForMaskedLM", "bert": "BertForMaskedLM"},
-    {"logits": ("batch", "sequence", "vocab")}, decode_masks)
+    {"logits": ("batch", "sequence", "vocab")}, decode_masks, show_masks)
 SEQUENCE_CLASSIFICATION = Head(
     "sequence-classification",
     {"squeezebert": "SqueezeBertForSequenceClassification", "bert": "BertForSequenceClassification"},
-    {"logits": ("batch", "labels")}, decode_labels, has_labels=True,
+    {"logits": ("batch", "labels")}, decode_labels, show_labels, has_labels=True,
     eval_formats=("glue", "jsonl"), metrics=("accuracy",), score=metrics.score_labels)
 MULTIPLE_CHOICE = Head(
     "multiple-choice", {"squeezebert": "SqueezeBertForMultipleChoice", "bert": "BertForMultipleChoice"},
-    {"logits": ("batch", "choices")}, decode_choices, choices=True,
+    {"logits": ("batch", "choices")}, decode_choices, show_choices, choices=True,
     second_text=f"endings separated by {CHOICE_SEPARATOR}")
 TOKEN_CLASSIFICATION = Head(
     "token-classification",
     {"squeezebert": "SqueezeBertForTokenClassification", "bert": "BertForTokenClassification"},
-    {"logits": ("batch", "sequence", "labels")}, decode_tags, has_labels=True,
+    {"logits": ("batch", "sequence", "labels")}, decode_tags, show_tags, has_labels=True,
     one_text="tags the words of one text",
     eval_formats=("conll",), metrics=("entity_f1", "entity_precision", "entity_recall"),
     score=metrics.score_entities, eval_unit="word")
 QUESTION_ANSWERING = Head(
     "question-answering", {"squeezebert": "SqueezeBertForQuestionAnswering", "bert": "BertForQuestionAnswering"},
-    {"start_logits": ("batch", "sequence"), "end_logits": ("batch", "sequence")}, decode_span,
+    {"start_logits": ("batch", "sequence"), "end_logits": ("batch", "sequence")}, decode_span, show_span,
     truncation="only_second", second_text="the context",
     eval_formats=("squad",), metrics=("exact_match", "f1"), score=metrics.score_answers)
 
