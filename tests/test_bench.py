@@ -418,6 +418,9 @@ class FakeDevice:
                 "versions": {"torch": "2.13.0", "onnxruntime": None, "onnx": None, "executorch": "1", "numpy": "2"},
                 "threads": threads}
 
+    def cores(self):
+        return 8
+
     def load_average(self):
         return [0.6, 0.4, 0.3]
 
@@ -430,7 +433,7 @@ class FakeDevice:
                 "cpu_wait_pct": None, "op": "fake sgemm"}
 
     def notes(self, config):
-        return {k: f"fake {k}" for k in ("timing", "load", "threads", "memory", "cpu_wait_pct")}
+        return {k: f"fake {k}" for k in ("timing", "load", "threads", "memory", "ceiling", "cpu_wait_pct")}
 
     @contextlib.contextmanager
     def session(self, task, runtime, threads):
@@ -511,7 +514,8 @@ def test_the_pipeline_drives_a_target_in_order(device_run):
     result, _, device, _ = device_run
     calls = device.calls
     assert calls[0] == "ceiling" and calls[-2:] == ["ceiling", "close"] and calls.count("close") == 1
-    start = calls.index(("session", "executorch", result["config"]["threads"]))
+    assert result["config"]["threads"] == 8      # no --threads: the device's cores, not the host's
+    start = calls.index(("session", "executorch", 8))
     assert calls[start + 1:start + 3] == [("load", "squeezebert"), ("load", "bert")]
     timed = [c for c in calls if isinstance(c, tuple) and c[0] == "time"]
     assert [c[2]["squeezebert"]["input_ids"] for c in timed] == [(1, s) for s in SEQ_LENS]

@@ -53,6 +53,9 @@ class HostTarget:
     def describe(self, threads: int) -> dict:
         return machine.machine_info(threads)
 
+    def cores(self) -> int:
+        return machine.available_cores()
+
     def load_average(self) -> list[float] | None:
         return machine.load_average()
 

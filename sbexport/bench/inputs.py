@@ -15,7 +15,6 @@ from ..config import load_config
 from ..errors import SbexportError
 from ..source import ModelSource, random_init_config, resolve_source
 from ..tasks import Task, get_task
-from .machine import available_cores
 
 RUNTIMES = ("eager", "onnx", "executorch")
 MODELS = ("squeezebert", "bert")
@@ -72,13 +71,14 @@ class Inputs:
     models: list[BenchModel]
 
 
-def check(config: BenchConfig) -> Inputs:
-    """Check everything the run depends on; return the task, the thread count and the models.
-    Raises SbexportError naming the option at fault."""
+def check(config: BenchConfig, cores: int) -> Inputs:
+    """Check everything the run depends on; return the task, the thread count (config.threads,
+    else `cores`: those the target may use) and the models. Raises SbexportError naming the
+    option at fault."""
     task = get_task(config.task)
     _check_choices(config)
     _check_counts(config)
-    threads = config.threads if config.threads is not None else available_cores()
+    threads = config.threads if config.threads is not None else cores
     if threads < 1:
         raise SbexportError(f"--threads must be at least 1 (got {threads})")
     for name, given in (("checkpoint", config.checkpoints), ("config", config.configs)):

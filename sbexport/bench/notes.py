@@ -7,8 +7,8 @@ from .flops import COUNTED
 
 def method_notes(config, target_notes: dict) -> dict:
     """The notes of a run of `config`: what the target says of its own measurements
-    (timing, load, threads, memory, cpu_wait_pct; see target.py) and what the pipeline does
-    the same on every target (interleaving, FLOPs, ceiling, verification)."""
+    (timing, load, threads, memory, ceiling, cpu_wait_pct; see target.py) and what the pipeline
+    does the same on every target (interleaving, FLOPs, verification)."""
     return {
         "timing": target_notes["timing"],
         "interleaving": "both models loaded, then for each run: squeezebert then bert, order reversed "
@@ -17,9 +17,8 @@ def method_notes(config, target_notes: dict) -> dict:
         "threads": target_notes["threads"],
         "flops": COUNTED + "; counted on the eager model at each shape, so equal across runtimes",
         "memory": target_notes["memory"] if config.memory else "not measured (memory=False)",
-        "ceiling": f"best of 5 torch.mm fp32 {config.sgemm_size}^3 on the same threads, measured before the "
-                   "exports and after the timing, the better kept; pct_of_ceiling = achieved GFLOP/s at p50 / "
-                   "that rate",
+        "ceiling": target_notes["ceiling"] + ", measured before the exports and after the timing, the better "
+                   "kept; pct_of_ceiling = achieved GFLOP/s at p50 / that rate",
         "cpu_wait_pct": target_notes["cpu_wait_pct"],
         "verified": "each export was parity-checked against PyTorch before timing" if config.verify
                     else "exports were NOT parity-checked (verify=False)",
@@ -40,6 +39,7 @@ def host_notes(config) -> dict:
         "threads": "torch.set_num_threads (eager), ONNX Runtime intra_op_num_threads with spinning off, "
                    "ExecuTorch's threadpool reset to the same count (XNNPACK runs on it)",
         "memory": memory.__doc__.strip().split("\n\n")[0].replace("\n", " "),
+        "ceiling": f"best of 5 torch.mm fp32 {config.sgemm_size}^3 on the same threads",
         "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the timed runs "
                         "(Linux schedstat), as % of wall time, summed over threads: near 0 on a quiet "
                         "machine; above a few %, other work took the cores and the latencies are inflated",

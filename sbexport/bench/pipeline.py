@@ -42,16 +42,17 @@ def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: s
     Raises SbexportError before any work for bad input: an unknown task, format or model, a
     checkpoint or config file that does not exist, a sequence length above a model's maximum,
     runs < 1, an unwritable output path. A runtime the target cannot run is skipped with its
-    reason. Raises ExportError when an export fails (cache.export_cached).
+    reason. Raises ExportError when an export fails (cache.export_cached). The target is
+    closed when the run ends, whether it failed or not.
     """
-    inputs = check(config)
-    for path in (json_path, plot_path):
-        if path is not None:               # "" too: refused, not ignored
-            check_report_path(path)
     if target is None:
         from .host import HostTarget
         target = HostTarget()
     try:
+        inputs = check(config, target.cores())
+        for path in (json_path, plot_path):
+            if path is not None:               # "" too: refused, not ignored
+                check_report_path(path)
         result = _measure(config, inputs, target, progress, log)
     finally:
         target.close()

@@ -34,20 +34,24 @@ def write_json(result: dict, path: str | os.PathLike) -> None:
     write_report(path, json.dumps(result, indent=2) + "\n")
 
 
+# (header, float format) of each column of the terminal table, in order.
+COLUMNS = (("runtime", ""), ("model", ""), ("seq", ""), ("p50 ms", ".2f"), ("p90 ms", ".2f"), ("min ms", ".2f"),
+           ("first", ".1f"), ("load", ".0f"), ("seq/s", ".1f"), ("GFLOP", ".2f"), ("GF/s", ".1f"), ("%ceil", ".1f"),
+           ("size MB", ".1f"), ("+RSS MB", ".0f"), ("ratio", ""), ("wait%", ".0f"))
+
+
 def table(result: dict) -> str:
-    """The rows as a fixed-width terminal table, then the ceiling, machine and skipped runtimes."""
-    head = (f"{'runtime':<11}{'model':<12}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'min ms':>9}{'first':>9}"
-            f"{'load':>8}{'seq/s':>8}{'GFLOP':>7}{'GF/s':>7}{'%ceil':>6}{'size MB':>8}{'+RSS MB':>8}{'ratio':>7}"
-            f"{'wait%':>6}")
-    lines = [head, "-" * len(head)]
-    for r in result["rows"]:
-        rss = f"{r['rss_increase_mb']:.0f}" if r["rss_increase_mb"] is not None else "-"
-        ratio = f"{r['ratio_bert_over_squeezebert']:.2f}x" if r["ratio_bert_over_squeezebert"] else "-"
-        wait = f"{r['cpu_wait_pct']:.0f}" if r["cpu_wait_pct"] is not None else "-"
-        lines.append(f"{r['runtime']:<11}{r['model']:<12}{r['seq_len']:>5}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
-                     f"{r['min_ms']:>9.2f}{r['first_run_ms']:>9.1f}{r['load_ms']:>8.0f}"
-                     f"{r['throughput_seq_per_s']:>8.1f}{r['flops'] / 1e9:>7.2f}{r['gflops_per_s']:>7.1f}"
-                     f"{r['pct_of_ceiling']:>6.1f}{r['file_bytes'] / 1e6:>8.1f}{rss:>8}{ratio:>7}{wait:>6}")
+    """The rows as a terminal table (tabulate, plain text: readable in a terminal and in a log
+    file alike), then the ceiling, machine and skipped runtimes."""
+    from tabulate import tabulate
+
+    cells = [[r["runtime"], r["model"], r["seq_len"], r["p50_ms"], r["p90_ms"], r["min_ms"], r["first_run_ms"],
+              r["load_ms"], r["throughput_seq_per_s"], r["flops"] / 1e9, r["gflops_per_s"], r["pct_of_ceiling"],
+              r["file_bytes"] / 1e6, r["rss_increase_mb"],
+              f"{r['ratio_bert_over_squeezebert']:.2f}x" if r["ratio_bert_over_squeezebert"] else None,
+              r["cpu_wait_pct"]] for r in result["rows"]]
+    lines = [tabulate(cells, headers=[h for h, _ in COLUMNS], floatfmt=[f for _, f in COLUMNS], missingval="-",
+                      tablefmt="simple", colalign=["left", "left"] + ["right"] * (len(COLUMNS) - 2))]
     m, c = result["machine"], result["ceiling"]
     lines.append("ratio = BERT-base p50 / SqueezeBERT p50 at the same runtime and shape; first and load in ms; "
                  "+RSS = peak RSS increase of a fresh process loading that model; wait% = time our threads "

@@ -5,13 +5,15 @@ sbexport.runtime's runners and the PyTorch reference) or a remote device (an And
 over adb). The pipeline (pipeline.py) exports, counts FLOPs and writes the report on the host
 whatever the target; only what is listed here runs on the target. A target provides:
 
-    name                                   "host", or e.g. "adb:<serial>"; in the report's config
+    name                                   a short name: "host", or e.g. "adb:<serial>"
     describe(threads) -> dict              the machine: the keys of the report's "machine" (see
                                            schema/bench-1.json: cpu, cpu_id, machine, platform,
                                            cores, cores_available, load_average, flags,
                                            virtualised, python, versions, threads); a device
                                            fills them from getprop, /proc/cpuinfo, nproc, ...
                                            (python: the driving host's)
+    cores() -> int                         cores a run may use there: the thread count when
+                                           the user gives none
     load_average() -> list | None          1/5/15-minute load, read again after the run
     unavailable(runtime) -> str | None     why `runtime` cannot run there (not installed, no
                                            runner binary), or None; such runtimes are skipped
@@ -19,7 +21,7 @@ whatever the target; only what is listed here runs on the target. A target provi
                                            the report's "ceiling": gflops, size, repeats,
                                            threads, best_ms, cpu_wait_pct, op)
     notes(config) -> dict                  how it measures: "timing", "load", "threads",
-                                           "memory", "cpu_wait_pct" (one sentence each)
+                                           "memory", "ceiling", "cpu_wait_pct" (a sentence each)
     session(task, runtime, threads)        context manager -> Session: sets the runtime's
                                            thread count for the block and restores it; every
                                            model loaded in it is released when it ends
@@ -99,6 +101,8 @@ class Target(Protocol):
     name: str
 
     def describe(self, threads: int) -> dict: ...
+
+    def cores(self) -> int: ...
 
     def load_average(self) -> list[float] | None: ...
 

@@ -51,11 +51,14 @@ class EvalReport:
     runners: list[RunnerResult] = field(default_factory=list)
 
     def table(self) -> str:
+        """One line per runner (tabulate, plain text), then the data's facts and what was skipped."""
+        from tabulate import tabulate
+
         header = ("runner", "metrics", "delta vs pytorch", "agreement", "malformed", "truncated", "examples/s")
-        rows = [header] + [_row(r, len(self.malformed), self.agreement_unit) for r in self.runners]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                 for row in rows]
+        rows = [_row(r, len(self.malformed), self.agreement_unit) for r in self.runners]
+        # The cells are formatted here (several metrics share a cell), so tabulate only aligns them.
+        lines = [tabulate(rows, headers=header, tablefmt="simple", disable_numparse=True,
+                          colalign=["left"] * 4 + ["right"] * 3)]
         lines.append(f"{self.task} on {self.data} ({self.format}): {self.examples} examples"
                      + (f" (--limit {self.limit})" if self.limit else ""))
         if self.malformed:
