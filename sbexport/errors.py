@@ -20,3 +20,8 @@ class ExportError(SbexportError):
 
 class ParityError(SbexportError):
     """An exported file whose outputs differ from the reference beyond the task's tolerance."""
+
+
+class DeviceError(SbexportError):
+    """A device reached over adb that cannot be used, or a connection lost; the message names
+    the device's serial and says what to do (and what was left on the device, if anything)."""
