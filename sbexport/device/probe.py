@@ -65,10 +65,11 @@ class DeviceInfo:
 
     @property
     def label(self) -> str:
-        """"SB Standin 8 (SM8450, serial 127.0.0.1:5555), EMULATED" for tables and titles."""
-        text = f"{self.manufacturer} {self.model}".strip() if self.manufacturer not in self.model else self.model
-        text += f" ({self.soc or 'SoC unknown'}, serial {self.serial})"
-        return text + (", EMULATED" if self.emulated else "")
+        """"Google Pixel 7 (gs201, serial 2A1B...)" for tables and plot titles; an emulated
+        device's starts with "EMULATED, not a measurement:"."""
+        text = self.model if self.manufacturer.lower() in self.model.lower() else f"{self.manufacturer} {self.model}"
+        text = f"{text.strip()} ({self.soc or 'SoC unknown'}, serial {self.serial})"
+        return f"EMULATED, not a measurement: {text}" if self.emulated else text
 
     def to_dict(self) -> dict:
         return {**asdict(self), "core_max_khz": list(self.core_max_khz), "big_cores": list(self.big_cores),
