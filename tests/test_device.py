@@ -88,6 +88,7 @@ def test_describe_reads_the_profile(adb, make_device, client):  # noqa: F811
     assert info.core_max_khz == ARM64_PHONE.core_max_khz and info.cores == 8
     assert info.big_cores == (4, 5, 6, 7) and info.taskset_mask == "f0"
     assert (info.thermal_status, info.cpu_temp_c) == (0, 36.5)
+    assert {"asimd", "asimddp", "atomics"} <= set(info.cpu_features)
     assert not info.emulated and "EMULATED" not in info.label
     info = describe(client, emulated.serial)
     assert info.emulated and info.emulation_marker == "ro.kernel.qemu=1"

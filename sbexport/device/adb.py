@@ -162,7 +162,7 @@ class AdbClient:
     def lost(self, serial: str, what: str, output: str) -> DeviceError:
         """The error for a call that did not complete: adb's reason, with advice when the device
         is no longer usable (unplugged, offline, unauthorized)."""
-        reason = _last_line(output) or "no output"
+        reason = _last_line(output).removeprefix("adb: ") or "no output"
         try:
             listed = next((d for d in self.devices() if d.serial == serial), None)
         except DeviceError:

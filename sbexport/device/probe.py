@@ -28,6 +28,7 @@ echo @cpus; for c in /sys/devices/system/cpu/cpu[0-9]*; do
 echo @thermal; dumpsys thermalservice 2>/dev/null | grep 'Thermal Status'
 echo @zones; for z in /sys/class/thermal/thermal_zone*; do
   echo "$(cat $z/temp 2>/dev/null) $(cat $z/type 2>/dev/null)"; done
+echo @features; grep -m1 '^Features' /proc/cpuinfo
 echo @taskset; command -v taskset
 echo @end"""
 
@@ -39,7 +40,8 @@ THERMAL_STATUS = ("none", "light", "moderate", "severe", "critical", "emergency"
 class DeviceInfo:
     """One device as the bench describes it. core_max_khz[i] is cpu i's cpuinfo_max_freq (None:
     not readable); big_cores are the cores the bench pins to (empty: not pinned); thermal_status
-    is Android's level 0-6 (None: no thermal service); cpu_temp_c the hottest CPU zone."""
+    is Android's level 0-6 (None: no thermal service); cpu_temp_c the hottest CPU zone;
+    cpu_features the first core's /proc/cpuinfo Features (asimd, asimddp, i8mm, ...)."""
     serial: str
     model: str
     manufacturer: str
@@ -51,6 +53,7 @@ class DeviceInfo:
     core_max_khz: tuple[int | None, ...]
     big_cores: tuple[int, ...]
     has_taskset: bool
+    cpu_features: tuple[str, ...]
     thermal_status: int | None
     cpu_temp_c: float | None
     emulated: bool
@@ -73,6 +76,7 @@ class DeviceInfo:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "core_max_khz": list(self.core_max_khz), "big_cores": list(self.big_cores),
+                "cpu_features": list(self.cpu_features),
                 "taskset_mask": self.taskset_mask,
                 "thermal_status_name": None if self.thermal_status is None else THERMAL_STATUS[self.thermal_status]}
 
@@ -96,6 +100,7 @@ def describe(client: AdbClient, serial: str) -> DeviceInfo:
         abi=abi, android=props.get("ro.build.version.release", ""), sdk=props.get("ro.build.version.sdk", ""),
         cores=len(khz), core_max_khz=khz, big_cores=big_cores(khz),
         has_taskset=any(line.strip() for line in sections.get("taskset", [])),
+        cpu_features=tuple(" ".join(sections.get("features", [])).partition(":")[2].split()),
         thermal_status=parse_thermal_status(sections.get("thermal", [])),
         cpu_temp_c=parse_cpu_temp(sections.get("zones", [])),
         emulated=marker is not None, emulation_marker=marker)

@@ -54,17 +54,25 @@ class DeviceRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        left = self.cleanup()
-        self._local.cleanup()
+        left = self.close()
         if left is None:
-            self.log(f"removed {self.folder} from device {self.serial}")
             return False
         if exc is None:
             raise DeviceError(left)
         if isinstance(exc, SbexportError):
             raise DeviceError(f"{exc}; {left}") from None
-        self.log(f"error: {left}")       # Ctrl-C or a bug: keep that exception, say what is left
+        self.log(f"error: {left}")       # Ctrl-C or a bug: that exception goes on, with this said
         return False
+
+    def close(self) -> str | None:
+        """Clean up (cleanup()); None when nothing is left on the device (logged), otherwise
+        the line saying what is left, for the caller to report with the error that ended the run."""
+        left = self.cleanup()
+        if self._local is not None:
+            self._local.cleanup()
+        if left is None:
+            self.log(f"removed {self.folder} from device {self.serial}")
+        return left
 
     def cleanup(self) -> str | None:
         """Stop the runner if it runs and remove the run folder (and DEVICE_ROOT when empty).
@@ -87,7 +95,7 @@ class DeviceRun:
     def push(self, local: Path, name: str) -> str:
         """Push the file or folder `local` to RUN/name; its device path."""
         remote = f"{self.folder}/{name}"
-        self.log(f"pushing {local.name} to {self.serial}:{remote}")
+        self.log(f"pushing {name} to {self.serial}:{remote}")
         self.client.push(self.serial, local, remote, f"pushing {local}")
         return remote
 
