@@ -374,6 +374,10 @@ def _split(value: str, option: str, kind=str) -> tuple:
               help="A BERT checkpoint instead of random weights.")
 @click.option("--random-init", is_flag=True,
               help="Random weights for both models (the default; latency does not depend on them).")
+@click.option("--config-squeezebert", default=None, metavar="CONFIG_JSON",
+              help="Random SqueezeBERT weights at this config.json's size instead of the public one.")
+@click.option("--config-bert", default=None, metavar="CONFIG_JSON",
+              help="Random BERT weights at this config.json's size instead of BERT-base's.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON (schema sbexport.bench/1).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -384,7 +388,8 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, model_squeezebert, model_bert,
-          random_init, json_path, plot_path, workdir, no_verify, no_memory, seed) -> None:
+          random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify, no_memory,
+          seed) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
 
     Exports each model once per format, times both interleaved run by run, and prints per
@@ -395,16 +400,18 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, mo
     Example:
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
       sbexport bench --formats onnx --threads 1 --runs 50
+      sbexport bench --config-squeezebert small/config.json --models squeezebert
     """
     from .bench import BenchConfig, run_bench, table
 
     checkpoints = {arch: path for arch, path in (("squeezebert", model_squeezebert), ("bert", model_bert)) if path}
+    configs = {arch: path for arch, path in (("squeezebert", config_squeezebert), ("bert", config_bert)) if path}
     if random_init and checkpoints:
         raise SbexportError("--random-init and --model-squeezebert/--model-bert exclude each other")
     config = BenchConfig(task=task_name, seq_lens=_split(seq_lens, "--seq-lens", int), batch=batch, threads=threads,
                          warmup=warmup, runs=runs, formats=_split(formats, "--formats"),
-                         models=_split(models, "--models"), checkpoints=checkpoints, workdir=workdir,
-                         verify=not no_verify, memory=not no_memory, seed=seed)
+                         models=_split(models, "--models"), checkpoints=checkpoints, configs=configs,
+                         workdir=workdir, verify=not no_verify, memory=not no_memory, seed=seed)
     result = run_bench(config, json_path=json_path, plot_path=plot_path)
     click.echo(table(result))
     for path in (json_path, plot_path):

@@ -200,14 +200,14 @@ def test_graph_check_counts_the_projections(onnx_artifact):
 
 def test_bert_baseline_exports(tmp_path):
     """`sbexport onnx --arch bert` always failed: the exporter demanded Conv nodes of every model."""
-    from conftest import TINY
+    from conftest import TINY, tiny_random_config
 
     from sbexport.export import export_artifact
     from sbexport.source import resolve_source
 
     task = TASKS["sst2"]
     out = export_artifact("onnx", task, resolve_source(task, random_init=True, arch="bert"), tmp_path / "bert",
-                          config_overrides=TINY, log=lambda _: None)
+                          config=tiny_random_config(task, "bert"), log=lambda _: None)
     model, manifest = _load(out)
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["Conv"] == 0 and ops["MatMul"] + ops["Gemm"] >= 6 * TINY["num_hidden_layers"]

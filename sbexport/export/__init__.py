@@ -88,9 +88,12 @@ def max_sequence(config, options: ExportOptions) -> int:
 
 def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Path,
                     options: ExportOptions = ExportOptions(), *, overwrite: bool = False,
-                    verify: bool = True, config_overrides: dict | None = None,
+                    verify: bool = True, config=None,
                     log: Callable[[str], None] = print) -> Path:
     """Export `task` from `source` to format `fmt` in the folder `out_dir`.
+
+    `config`, when given, is the exact model config to build instead of the source's (see
+    source.build_reference), e.g. random_init_config(task, arch, a custom size).
 
     Returns the folder. Raises SbexportError (bad options, an empty `out_dir`, an existing
     folder that may not be replaced (see artifact.check_destination), missing checkpoint),
@@ -106,7 +109,7 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     if source.random_init:
         log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
             f"(seed {source.seed}); its outputs mean nothing, its size and speed are real")
-    model = build_reference(task, source, config_overrides)
+    model = build_reference(task, source, config)
     max_seq = max_sequence(model.config, options)
     tokenizer = bundled_tokenizer(source, model.config, log)
     wrapper = ExportWrapper(model, task).eval()
