@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 import warnings
+from dataclasses import replace
 
 import click
 
@@ -396,9 +397,23 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--no-verify", is_flag=True, help="Time exports without checking their parity first.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-def bench(task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, models, model_squeezebert,
+@click.option("--sgemm-size", type=click.IntRange(min=8), default=2048, show_default=True,
+              help="n of the n x n fp32 matrix product that measures the ceiling.")
+@click.option("--device", type=click.Choice(["adb"]), default=None,
+              help="Time on an Android device over adb (ExecuTorch in android_demo's native runner) instead of "
+                   "this CPU. See README: Benchmark on a phone.")
+@click.option("--serial", "serials", multiple=True, metavar="SERIAL",
+              help="With --device adb: the device, as `adb devices` lists it; repeat for several (one report "
+                   "each, then a combined table). Default: the one device attached.")
+@click.option("--runner", type=click.Path(exists=True), default=None, metavar="PATH",
+              help="With --device adb: the native runner to push, the Android build's sbexport_runner or the arm64 "
+                   "Linux bundle folder (android_demo/README.md).")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="With --device adb: seconds of rest between two runner processes.")
+@click.pass_context
+def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, models, model_squeezebert,
           model_bert, random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify,
-          no_memory, seed) -> None:
+          no_memory, seed, sgemm_size, device, serials, runner, cooldown) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
 
     Exports each model once per format, times both interleaved run by run, and prints per
@@ -410,6 +425,7 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_a
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
       sbexport bench --runtimes onnx --threads 1 --runs 50
       sbexport bench --config-squeezebert small/config.json --models squeezebert
+      sbexport bench --device adb --runner build/runner-android/sbexport_runner --seq-lens 128
     """
     from .bench import BenchConfig, run_bench, table
 
@@ -423,12 +439,39 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_a
                          warmup=warmup, runs=runs, formats=_split(runtimes, "--runtimes"),
                          models=_split(models, "--models"), checkpoints=checkpoints, configs=configs,
                          random_init=random_init,
-                         workdir=workdir, verify=not no_verify, memory=not no_memory, seed=seed)
+                         workdir=workdir, verify=not no_verify, memory=not no_memory, seed=seed,
+                         sgemm_size=sgemm_size)
+    if device is None and (serials or runner):
+        raise SbexportError("--serial and --runner apply to --device adb only")
+    if device == "adb":
+        if ctx.get_parameter_source("runtimes") is click.core.ParameterSource.DEFAULT and formats_alias is None:
+            config = replace(config, formats=("executorch",))     # what a device runs
+        _bench_devices(config, serials, runner, cooldown, json_path, plot_path)
+        return
     result = run_bench(config, json_path=json_path, plot_path=plot_path)
     click.echo(table(result))
     for path in (json_path, plot_path):
         if path is not None:
             click.echo(f"wrote {path}")
+
+
+def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> None:
+    """`bench --device adb`: bench.devices does the work; each device's table, then all of them."""
+    from pathlib import Path
+
+    from .bench.devices import bench_devices, devices_text, report_path
+
+    if runner is None:
+        raise SbexportError("--device adb needs --runner: the Android build of android_demo's runner "
+                            "(build/runner-android/sbexport_runner) or the arm64 Linux bundle "
+                            "(build/runner-arm64/bundle); see android_demo/README.md")
+    results = bench_devices(config, serials, Path(runner), json_path=json_path, plot_path=plot_path,
+                            cooldown_s=cooldown, log=lambda line: click.echo(line, err=True))
+    click.echo(devices_text(results))
+    for result in results:
+        for path in (json_path, plot_path):
+            if path is not None:
+                click.echo(f"wrote {report_path(path, result['device']['serial'], len(results))}")
 
 
 # --------------------------------------------------------------------------------------

@@ -28,3 +28,8 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     first line is the one that fits an sbexport error line."""
     lines = str(error).strip().splitlines()
     return lines[0][:limit] if lines else ""
+
+
+class DeviceError(SbexportError):
+    """A device reached over adb that cannot be used, or a connection lost; the message names
+    the device's serial and says what to do (and what was left on the device, if anything)."""

@@ -75,7 +75,12 @@ IMPLEMENTED_FEATURES = ("shell_v2", "stat_v2", "ls_v2", "fixed_push_mkdir")
 class DeviceProfile:
     """What the device says about itself. `core_max_khz[i]` is cpu i's cpuinfo_max_freq
     (None: no cpufreq folder, as on many emulators); `thermal_status` is the thermal service's
-    status (0 none .. 6 shutdown), None when the device has no thermal service."""
+    status (0 none .. 6 shutdown), None when the device has no thermal service.
+
+    `emulated`: the stand-in runs what it is sent on the host, an arm64 program through
+    qemu-user, so by default it says it is emulated the way the Android emulator does
+    (ro.kernel.qemu=1) and sbexport marks its timings as emulation. False pretends to be real
+    hardware: only for tests of how a real phone's report reads, never for a figure."""
     name: str
     abi: str
     abilist: str
@@ -94,6 +99,7 @@ class DeviceProfile:
     thermal_zones: tuple[tuple[str, int], ...] = (("cpu-0-0", 36500), ("battery", 31000))
     features: tuple[str, ...] = IMPLEMENTED_FEATURES
     extra_props: tuple[tuple[str, str], ...] = ()
+    emulated: bool = True
 
     @property
     def cores(self) -> int:
@@ -109,6 +115,8 @@ class DeviceProfile:
             "ro.build.version.sdk": str(self.sdk), "ro.build.version.release": self.release,
             "ro.serialno": f"STANDIN{self.name.upper().replace('-', '')}",
         }
+        if self.emulated:
+            props["ro.kernel.qemu"] = "1"
         props.update(self.extra_props)
         return props
 
