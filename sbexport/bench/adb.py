@@ -210,7 +210,7 @@ class AdbSession:
         """Push the model's .pte; load_s is filled from the first runner process (time())."""
         from ..artifact import read_manifest
 
-        pte = Path(artifact) / read_manifest(Path(artifact))["model_file"]
+        pte = Path(artifact) / read_manifest(Path(artifact)).model_file
         remote = self.target.push_once(pte, f"{model.arch}.pte")
         return Loaded(model.arch, pte.name, pte.stat().st_size, 0.0, remote)
 
