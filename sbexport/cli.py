@@ -405,7 +405,7 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--serial", "serials", multiple=True, metavar="SERIAL",
               help="With --device adb: the device, as `adb devices` lists it; repeat for several (one report "
                    "each, then a combined table). Default: the one device attached.")
-@click.option("--runner", type=click.Path(exists=True), default=None, metavar="PATH",
+@click.option("--runner", type=click.Path(), default=None, metavar="PATH",
               help="With --device adb: the native runner to push, the Android build's sbexport_runner or the arm64 "
                    "Linux bundle folder (android_demo/README.md).")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=5.0, show_default=True,

@@ -310,7 +310,7 @@ def test_formats_is_a_deprecated_name_of_runtimes(no_work, monkeypatch, capsys):
 def test_random_init_beside_a_checkpoint_is_refused_where_the_source_is_resolved(no_work):
     """Not only by the CLI: a BenchConfig asking for both is refused before any work."""
     with pytest.raises(SbexportError, match="--random-init and --model-bert exclude each other"):
-        run_bench(tiny(random_init=True, checkpoints={"bert": "/nonexistent/bert-base"}),
+        run_bench(tiny(random_init=True, checkpoints={"bert": "/nonexistent/bert-base"}, configs={}),
                   progress=False)
 
 

@@ -77,6 +77,11 @@ class AdbTarget:
                                             "numpy": None},
                 "threads": threads}
 
+    def cores(self) -> int:
+        """The threads a run uses without --threads: the big cores (all cores when their
+        frequencies could not be read)."""
+        return len(self.info.big_cores) or self.info.cores or 1
+
     def load_average(self) -> list[float] | None:
         done = self.client.shell(self.info.serial, "cat /proc/loadavg", "reading the load average")
         fields = done.stdout.split()
@@ -120,17 +125,16 @@ class AdbTarget:
             "threads": f"the runner's --threads (ExecuTorch's thread pool, XNNPACK runs on it); pinned: {pin}",
             "memory": "not measured on a device (the runner's peak RSS of each process is in the report's device "
                       "runs)",
+            "ceiling": f"ExecuTorch XNNPACK fp32 matrix product {config.sgemm_size}^3 in the native runner on the "
+                       f"device, best of {CEILING_REPEATS} calls",
             "cpu_wait_pct": "not measured on a device",
         }
 
     def method_overrides(self, config) -> dict:
-        """The report's method notes that the pipeline words for the host: how the models
-        alternate and how the ceiling was measured, on a device."""
+        """The report's method note that the pipeline words for the host: how the models
+        alternate, on a device."""
         return {"interleaving": f"per sequence length, runner processes alternate between the models "
-                                f"({self.options.rounds} each, order reversed every round); one model per process",
-                "ceiling": f"ExecuTorch XNNPACK fp32 matrix product {config.sgemm_size}^3 in the native runner on "
-                           f"the device, best of {CEILING_REPEATS} calls, measured before the exports and after the "
-                           f"timing, the better kept; pct_of_ceiling = achieved GFLOP/s at p50 / that rate"}
+                                f"({self.options.rounds} each, order reversed every round); one model per process"}
 
     @contextlib.contextmanager
     def session(self, task, runtime: str, threads: int) -> Iterator[AdbSession]:

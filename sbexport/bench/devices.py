@@ -60,8 +60,7 @@ def bench_devices(config: BenchConfig, serials: list[str] | tuple[str, ...], run
         for info, (json_out, plot_out) in zip(infos, paths):
             options = DeviceOptions(runner=Path(runner), workdir=Path(workdir) / "device", cooldown_s=cooldown_s)
             target = AdbTarget(client, info, options, log)
-            device_config = replace(config, workdir=workdir,
-                                    threads=config.threads or len(info.big_cores) or info.cores or 1)
+            device_config = replace(config, workdir=workdir)    # threads: the target's cores() by default
             log(f"benchmarking on {info.label}")
             result = device_result(_run_on(target, device_config, progress, log), target, device_config)
             if json_out is not None:
