@@ -1,8 +1,9 @@
-"""Run an exported file: ONNX Runtime for .onnx, executorch.runtime for .pte.
+"""Runners: ONNX Runtime for an .onnx file, executorch.runtime for a .pte, and the PyTorch
+reference itself (TorchRunner).
 
-Every runner takes a dict of int64 numpy arrays keyed by input name and returns the outputs
-as float32 numpy arrays, in the task's output order. verify, predict, bench and eval all run
-exported files through here.
+Every runner has run(feeds): a dict of int64 numpy arrays keyed by input name in, the outputs
+as float32 numpy arrays in the task's output order out. verify, predict, bench and eval run
+models through here; android_demo's native runner (targets/runner.py) answers the same way.
 """
 
 from __future__ import annotations
@@ -123,6 +124,21 @@ def _log_reason(buffer: io.StringIO) -> str:
         if line.strip() and not line.startswith("[cpuinfo"):
             return re.sub(r"^\[[^\]]*\]\s*", "", line.strip())[:300]
     return ""
+
+
+class TorchRunner:
+    """The PyTorch reference (an eval-mode model of sbexport.modeling or modeling_bert) as a
+    runner: its named outputs `output_names` as numpy, computed under inference_mode."""
+
+    def __init__(self, model, output_names: tuple[str, ...]):
+        self.model, self.output_names = model, output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        return [getattr(out, name).numpy() for name in self.output_names]
 
 
 def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):

@@ -28,6 +28,7 @@ from .config import load_config
 from .errors import ParityError, SbexportError
 from .heads import INPUT_NAMES
 from .manifest import Dims, Manifest, ParityFigures
+from .runtime import TorchRunner
 from .source import build_reference, weights_sha256
 from .targets import HOST
 from .tasks import Task, get_task
@@ -231,8 +232,8 @@ def rebuild_reference(folder: Path, manifest: Manifest, task: Task) -> torch.nn.
 
 
 def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-    return [getattr(out, name).numpy() for name in task.outputs]
+    """The reference's outputs for `feeds`, in the task's output order (runtime.TorchRunner)."""
+    return TorchRunner(model, task.outputs).run(feeds)
 
 
 def sweep(task: Task, dims: Dims, config, folder: Path, max_seq: int | None = None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..threads import thread_settings
 from . import machine, memory, notes
-from .runners import open_model
+from .models import open_model
 from .target import Loaded, Peak, Timing
 from .timing import time_interleaved
 

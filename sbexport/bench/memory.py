@@ -56,7 +56,7 @@ def measure(spec: dict) -> dict:
     from ..tasks import get_task
     from ..threads import thread_settings
     from .inputs import bench_model_of
-    from .runners import open_model
+    from .models import open_model
     from .target import feeds_for
 
     task = get_task(spec["task"])

@@ -21,10 +21,9 @@ from ..artifact import open_artifact
 from ..errors import SbexportError
 from ..heads import INPUT_NAMES
 from ..manifest import Manifest
-from ..runtime import open_runner
+from ..runtime import TorchRunner, open_runner
 from ..tasks import Task
 from ..tokenizer import SqueezeBertTokenizer, has_tokenizer
-from ..verify import reference_outputs
 from .datasets import QAExample, TagExample, TextExample
 
 
@@ -50,10 +49,8 @@ class Predictions:
 
 
 def pytorch_runner(model: torch.nn.Module, task: Task, tokenizer, max_seq: int, batch: int) -> Runner:
-    """The PyTorch reference as a runner (no_grad, eval mode, float32 outputs)."""
-    def run(feeds):
-        with torch.no_grad():
-            return reference_outputs(model, task, feeds)
+    """The PyTorch reference (eval mode) as a runner: runtime.TorchRunner."""
+    run = TorchRunner(model, task.outputs).run
     return Runner("pytorch", "pytorch", run, model_labels(model, task), tokenizer, max_seq, batch)
 
 

@@ -39,16 +39,9 @@ def open_model(task: Task, runtime: str, model, artifact: Path | None, threads: 
 
 
 def _eager(task: Task, model) -> HostModel:
-    import torch
-
-    from ..export import ExportWrapper
+    from ..runtime import TorchRunner
     from ..source import build_reference
 
-    module = ExportWrapper(build_reference(task, model.source, model.build_config), task).eval()
-
-    def run(feeds):
-        with torch.inference_mode():
-            return [o.numpy() for o in module(*(torch.from_numpy(feeds[k]) for k in INPUT_NAMES))]
-
+    module = build_reference(task, model.source, model.build_config)
     weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    return HostModel(run, "(weights in memory)", weights)
+    return HostModel(TorchRunner(module, task.outputs).run, "(weights in memory)", weights)
