@@ -163,8 +163,10 @@ class ParityReport:
 def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, threads: int = 0,
                   log: Callable[[str], None] = print, shown_as: str | Path | None = None) -> ParityReport:
     """Check the artifact's hashes, run the sweep, record the figures in its manifest and
-    return the report. `shown_as` names the folder in the report and in errors (export verifies
-    its staging folder and names the destination the user gave). Raises SbexportError for a
+    return the report. A quantized artifact (manifest `quantization`) is judged by the
+    accuracy guard instead, and gets its agreement.AgreementReport (same interface).
+    `shown_as` names the folder in the report and in errors (export verifies its staging
+    folder and names the destination the user gave). Raises SbexportError for a
     tampered or unloadable artifact, ParityError for an output of the wrong shape."""
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
@@ -172,6 +174,9 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
     task = get_task(manifest["task"])
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
+    if manifest.get("quantization"):   # an int8 file is judged by agreement, not by the fp32 bound
+        from .agreement import guard_folder, manifest_options
+        return guard_folder(folder, reference, manifest_options(manifest), threads, log=log, shown_as=shown_as)
     runner = open_runner(folder / manifest["model_file"], INPUT_NAMES, threads)
     report = ParityReport(name, task.name, task.atol, task.rtol)
     for feeds in sweep(task, manifest, reference.config, folder):
