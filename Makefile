@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench mutate clean toolchain runner runner-arm64
+.PHONY: install demo test lint bench roofline mutate clean toolchain runner runner-arm64 arm64
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -19,8 +19,9 @@ demo: install
 	$(BIN)/sbexport onnx --task mnli --random-init --overwrite -o artifacts/mnli-onnx
 
 # The native runner's tests need the compilers and qemu-user, the adb tests Debian's adb client
-# (driven against the device stand-in tests/adb_device.py): `toolchain` installs them first.
-test: install toolchain
+# (driven against the device stand-in tests/adb_device.py): `toolchain` installs them first;
+# `arm64` sets up verify --target arm64-qemu, which the arm64 parity tests run.
+test: install toolchain arm64
 	$(BIN)/python -m pytest -q
 
 # ruff, pinned in pyproject's test extra; its rules are pyproject's [tool.ruff].
@@ -29,6 +30,12 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/host_comparison.py
+
+# GFLOP/s of each SqueezeBERT projection shape per runtime against the measured ceilings
+# (issue 10); ROOFLINE_ARGS="--threads 1" or "--seq-lens 128".
+roofline: install
+	$(BIN)/sbexport roofline --json benchmarks/results/roofline_$$(date -u +%F).json \
+		--plot benchmarks/results/roofline_$$(date -u +%F).png $(ROOFLINE_ARGS)
 
 # The native runner (android_demo/): build.sh caches its builds and the aarch64 wheel under
 # build/, so a second call only rebuilds what changed. `make toolchain` installs the compilers and
@@ -41,6 +48,14 @@ runner: install
 
 runner-arm64: install
 	PYTHON=$(BIN)/python bash android_demo/build.sh arm64
+
+# `sbexport verify --target arm64-qemu`'s setup in build/arm64/: runner/ (the arm64 runner's
+# bundle) and python/ (Debian's arm64 Python 3.11 with the aarch64 onnxruntime and numpy wheels,
+# fetched once into build/cache/; tools/arm64_python.sh). qemu-aarch64 is called by name: no
+# binfmt_misc, no root beyond `make toolchain`'s apt-get.
+arm64: install toolchain runner-arm64
+	PYTHON=$(BIN)/python bash tools/arm64_python.sh build/arm64/python
+	ln -sfn ../runner-arm64/bundle build/arm64/runner
 
 # Plant each bug of tools/mutants.toml in a throwaway copy and report those no test catches
 # (exit 1 when one survives or the catalogue is stale). MUTATE_ARGS="--only ID,ID" or "--list".

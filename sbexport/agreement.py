@@ -3,17 +3,14 @@ decides, and how far its outputs are from fp32's.
 
 An int8 file cannot meet the fp32 parity bound (verify.compare), nor should it: what a user
 needs is the same answers. The guard runs the PyTorch reference and the file on verify's sweep
-and on real sentences (sbexport/data/guard_en.tsv, not the calibration set) and counts, per
-task head, the decisions that agree:
+and on real sentences (sbexport/data/guard_en.tsv, not the calibration set) and counts the
+decisions that agree, read from the head's output axes (decisions()):
 
-    sequence classification  the argmax label of each row
+    labels, choices, vocab   the argmax of each row, or of each real token (tags, masked tokens;
+                             the top-5 set of a vocabulary shown beside it, not judged)
+    a span (start, end)      argmax start and argmax end over real tokens, both equal
     regression (stsb)        the order of every pair of scores (concordance: what Spearman reads)
-    token classification     the argmax tag of each real token
-    question answering       the span: argmax start and argmax end of each row, both equal
-    multiple choice          the argmax choice of each row
-    masked LM                the argmax token at each real position (the top-5 set shown beside
-                             it, not judged: ranks 5 and 6 swap with no answer changing)
-    features                 the embeddings: cosine similarity >= COSINE_BAR, per real token of
+    embeddings (hidden)      cosine similarity >= COSINE_BAR, per real token of
                              last_hidden_state and per row of pooler_output
 
 with each output's max and mean absolute error at real positions. It passes when every
@@ -32,7 +29,8 @@ import numpy as np
 import torch
 
 from .errors import ParityError
-from .tasks import INPUT_NAMES, Task
+from .heads import INPUT_NAMES
+from .tasks import Task
 
 GUARD_TEXTS = "guard_en.tsv"   # sbexport/data: 36 tab-separated pairs, none in the calibration set
 # An int8 embedding "agrees" with fp32's when their cosine similarity reaches this. Measured on the
@@ -205,33 +203,35 @@ def _fold_error(error: OutputError, ref: np.ndarray, got: np.ndarray, real: np.n
 
 def decisions(task: Task, ref: dict, got: dict, mask: np.ndarray) -> list[tuple]:
     """The decisions of one case: (measure name, bool array of agreements, cosines or None,
-    regression score pairs); a name ending in "(shown)" is reported, not judged (the top-5
-    set of a masked LM: a swap of its 5th and 6th candidates is no wrong answer). The one
-    place the guard depends on the head."""
+    regression score pairs), read from the head's output axes (heads.Head.outputs): an output
+    whose last axis is "hidden" is an embedding (cosine); outputs that are all [batch,
+    sequence] pick a span (argmax of each over real tokens, all equal); otherwise the argmax of
+    the last axis, per row, or per real token when the output has a sequence axis. A name
+    ending in "(shown)" is reported, not judged (the top-5 set of a vocabulary: a swap of its
+    5th and 6th candidates is no wrong answer)."""
     tokens = mask.astype(bool)                                   # [batch, seq]: real tokens
-    if task.head == "base":
-        token_cos = _cosine(ref["last_hidden_state"], got["last_hidden_state"])[tokens]
-        pooled_cos = _cosine(ref["pooler_output"], got["pooler_output"])
-        return [("token embedding cosine", token_cos >= COSINE_BAR, token_cos, []),
-                ("pooled embedding cosine", pooled_cos >= COSINE_BAR, pooled_cos, [])]
-    if task.head == "question-answering":
+    axes = task.head.outputs                                     # output name -> its axes
+    if task.problem_type == "regression":
+        r, g = ref[task.outputs[0]], got[task.outputs[0]]
+        return [("score order (pairs)", np.zeros(0, bool), None, list(zip(r[:, 0].tolist(), g[:, 0].tolist())))]
+    if all(a == ("batch", "sequence") for a in axes.values()):
         def best(x):   # argmax over real tokens only: [batch]
             return np.where(tokens, x, -np.inf).argmax(-1)
-        same = ((best(ref["start_logits"]) == best(got["start_logits"]))
-                & (best(ref["end_logits"]) == best(got["end_logits"])))
+        same = np.logical_and.reduce([best(ref[n]) == best(got[n]) for n in axes])
         return [("answer span", same, None, [])]
-    r, g = ref["logits"], got["logits"]
-    if task.problem_type == "regression":
-        return [("score order (pairs)", np.zeros(0, bool), None, list(zip(r[:, 0].tolist(), g[:, 0].tolist())))]
-    same = r.argmax(-1) == g.argmax(-1)
-    if task.head in ("token-classification", "masked-lm"):
-        name = "tag argmax (real tokens)" if task.head == "token-classification" else "token argmax (real tokens)"
-        result = [(name, same[tokens], None, [])]
-        if task.head == "masked-lm":
+    result = []
+    for name, name_axes in axes.items():
+        at = (lambda x: x[tokens]) if "sequence" in name_axes else (lambda x: x)
+        if name_axes[-1] == "hidden":
+            cosines = at(_cosine(ref[name], got[name]))
+            result.append((f"{name} cosine", cosines >= COSINE_BAR, cosines, []))
+            continue
+        r, g = ref[name], got[name]
+        result.append((f"{name_axes[-1]} argmax", at(r.argmax(-1) == g.argmax(-1)), None, []))
+        if name_axes[-1] == "vocab":
             top = np.sort(np.argsort(-r, -1)[..., :5], -1) == np.sort(np.argsort(-g, -1)[..., :5], -1)
-            result.append(("top-5 set (shown)", top.all(-1)[tokens], None, []))
-        return result
-    return [("choice argmax" if task.head == "multiple-choice" else "label argmax", same, None, [])]
+            result.append(("top-5 set (shown)", at(top.all(-1)), None, []))
+    return result
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import warnings
 import click
 
 from .errors import SbexportError
+from .targets import TARGET_NAMES
 from .tasks import TASKS
 
 
@@ -285,7 +286,13 @@ def executorch(backend, batch, **kwargs) -> None:
 @_threads_option("the runtime's own choice")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON.")
-def verify(folder, threads, json_path) -> None:
+@click.option("--target", "target_name", type=click.Choice(list(TARGET_NAMES)), default="host",
+              show_default=True, help="Where the file runs: this machine, or an arm64 CPU emulated by "
+              "qemu-aarch64 (sequences up to 32; set up by `make arm64`).")
+@click.option("--cpu", default=None, metavar="MODEL",
+              help="The emulated CPU model of --target arm64-qemu (`qemu-aarch64 -cpu help`). "
+              "Default: cortex-a53 (ARMv8.0); max has every extension qemu emulates.")
+def verify(folder, threads, json_path, target_name, cpu) -> None:
     """Re-run the parity sweep of an artifact folder against its PyTorch reference.
 
     Exits 1 when any output differs beyond its bound (atol + rtol x the output's scale, at
@@ -294,15 +301,18 @@ def verify(folder, threads, json_path) -> None:
     \b
     Example:
       sbexport verify artifacts/mnli-onnx
+      sbexport verify artifacts/mnli-pte --target arm64-qemu --cpu max
     """
     from .reportfile import check_report_path, write_report
+    from .targets import open_target
     from .threads import thread_settings
     from .verify import report_json, verify_folder
 
     if json_path is not None:
         check_report_path(json_path)          # before the sweep, not after it
+    target = open_target(target_name, cpu)    # a missing arm64 setup is refused before the reference is built
     with thread_settings(threads, executorch=threads is not None):   # this command owns the pools
-        report = verify_folder(folder, threads=threads or 0, log=click.echo)
+        report = verify_folder(folder, threads=threads or 0, log=click.echo, target=target)
     if json_path is not None:
         write_report(json_path, report_json(report) + "\n")
     report.raise_on_failure()
@@ -370,7 +380,7 @@ def info(folder, list_tasks) -> None:
     """
     if list_tasks or folder is None:
         for task in TASKS.values():
-            click.echo(f"{task.name:<10} {task.head:<24} {task.description}")
+            click.echo(f"{task.name:<10} {task.head.name:<24} {task.description}")
         return
     from .artifact import open_artifact
 
@@ -457,6 +467,10 @@ def _split(value: str, option: str, kind=str) -> tuple:
               help="A BERT checkpoint instead of random weights.")
 @click.option("--random-init", is_flag=True,
               help="Random weights for both models (the default; latency does not depend on them).")
+@click.option("--config-squeezebert", default=None, metavar="CONFIG_JSON",
+              help="Random SqueezeBERT weights at this config.json's size instead of the public one.")
+@click.option("--config-bert", default=None, metavar="CONFIG_JSON",
+              help="Random BERT weights at this config.json's size instead of BERT-base's.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON (schema sbexport.bench/1).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -467,7 +481,8 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, model_squeezebert, model_bert,
-          random_init, json_path, plot_path, workdir, no_verify, no_memory, seed) -> None:
+          random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify, no_memory,
+          seed) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
 
     Exports each model once per format, times both interleaved run by run, and prints per
@@ -478,17 +493,66 @@ def bench(task_name, seq_lens, batch, threads, warmup, runs, formats, models, mo
     Example:
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
       sbexport bench --formats onnx --threads 1 --runs 50
+      sbexport bench --config-squeezebert small/config.json --models squeezebert
     """
     from .bench import BenchConfig, run_bench, table
 
     checkpoints = {arch: path for arch, path in (("squeezebert", model_squeezebert), ("bert", model_bert)) if path}
+    configs = {arch: path for arch, path in (("squeezebert", config_squeezebert), ("bert", config_bert)) if path}
     if random_init and checkpoints:
         raise SbexportError("--random-init and --model-squeezebert/--model-bert exclude each other")
     config = BenchConfig(task=task_name, seq_lens=_split(seq_lens, "--seq-lens", int), batch=batch, threads=threads,
                          warmup=warmup, runs=runs, formats=_split(formats, "--formats"),
-                         models=_split(models, "--models"), checkpoints=checkpoints, workdir=workdir,
-                         verify=not no_verify, memory=not no_memory, seed=seed)
+                         models=_split(models, "--models"), checkpoints=checkpoints, configs=configs,
+                         workdir=workdir, verify=not no_verify, memory=not no_memory, seed=seed)
     result = run_bench(config, json_path=json_path, plot_path=plot_path)
+    click.echo(table(result))
+    for path in (json_path, plot_path):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------
+# roofline
+# --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@_threads_option("all cores")
+@click.option("--seq-lens", default=None, help="Sequence lengths, comma-separated. Default: 8,16,...,512.")
+@click.option("--runtimes", default=None, help="Runtimes, comma-separated. Default: torch,onnx,executorch.")
+@click.option("--repeats", type=int, default=None, help="Timed calls per shape, runtime and length. Default: 20.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON (schema sbexport.roofline/1).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the roofline (GFLOP/s against arithmetic intensity) as PNG.")
+@click.option("--quick", is_flag=True,
+              help="A tiny sweep (lengths 8 and 32, 3 calls, small ceilings) for a first look.")
+def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) -> None:
+    """Measure this CPU's fp32 ceilings and the GFLOP/s of every SqueezeBERT projection shape
+    (grouped 1x1 convolutions, batch 1) in each runtime: torch conv1d, ONNX Runtime's Conv,
+    ExecuTorch XNNPACK.
+
+    Ceilings: a large sgemm in torch (the measured sgemm ceiling) and a large copy (memory
+    bandwidth), on one core and on all. Each runtime's output is checked against a float64
+    reference before it is timed.
+
+    \b
+    Example:
+      sbexport roofline --json roofline.json --plot roofline.png
+      sbexport roofline --quick --runtimes onnx,executorch --threads 1
+    """
+    from .roofline import RooflineConfig, quick_config, run_roofline, table
+
+    changes = {"threads": threads}
+    if seq_lens is not None:
+        changes["seq_lens"] = _split(seq_lens, "--seq-lens", int)
+    if runtimes is not None:
+        changes["runtimes"] = _split(runtimes, "--runtimes")
+    if repeats is not None:
+        changes["repeats"] = repeats
+    config = quick_config(**changes) if quick else RooflineConfig(**changes)
+    result = run_roofline(config, json_path=json_path, plot_path=plot_path)
     click.echo(table(result))
     for path in (json_path, plot_path):
         if path is not None:

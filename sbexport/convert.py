@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import __version__, modeling
+from . import __version__
 from .artifact import CHECKPOINT, check_destination, output_folder, staged_folder, write_record
 from .checkpoints import load_pretrained, read_state_dict, resolve_checkpoint
 from .config import BertConfig, SqueezeBertConfig, load_config
 from .errors import CheckpointError, SbexportError
-from .tasks import HEADS
+from .heads import BASE, HEADS, MASKED_LM
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -144,10 +144,10 @@ def convert_state_dict(state: dict[str, torch.Tensor], origin: Path | str = "che
 
 
 def _squeezebert_class(bert: BertConfig) -> type:
-    """The SqueezeBERT class of the checkpoint's architecture (BertForX -> SqueezeBertForX);
-    BERT's pre-training head becomes the masked LM, anything else the bare model."""
+    """The SqueezeBERT class of the checkpoint's architecture: the head whose BERT class it
+    names (BertForX -> SqueezeBertForX); BERT's pre-training head becomes the masked LM,
+    anything else the bare model."""
     architecture = (bert.extra.get("architectures") or ["BertModel"])[0]
-    suffix = architecture.removeprefix("Bert")
-    if suffix == "ForPreTraining":
-        suffix = "ForMaskedLM"
-    return getattr(modeling, "SqueezeBert" + (suffix if suffix in HEADS.values() else "Model"))
+    by_name = {head.model_class("bert").__name__: head for head in HEADS.values()}
+    head = MASKED_LM if architecture == "BertForPreTraining" else by_name.get(architecture, BASE)
+    return head.model_class("squeezebert")

@@ -59,15 +59,14 @@ def resolve_source(task: Task, model: str | None = None, random_init: bool = Fal
                        fingerprint=checkpoint_fingerprint(folder), seed=seed)
 
 
-def build_reference(task: Task, source: ModelSource, config_overrides: dict | None = None,
-                    config=None) -> torch.nn.Module:
+def build_reference(task: Task, source: ModelSource, config=None) -> torch.nn.Module:
     """The PyTorch reference for `task` in eval mode.
 
-    `config`, when given, is the exact config to build (verify passes the artifact's
-    config.json, which holds every override the export applied). Without it: random init uses
-    the public architecture's config with the task's labels and `config_overrides` (tests use
-    tiny ones); a checkpoint uses its own config.json with the task's labels where it has none,
-    and `config_overrides`. Random weights (all of them for random init; a head the checkpoint
+    `config`, when given, is the exact config to build: verify passes the artifact's
+    config.json; a random-init export of a custom size passes random_init_config(task, arch,
+    its config). Without it: random init uses the public architecture's config with the task's
+    labels (random_init_config); a checkpoint uses its own config.json with the task's labels
+    where it has none. Random weights (all of them for random init; a head the checkpoint
     lacks, as in a -headless or pretrained-only checkpoint under a fine-tuning task, with a
     warning) are drawn from `source.seed`, so that verify rebuilds the same model later.
     Raises SbexportError when the checkpoint folder is gone or its weights no longer match the
@@ -76,7 +75,7 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
     cls = task.model_class(source.arch)
     if source.random_init:
         if config is None:
-            config = cls.config_class(**_random_init_config(task, source.arch, config_overrides or {}))
+            config = random_init_config(task, source.arch)
         with torch.random.fork_rng():
             torch.manual_seed(source.seed)
             return cls(config).eval()
@@ -91,14 +90,14 @@ def build_reference(task: Task, source: ModelSource, config_overrides: dict | No
     if config is not None:
         kwargs = {"config": config}
     else:
-        kwargs = dict(config_overrides or {})
-        if task.head in ("sequence-classification", "token-classification") and not _has_own_labels(own, task):
-            kwargs = {**task.config_overrides(), **kwargs}
+        kwargs = {}
+        if task.head.has_labels and not _has_own_labels(own, task):
+            kwargs = task.config_overrides()
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("always")
         torch.manual_seed(source.seed)
         wanted = config or own.replace(**{k: v for k, v in kwargs.items()})
-        if task.head in ("sequence-classification", "token-classification") and wanted.num_labels != own.num_labels:
+        if task.head.has_labels and wanted.num_labels != own.num_labels:
             return _with_new_head(cls, folder, own, wanted).eval()
         return load_pretrained(cls, str(folder), allow_missing_head=True, **kwargs).eval()
 
@@ -146,6 +145,14 @@ def _has_own_labels(config, task: Task) -> bool:
     return any(not v.startswith("LABEL_") for v in config.id2label.values())
 
 
-def _random_init_config(task: Task, arch: str, overrides: dict) -> dict:
-    base = {"vocab_size": PUBLIC_VOCAB_ROWS} if arch == "squeezebert" else {}
-    return {**base, **task.config_overrides(), **overrides}
+def random_init_config(task: Task, arch: str, shape=None):
+    """The config a random-init reference of `arch` for `task` is built with: `shape` (a
+    SqueezeBertConfig or BertConfig, e.g. a user's config.json read with config.load_config:
+    a custom size) or, when None, the public architecture's, with the task's labels on top.
+    Raises SbexportError when `shape` is of another architecture than `arch`."""
+    if shape is None:
+        base = {"vocab_size": PUBLIC_VOCAB_ROWS} if arch == "squeezebert" else {}
+        return CONFIG_CLASSES[arch](**base, **task.config_overrides())
+    if shape.model_type != arch:
+        raise SbexportError(f"a {shape.model_type} config was given for the {arch} model")
+    return shape.replace(**task.config_overrides())

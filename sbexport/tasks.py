@@ -1,51 +1,33 @@
-"""The one task registry. The CLI's choices, the exporters, verify, bench, eval and the tests
-all read TASKS; adding a task is one entry here.
+"""The one task registry. The CLI's choices, the exporters, verify, predict, eval, bench and the
+tests all read TASKS.
 
-A task names its head, its default labels (a checkpoint's own id2label wins when it has one),
-its inputs and outputs with their dynamic axes, and the parity tolerance of its outputs.
+A task names its head (a heads.Head record, which knows everything that differs between heads:
+model classes, outputs and axes, encoding, decoding, eval formats and scoring), its default
+labels (a checkpoint's own id2label wins when it has one), whether it takes text pairs, the
+parity tolerance of its outputs, and how eval reads and scores it (its GLUE columns, its
+metrics where they differ from its head's). Adding a task on an existing head is one entry in
+TASKS; adding a head is one record in heads.py plus its model class.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import SbexportError
+from .heads import (
+    BASE,
+    HEADS,
+    INPUT_NAMES,
+    MASKED_LM,
+    MULTIPLE_CHOICE,
+    QUESTION_ANSWERING,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    Head,
+)
 
-# Head kind -> the class-name suffix each architecture uses for it.
-HEADS = {
-    "base": "Model",
-    "masked-lm": "ForMaskedLM",
-    "sequence-classification": "ForSequenceClassification",
-    "multiple-choice": "ForMultipleChoice",
-    "token-classification": "ForTokenClassification",
-    "question-answering": "ForQuestionAnswering",
-}
-
-# model_type -> (module holding the classes, class-name prefix)
-ARCHITECTURES = {
-    "squeezebert": ("sbexport.modeling", "SqueezeBert"),
-    "bert": ("sbexport.modeling_bert", "Bert"),
-}
-
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-# Output name -> its axes. "labels", "vocab" and "hidden" are fixed by the model; "batch",
-# "sequence" and "choices" are dynamic in every export.
-OUTPUT_AXES = {
-    "last_hidden_state": ("batch", "sequence", "hidden"),
-    "pooler_output": ("batch", "hidden"),
-    "logits": None,  # depends on the head, see Task.output_axes
-    "start_logits": ("batch", "sequence"),
-    "end_logits": ("batch", "sequence"),
-}
-_LOGIT_AXES = {
-    "masked-lm": ("batch", "sequence", "vocab"),
-    "sequence-classification": ("batch", "labels"),
-    "multiple-choice": ("batch", "choices"),
-    "token-classification": ("batch", "sequence", "labels"),
-}
-DYNAMIC_AXES = ("batch", "choices", "sequence")
+__all__ = ["HEADS", "INPUT_NAMES", "TASKS", "GlueColumns", "Head", "Task", "get_task"]
 
 SQUEEZEBERT_MNLI = "squeezebert/squeezebert-mnli"
 SQUEEZEBERT_UNCASED = "squeezebert/squeezebert-uncased"
@@ -79,6 +61,17 @@ FP32_RTOL = 2e-5
 
 
 @dataclass(frozen=True)
+class GlueColumns:
+    """Where a task's texts and label sit in GLUE's dev TSV: header names (second None for a
+    one-text task), and the columns of a file that has no header row (CoLA's own dev.tsv)."""
+
+    first: str
+    second: str | None
+    label: str
+    no_header: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Task:
     """One exportable task.
 
@@ -88,63 +81,94 @@ class Task:
     """
 
     name: str
-    head: str
+    head: Head
     description: str
     labels: tuple[str, ...] = ()
     pair: bool = True                 # inputs are text pairs (premise / hypothesis, ...)
     problem_type: str | None = None
-    num_choices: int = 0              # multiple choice only
+    num_choices: int = 0              # multiple choice only: the example's choices at export
     default_checkpoint: str = SQUEEZEBERT_UNCASED
     atol: float = FP32_ATOL
     rtol: float = FP32_RTOL
+    glue: GlueColumns | None = None   # eval: its columns in GLUE's dev TSV, when GLUE has it
+    metrics: tuple[str, ...] = ()     # eval: its metrics, headline first; () takes the head's
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return {"base": ("last_hidden_state", "pooler_output"),
-                "question-answering": ("start_logits", "end_logits")}.get(self.head, ("logits",))
+        return tuple(self.head.outputs)
 
     @property
     def input_axes(self) -> tuple[str, ...]:
-        return ("batch", "choices", "sequence") if self.head == "multiple-choice" else ("batch", "sequence")
+        return self.head.input_axes
+
+    def input_shape(self, batch: int, seq_len: int) -> tuple[int, ...]:
+        """The shape of each input: [batch, sequence], or [batch, choices, sequence]."""
+        return (batch, self.num_choices, seq_len) if self.head.choices else (batch, seq_len)
 
     def output_axes(self, name: str) -> tuple[str, ...]:
-        return _LOGIT_AXES[self.head] if name == "logits" else OUTPUT_AXES[name]
+        return self.head.outputs[name]
+
+    def class_axis(self, name: str) -> int | None:
+        """The axis of output `name` that argmax and top-k are read over (its last: one score
+        per label, token, ending or position), or None: hidden states ("hidden"), and a
+        regression's single score."""
+        if self.problem_type == "regression" or self.output_axes(name)[-1] == "hidden":
+            return None
+        return -1
 
     def model_class(self, model_type: str = "squeezebert") -> type:
         """The head class of this task for an architecture ("squeezebert" or "bert")."""
-        if model_type not in ARCHITECTURES:
-            raise SbexportError(f"unknown architecture {model_type!r}; expected one of {', '.join(ARCHITECTURES)}")
-        module, prefix = ARCHITECTURES[model_type]
-        return getattr(importlib.import_module(module), prefix + HEADS[self.head])
+        return self.head.model_class(model_type)
 
     def config_overrides(self) -> dict:
         """What the task fixes in a config that has no labels of its own (random init)."""
-        if self.head in ("sequence-classification", "token-classification") and self.labels:
+        if self.head.has_labels and self.labels:
             return {"id2label": dict(enumerate(self.labels)), "problem_type": self.problem_type}
         return {}
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """What eval reports, headline first (empty when eval cannot score the task)."""
+        return self.metrics or self.head.metrics
 
-def _glue(name: str, labels: tuple[str, ...], description: str, pair: bool = True) -> Task:
-    return Task(name, "sequence-classification", description, labels, pair=pair,
-                problem_type="single_label_classification", default_checkpoint=SQUEEZEBERT_MNLI)
+    def score(self, gold: Sequence, pred: Sequence, positive=None) -> dict[str, float]:
+        """The task's metrics of predictions `pred` against `gold` (see metrics.py)."""
+        return self.head.score(self.metric_names, gold, pred, positive)
 
 
+def _glue(name: str, labels: tuple[str, ...], description: str, columns: tuple, *, pair: bool = True,
+          no_header: tuple[str, ...] = (), metrics: tuple[str, ...] = ()) -> Task:
+    return Task(name, SEQUENCE_CLASSIFICATION, description, labels, pair=pair,
+                problem_type="single_label_classification", default_checkpoint=SQUEEZEBERT_MNLI,
+                glue=GlueColumns(*columns, no_header=no_header), metrics=metrics)
+
+
+# GLUE's choice of metrics: F1 beside accuracy where the classes are unbalanced (MRPC, QQP),
+# Matthews correlation for CoLA, correlations for STS-B. The columns are the header names of
+# GLUE's dev files (MNLI: dev_matched.tsv / dev_mismatched.tsv).
 TASKS: dict[str, Task] = {t.name: t for t in (
-    _glue("mnli", ("entailment", "neutral", "contradiction"), "natural language inference (GLUE MNLI)"),
-    _glue("sst2", ("negative", "positive"), "sentiment (GLUE SST-2)", pair=False),
-    _glue("qqp", ("not_duplicate", "duplicate"), "question pairs (GLUE QQP)"),
-    _glue("qnli", ("entailment", "not_entailment"), "question NLI (GLUE QNLI)"),
-    _glue("rte", ("entailment", "not_entailment"), "textual entailment (GLUE RTE)"),
-    _glue("mrpc", ("not_equivalent", "equivalent"), "paraphrase (GLUE MRPC)"),
-    _glue("cola", ("unacceptable", "acceptable"), "grammatical acceptability (GLUE CoLA)", pair=False),
-    _glue("wnli", ("not_entailment", "entailment"), "Winograd NLI (GLUE WNLI)"),
-    Task("stsb", "sequence-classification", "semantic similarity score, regression (GLUE STS-B)",
-         ("score",), problem_type="regression", default_checkpoint=SQUEEZEBERT_MNLI),
-    Task("squad", "question-answering", "extractive question answering (SQuAD)"),
-    Task("ner", "token-classification", "named entities (CoNLL-2003)", CONLL_LABELS, pair=False),
-    Task("swag", "multiple-choice", "multiple choice, 4 endings (SWAG)", num_choices=4),
-    Task("fill-mask", "masked-lm", "masked language model", pair=False),
-    Task("features", "base", "bare encoder: last hidden state and pooled output", pair=False),
+    _glue("mnli", ("entailment", "neutral", "contradiction"), "natural language inference (GLUE MNLI)",
+          ("sentence1", "sentence2", "gold_label")),
+    _glue("sst2", ("negative", "positive"), "sentiment (GLUE SST-2)", ("sentence", None, "label"), pair=False),
+    _glue("qqp", ("not_duplicate", "duplicate"), "question pairs (GLUE QQP)",
+          ("question1", "question2", "is_duplicate"), metrics=("f1", "accuracy")),
+    _glue("qnli", ("entailment", "not_entailment"), "question NLI (GLUE QNLI)", ("question", "sentence", "label")),
+    _glue("rte", ("entailment", "not_entailment"), "textual entailment (GLUE RTE)",
+          ("sentence1", "sentence2", "label")),
+    _glue("mrpc", ("not_equivalent", "equivalent"), "paraphrase (GLUE MRPC)",
+          ("#1 String", "#2 String", "Quality"), metrics=("f1", "accuracy")),
+    _glue("cola", ("unacceptable", "acceptable"), "grammatical acceptability (GLUE CoLA)",
+          ("sentence", None, "label"), pair=False, metrics=("matthews_corr",),
+          no_header=("source", "label", "original_label", "sentence")),   # in_domain_dev.tsv
+    _glue("wnli", ("not_entailment", "entailment"), "Winograd NLI (GLUE WNLI)", ("sentence1", "sentence2", "label")),
+    Task("stsb", SEQUENCE_CLASSIFICATION, "semantic similarity score, regression (GLUE STS-B)",
+         ("score",), problem_type="regression", default_checkpoint=SQUEEZEBERT_MNLI,
+         glue=GlueColumns("sentence1", "sentence2", "score"), metrics=("pearson", "spearman")),
+    Task("squad", QUESTION_ANSWERING, "extractive question answering (SQuAD)"),
+    Task("ner", TOKEN_CLASSIFICATION, "named entities (CoNLL-2003)", CONLL_LABELS, pair=False),
+    Task("swag", MULTIPLE_CHOICE, "multiple choice, 4 endings (SWAG)", num_choices=4),
+    Task("fill-mask", MASKED_LM, "masked language model", pair=False),
+    Task("features", BASE, "bare encoder: last hidden state and pooled output", pair=False),
 )}
 
 

@@ -25,9 +25,10 @@ import torch
 from .artifact import open_artifact, update_manifest
 from .config import load_config
 from .errors import ParityError, SbexportError
-from .runtime import open_runner
+from .heads import INPUT_NAMES
 from .source import ModelSource, build_reference
-from .tasks import INPUT_NAMES, Task, get_task
+from .targets import HOST
+from .tasks import Task, get_task
 
 SWEEP_SEQ_LENS = (1, 7, 128)
 SWEEP_BATCHES = (1, 3)
@@ -128,6 +129,7 @@ class ParityReport:
     rtol: float
     cases: int = 0
     outputs: dict[str, OutputParity] = field(default_factory=dict)
+    target: dict = field(default_factory=lambda: {"name": "host"})   # where the file ran (targets/)
 
     @property
     def passed(self) -> bool:
@@ -145,6 +147,10 @@ class ParityReport:
             top = f"{o.topk_agree}/{o.topk_total}" if o.topk_total else "-"
             rows.append(f"{o.name:<18} {o.max_abs:>11.3e} {o.padded_max_abs:>11.3e} {o.scale:>9.3g} "
                         f"{o.bound:>9.3g} {o.fraction:>9.1%} {arg:>13} {top:>12}")
+        if self.target.get("emulated"):
+            rows.insert(0, f"ran on {self.target['name']} (qemu -cpu {self.target['cpu']}, emulated), "
+                           f"{self.target.get('runtime', '?')} {self.target.get('arch', '?')}, sequences up to "
+                           f"{self.target.get('max_seq')}")
         verdict = "PASS" if self.passed else "FAIL"
         rows.append(f"{verdict}: {self.cases} cases; each output within atol {self.atol:g} + rtol {self.rtol:g} "
                     f"x scale (max |ref|) at real positions; padded positions are not judged")
@@ -161,13 +167,17 @@ class ParityReport:
 
 
 def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, threads: int = 0,
-                  log: Callable[[str], None] = print, shown_as: str | Path | None = None) -> ParityReport:
+                  log: Callable[[str], None] = print, shown_as: str | Path | None = None,
+                  target=None) -> ParityReport:
     """Check the artifact's hashes, run the sweep, record the figures in its manifest and
     return the report. A quantized artifact (manifest `quantization`) is judged by the
-    accuracy guard instead, and gets its agreement.AgreementReport (same interface).
-    `shown_as` names the folder in the report and in errors (export verifies its staging
-    folder and names the destination the user gave). Raises SbexportError for a
-    tampered or unloadable artifact, ParityError for an output of the wrong shape."""
+    accuracy guard instead, on the host, and gets its agreement.AgreementReport (same
+    interface). `shown_as` names the folder in the report and in errors (export verifies
+    its staging folder and names the destination the user gave). `target`
+    (targets.open_target) is where the file runs: the host by default; elsewhere the sweep may
+    be shorter and the manifest keeps the host's figures. Raises SbexportError for a tampered
+    or unloadable artifact (or an int8 one on another target), ParityError for an output of
+    the wrong shape."""
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
     manifest = open_artifact(folder)
@@ -175,25 +185,34 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
     if manifest.get("quantization"):   # an int8 file is judged by agreement, not by the fp32 bound
+        if target is not None and target is not HOST:
+            raise SbexportError(f"{name}: verifying an int8 artifact on a target other than the host "
+                                f"is not built yet (its accuracy guard runs on the host)")
         from .agreement import guard_folder, manifest_options
         return guard_folder(folder, reference, manifest_options(manifest), threads, log=log, shown_as=shown_as)
-    runner = open_runner(folder / manifest["model_file"], INPUT_NAMES, threads)
+    target = HOST if target is None else target
     report = ParityReport(name, task.name, task.atol, task.rtol)
-    for feeds in sweep(task, manifest, reference.config, folder):
-        with torch.no_grad():
-            expected = reference_outputs(reference, task, feeds)
-        got = runner.run(feeds)
-        for output, ref, out in zip(task.outputs, expected, got):
-            if ref.shape != out.shape:
-                raise ParityError(f"{name}: output {output} has shape {out.shape}, PyTorch gives {ref.shape}")
-            real = real_positions(task, output, feeds["attention_mask"], ref.shape)
-            report.outputs.setdefault(output, OutputParity(output)).add(
-                compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real, _class_axis(task, output))
-        report.cases += 1
-    try:
-        update_manifest(folder, parity=report.to_dict())
-    except SbexportError as e:   # a read-only artifact can still be verified
-        log(f"note: the figures were not recorded in the manifest ({e})")
+    with target.open_runner(folder / manifest["model_file"], INPUT_NAMES, threads) as runner:
+        for feeds in sweep(task, manifest, reference.config, folder, max_seq=target.max_seq):
+            with torch.no_grad():
+                expected = reference_outputs(reference, task, feeds)
+            got = runner.run(feeds)
+            if len(got) != len(expected):
+                raise ParityError(f"{name}: the file gives {len(got)} outputs, PyTorch {len(expected)}")
+            for output, ref, out in zip(task.outputs, expected, got):
+                if ref.shape != out.shape:
+                    raise ParityError(f"{name}: output {output} has shape {out.shape}, PyTorch gives {ref.shape}")
+                real = real_positions(task, output, feeds["attention_mask"], ref.shape)
+                report.outputs.setdefault(output, OutputParity(output)).add(
+                    compare(task, output, ref, out, feeds["attention_mask"]), ref, out, real,
+                    task.class_axis(output))
+            report.cases += 1
+        report.target = {**target.describe(runner), "max_seq": target.max_seq}
+    if target.records_in_manifest:
+        try:
+            update_manifest(folder, parity=report.to_dict())
+        except SbexportError as e:   # a read-only artifact can still be verified
+            log(f"note: the figures were not recorded in the manifest ({e})")
     log(report.table())
     return report
 
@@ -210,11 +229,12 @@ def reference_outputs(model: torch.nn.Module, task: Task, feeds: dict[str, np.nd
     return [getattr(out, name).numpy() for name in task.outputs]
 
 
-def sweep(task: Task, manifest: dict, config, folder: Path):
-    """Yield the input dicts of the parity sweep (int64 numpy arrays)."""
+def sweep(task: Task, manifest: dict, config, folder: Path, max_seq: int | None = None):
+    """Yield the input dicts of the parity sweep (int64 numpy arrays); `max_seq` caps the
+    sequences (the reduced sweep of an emulated target) below the file's maximum."""
     lo_batch, hi_batch = manifest["dims"]["batch"]
     batches = [b for b in SWEEP_BATCHES if lo_batch <= b <= hi_batch] or [lo_batch]
-    max_seq = manifest["dims"]["sequence"][1]
+    max_seq = min(manifest["dims"]["sequence"][1], max_seq or manifest["dims"]["sequence"][1])
     seq_lens = sorted({s for s in SWEEP_SEQ_LENS if s <= max_seq} | {max_seq})
     rng = np.random.default_rng(0)
     for batch in batches:
@@ -225,16 +245,17 @@ def sweep(task: Task, manifest: dict, config, folder: Path):
         # its attention mask would never be exercised.
         yield _random_inputs(task, config, 1, max_seq, rng, pad_first=True)
     tokenizer = _artifact_tokenizer(folder)
-    # [CLS] a [SEP] (b [SEP]) with at least one token of each text must fit.
-    if tokenizer is not None and max_seq >= (5 if task.pair else 3):
+    if tokenizer is not None:
         for batch in batches:
-            yield _sentence_inputs(task, tokenizer, batch, max_seq)
+            texts = _sentences(task, batch)
+            if not any(task.head.unfit(tokenizer, t, max_seq) for t in texts):
+                yield task.head.encode(tokenizer, texts, max_seq).feeds
 
 
 def _random_inputs(task: Task, config, batch: int, seq_len: int, rng, pad_first: bool = False) -> dict[str, np.ndarray]:
     """Random ids, every row but the first (every row when `pad_first`) padded to a random
     length, pair-style token types."""
-    shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
+    shape = task.input_shape(batch, seq_len)
     ids = rng.integers(1, config.vocab_size, shape, dtype=np.int64)
     lengths = rng.integers(1, seq_len + 1, shape[:-1])
     lengths.reshape(-1)[0] = rng.integers(1, seq_len) if pad_first else seq_len
@@ -243,19 +264,13 @@ def _random_inputs(task: Task, config, batch: int, seq_len: int, rng, pad_first:
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}
 
 
-def _sentence_inputs(task: Task, tokenizer, batch: int, max_seq: int) -> dict[str, np.ndarray]:
-    """Real sentences (pairs where the task takes pairs), padded to the longest on the right."""
+def _sentences(task: Task, batch: int) -> list:
+    """`batch` examples of real sentences (heads.Texts): pairs where the task takes pairs, and
+    for multiple choice the task's number of endings to each context."""
     pairs = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
-    first = [p[0] for p in pairs]
-    second = [p[1] for p in pairs] if task.pair else None
-    if task.head == "multiple-choice":   # every ending paired with the same context
-        first = [f for f in first for _ in range(task.num_choices)]
-        second = [f"{p[1]} ({k})" for p in pairs for k in range(task.num_choices)]
-    enc = tokenizer(first, second, padding="longest", truncation=True, max_length=max_seq, return_tensors="np")
-    enc = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}
-    if task.head == "multiple-choice":
-        enc = {k: v.reshape(batch, task.num_choices, -1) for k, v in enc.items()}
-    return enc
+    if task.head.choices:
+        return [(first, [f"{second} ({k})" for k in range(task.num_choices)]) for first, second in pairs]
+    return [(first, second if task.pair else None) for first, second in pairs]
 
 
 def _artifact_tokenizer(folder: Path):
@@ -280,13 +295,6 @@ def real_positions(task: Task, name: str, attention_mask: np.ndarray, shape: tup
     return np.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
 
 
-def _class_axis(task: Task, name: str) -> int | None:
-    """The axis argmax agreement is measured over, or None for outputs without classes."""
-    if name in ("last_hidden_state", "pooler_output") or task.problem_type == "regression":
-        return None
-    return -1
-
-
 def report_json(report: ParityReport) -> str:
     return json.dumps({"schema": "sbexport.verify/2", "folder": report.folder, "task": report.task,
-                       **report.to_dict()}, indent=2)
+                       "target": report.target, **report.to_dict()}, indent=2)

@@ -30,6 +30,16 @@ def tiny_bert_config(**overrides) -> BertConfig:
     return BertConfig(**{**TINY, **overrides})
 
 
+def tiny_random_config(task, arch: str = "squeezebert", **fields):
+    """The config of a tiny random-init export of `task`, as export_artifact(config=...) takes
+    it: EXPORT_TINY (SqueezeBERT, every group distinct) or TINY (BERT), plus `fields`, with the
+    task's labels (source.random_init_config, as for a user's --config file)."""
+    from sbexport.source import random_init_config
+
+    shape = SqueezeBertConfig(**{**EXPORT_TINY, **fields}) if arch == "squeezebert" else tiny_bert_config(**fields)
+    return random_init_config(task, arch, shape)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """Folder with config.json, model.safetensors, vocab.txt and tokenizer.json of a real BERT."""
@@ -141,8 +151,8 @@ def tiny_checkpoint(tmp_path_factory, tiny_vocab_dir):
 @pytest.fixture(scope="session")
 def export_cache(tmp_path_factory, tiny_checkpoint):
     """artifact(fmt, task_name, local=False, backend="xnnpack") -> an exported, verified
-    artifact folder, made once per session. local=False: random init with EXPORT_TINY passed as
-    config_overrides; local=True: from tiny_checkpoint(task_name). The export's log is in
+    artifact folder, made once per session. local=False: random init at EXPORT_TINY's size
+    (tiny_random_config); local=True: from tiny_checkpoint(task_name). The export's log is in
     `<folder>.log`."""
     from sbexport.export import ExportOptions, export_artifact
     from sbexport.source import resolve_source
@@ -164,7 +174,7 @@ def export_cache(tmp_path_factory, tiny_checkpoint):
                 else:
                     source = resolve_source(task, random_init=True)
                     export_artifact(fmt, task, source, out, ExportOptions(backend=backend),
-                                    config_overrides=EXPORT_TINY, log=lines.append)
+                                    config=tiny_random_config(task), log=lines.append)
                 made[key] = out
             except Exception as e:  # noqa: BLE001 - re-raised for every test that asks
                 made[key] = e

@@ -13,7 +13,7 @@ import shutil
 import stat
 
 import pytest
-from conftest import EXPORT_TINY
+from conftest import tiny_random_config
 
 from sbexport import artifact
 from sbexport.artifact import open_artifact, read_manifest, sha256_file, staged_folder, write_manifest
@@ -29,7 +29,7 @@ MNLI = TASKS["mnli"]
 def _export(out_dir, **kwargs):
     kwargs.setdefault("log", lambda _: None)
     return export_artifact("onnx", MNLI, resolve_source(MNLI, random_init=True), out_dir,
-                           config_overrides=EXPORT_TINY, verify=False, **kwargs)
+                           config=tiny_random_config(MNLI), verify=False, **kwargs)
 
 
 @pytest.fixture

@@ -3,29 +3,27 @@ it writes, and its refusals. No timing assertions: speed is checked in benchmark
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import tiny_bert_config, tiny_squeezebert_config
 
 from sbexport import cli
-from sbexport.bench import BenchConfig, host, markdown_table, run_bench, table
+from sbexport.bench import BenchConfig, Loaded, Peak, Timing, machine, markdown_table, pipeline, run_bench, table
 from sbexport.errors import SbexportError
 from sbexport.tasks import get_task
 
-TINY_OVERRIDES = {
-    "squeezebert": {**TINY, "embedding_size": TINY["hidden_size"], "q_groups": 2, "k_groups": 2, "v_groups": 2,
-                    "post_attention_groups": 1, "intermediate_groups": 2, "output_groups": 2},
-    "bert": dict(TINY),
-}
+# Random weights at a tiny size: the configs a user would give as --config-squeezebert FILE.
+TINY_CONFIGS = {"squeezebert": tiny_squeezebert_config(), "bert": tiny_bert_config()}
 SEQ_LENS = (8, 16)
 TASKS_MNLI = get_task("mnli")
 
 
 def tiny(**changes) -> BenchConfig:
-    fields = dict(seq_lens=SEQ_LENS, runs=2, warmup=1, formats=("eager", "onnx"), config_overrides=TINY_OVERRIDES,
+    fields = dict(seq_lens=SEQ_LENS, runs=2, warmup=1, formats=("eager", "onnx"), configs=TINY_CONFIGS,
                   sgemm_size=256)
     return BenchConfig(**{**fields, **changes})
 
@@ -176,8 +174,8 @@ def test_cached_exports_are_reused(bench_run):
 
 
 def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
-    real = host.runtime_unavailable
-    monkeypatch.setattr(host, "runtime_unavailable",
+    real = machine.runtime_unavailable
+    monkeypatch.setattr(machine, "runtime_unavailable",
                         lambda rt: "executorch.runtime does not import (test)" if rt == "executorch" else real(rt))
     result = run_bench(tiny(formats=("eager", "executorch"), runs=1, memory=False), progress=False, log=lambda m: None)
     assert {r["runtime"] for r in result["rows"]} == {"eager"}
@@ -207,7 +205,7 @@ def test_failed_export_stops_the_bench(monkeypatch):
     from sbexport.errors import ExportError
 
     monkeypatch.setattr(export, "export_artifact", _failing_export("bert"))
-    monkeypatch.setattr(host, "time_runtime", lambda *a, **k: pytest.fail("timed after a failed export"))
+    monkeypatch.setattr(pipeline, "_time_runtime", lambda *a, **k: pytest.fail("timed after a failed export"))
     with pytest.raises(ExportError, match=r"^bench stopped: the BERT-base export to onnx failed \(nothing was timed\): "
                                           r"onnx export of mnli failed: 2 convolution\(s\) fell out"):
         run_bench(tiny(formats=("onnx",), runs=1, memory=False), progress=False, log=lambda m: None)
@@ -217,7 +215,7 @@ def test_failed_export_is_one_line_and_exit_1_from_the_cli(monkeypatch, capsys, 
     from sbexport import export
 
     monkeypatch.setattr(export, "export_artifact", _failing_export("squeezebert"))
-    monkeypatch.setattr(host, "sgemm_ceiling", lambda threads, size: {"gflops": 1.0, "cpu_wait_pct": 0, "op": "x"})
+    monkeypatch.setattr(machine, "sgemm_ceiling", lambda threads, size: {"gflops": 1.0, "cpu_wait_pct": 0, "op": "x"})
     monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "onnx", "--seq-lens", "8", "--runs", "1",
                                       "--json", str(tmp_path / "bench.json")])
     with pytest.raises(SystemExit) as exit_info:
@@ -249,14 +247,14 @@ def no_work(monkeypatch):
     """Fail loudly if the benchmark gets past its checks."""
     def started(*args, **kwargs):
         raise AssertionError("the benchmark started working before refusing")
-    monkeypatch.setattr(host, "sgemm_ceiling", started)
+    monkeypatch.setattr(machine, "sgemm_ceiling", started)
 
 
 @pytest.mark.parametrize("config, message", [
     (tiny(runs=0), "--runs must be at least 1"),
     (tiny(seq_lens=(8, 65)), "sequence length 65 exceeds the SqueezeBERT model's maximum of 64"),
     (BenchConfig(seq_lens=(128, 1024)), "sequence length 1024 exceeds the SqueezeBERT model's maximum of 512"),
-    (tiny(checkpoints={"bert": "/nonexistent/bert-base"}, config_overrides={}), "no such checkpoint folder"),
+    (tiny(checkpoints={"bert": "/nonexistent/bert-base"}, configs={}), "no such checkpoint folder"),
     (tiny(formats=("tflite",)), "unknown format 'tflite'"),
     (tiny(models=("gpt2",)), "unknown model 'gpt2'"),
 ])
@@ -280,9 +278,17 @@ def test_unwritable_json_refused_before_the_run(no_work, tmp_path):
     (["--json", "/nonexistent/dir/out.json"], "error: cannot write /nonexistent/dir/out.json"),
     (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-squeezebert/--model-bert exclude"),
     (["--formats", "onnx,tflite"], "error: unknown format 'tflite'"),
+    (["--config-squeezebert", "/nonexistent/config.json"], "error: --config-squeezebert /nonexistent/config.json: "
+                                                           "cannot read it (No such file or directory)"),
+    (["--config-bert", "CONFIG", "--model-bert", "/x"], "error: --config-bert applies to random weights only"),
+    (["--config-squeezebert", "CONFIG"], "error: --config-squeezebert CONFIG: a bert config was given for the "
+                                         "squeezebert model"),
 ])
-def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
-    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", *args])
+def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, tmp_path, args, message):
+    tiny_bert_config().to_json_file(tmp_path / "config.json")     # CONFIG: a valid BERT config.json
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", *[str(tmp_path / "config.json") if a == "CONFIG" else a
+                                                             for a in args]])
+    message = message.replace("CONFIG", str(tmp_path / "config.json"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 1
@@ -365,13 +371,165 @@ def test_tiny_flops_match_the_closed_form_with_every_group_distinct(batch):
 
 def test_bench_rows_carry_the_closed_form_flops(bench_run):
     """The figures bench reports (tiny configs, both models, each length) are the closed form's."""
-    from sbexport.config import BertConfig, SqueezeBertConfig
-
     result = bench_run[0]
-    configs = {"squeezebert": SqueezeBertConfig(**TINY_OVERRIDES["squeezebert"], **TASKS_MNLI.config_overrides()),
-               "bert": BertConfig(**TINY_OVERRIDES["bert"], **TASKS_MNLI.config_overrides())}
+    configs = {arch: cfg.replace(**TASKS_MNLI.config_overrides()) for arch, cfg in TINY_CONFIGS.items()}
     assert result["rows"]
     for row in result["rows"]:
         expected = closed_form_flops(configs[row["model"]], row["batch"], row["seq_len"], 3)
         assert row["flops_by_op"] == expected, row
         assert row["flops"] == sum(expected.values())
+
+
+# -- the runner interface: a device slots in --------------------------------------------------
+
+
+class FakeDevice:
+    """A target.Target as a remote device implements it, with made-up facts and times: what the
+    pipeline reports must be these, arranged into rows, whatever runs the models."""
+
+    name = "fake-device"
+    TIMES_S = {"squeezebert": [0.004, 0.001, 0.002], "bert": [0.010, 0.006, 0.008]}   # p50 2 ms and 8 ms
+
+    def __init__(self):
+        self.calls = []
+
+    def describe(self, threads):
+        return {"cpu": "Fake Cortex-A76", "cpu_id": {"CPU part": "0xd0b"}, "machine": "aarch64",
+                "platform": "Android 14", "cores": 8, "cores_available": 8, "load_average": [0.5, 0.4, 0.3],
+                "flags": ["asimd", "asimddp"], "virtualised": False, "python": "3.11.7",
+                "versions": {"torch": "2.13.0", "onnxruntime": None, "onnx": None, "executorch": "1", "numpy": "2"},
+                "threads": threads}
+
+    def load_average(self):
+        return [0.6, 0.4, 0.3]
+
+    def unavailable(self, runtime):
+        return None if runtime == "executorch" else f"no {runtime} runner on the device"
+
+    def ceiling(self, threads, size):
+        self.calls.append("ceiling")
+        return {"gflops": 40.0, "size": size, "repeats": 5, "threads": threads, "best_ms": 1.0,
+                "cpu_wait_pct": None, "op": "fake sgemm"}
+
+    def notes(self, config):
+        return {k: f"fake {k}" for k in ("timing", "load", "threads", "memory", "cpu_wait_pct")}
+
+    @contextlib.contextmanager
+    def session(self, task, runtime, threads):
+        self.calls.append(("session", runtime, threads))
+        yield FakeSession(self)
+        self.calls.append("session closed")
+
+    def peak_memory(self, task, runtime, model, artifact, seq_lens, batch, threads):
+        self.calls.append(("memory", model.arch, Path(artifact).name))
+        return Peak(100.0, {s: 100.0 + s for s in seq_lens}, True)
+
+    def close(self):
+        self.calls.append("close")
+
+
+class FakeSession:
+    def __init__(self, device):
+        self.device = device
+
+    def load(self, model, artifact):
+        pte = Path(artifact) / "model.pte"
+        self.device.calls.append(("load", model.arch))
+        return Loaded(model.arch, f"/data/local/tmp/{pte.name}", pte.stat().st_size, 0.25, handle=pte)
+
+    def time(self, loaded, feeds, warmup, runs):
+        shapes = {arch: {k: v.shape for k, v in f.items()} for arch, f in feeds.items()}
+        self.device.calls.append(("time", [m.arch for m in loaded], shapes, warmup, runs))
+        return {m.arch: Timing(0.05, self.device.TIMES_S[m.arch], 1.5) for m in loaded}
+
+
+@pytest.fixture
+def device_run(bench_run, monkeypatch):
+    """run_bench on the FakeDevice, reusing bench_run's cached ExecuTorch exports; the JSON
+    written, and the progress bar kept for inspection."""
+    from sbexport.bench import progress as progress_module
+
+    bars = []
+    real = progress_module.Progress
+
+    def keep(*args, **kwargs):
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+    monkeypatch.setattr(progress_module, "Progress", keep)
+    device, out = FakeDevice(), bench_run[3]
+    json_path = out / "device.json"
+    result = run_bench(tiny(workdir=str(out / "work"), formats=("onnx", "executorch"), runs=3, warmup=2),
+                       json_path=str(json_path), progress=True, log=lambda m: None, target=device)
+    return result, json_path, device, bars[0]
+
+
+def test_a_device_target_slots_into_the_pipeline(device_run):
+    """Rows, machine, method and skipped come from the target; the statistics from its times."""
+    result, json_path, device, _ = device_run
+    _validate(json.loads(json_path.read_text()))
+    assert result["machine"]["cpu"] == "Fake Cortex-A76" and result["machine"]["load_average_end"] == [0.6, 0.4, 0.3]
+    assert result["skipped"] == [{"runtime": "onnx", "model": "*", "reason": "no onnx runner on the device"}]
+    assert result["method"]["timing"] == "fake timing" and result["method"]["flops"].startswith("2 x")
+    assert result["ceiling"]["gflops"] == 40.0
+    rows = {(r["model"], r["seq_len"]): r for r in result["rows"]}
+    assert sorted(rows) == sorted((m, s) for m in ("squeezebert", "bert") for s in SEQ_LENS)
+    assert {r["runtime"] for r in result["rows"]} == {"executorch"}
+    for (model, seq_len), r in rows.items():
+        assert (r["min_ms"], r["p50_ms"], r["p90_ms"]) == {"squeezebert": (1.0, 2.0, 3.6),
+                                                           "bert": (6.0, 8.0, 9.6)}[model]
+        assert r["first_run_ms"] == 50.0 and r["load_ms"] == 250.0 and r["runs"] == 3
+        assert r["ratio_bert_over_squeezebert"] == 4.0 and r["cpu_wait_pct"] == 1.5
+        assert r["file"] == "/data/local/tmp/model.pte"
+        assert r["file_bytes"] == result["artifacts"][f"{model}/executorch"]["bytes"]
+        assert r["peak_rss_mb"] == 100.0 + seq_len and r["rss_increase_mb"] == seq_len
+        assert r["gflops_per_s"] == pytest.approx(r["flops"] / r["p50_ms"] / 1e6, rel=1e-4)
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["gflops_per_s"] / 40.0, rel=1e-4)
+
+
+def test_the_pipeline_drives_a_target_in_order(device_run):
+    """Both models are loaded in one session before any timing, timed together at each length
+    on the benchmark's inputs with the asked warm-up and runs, the session ends before the
+    memory probes, and the target is cleaned up once, at the end."""
+    result, _, device, _ = device_run
+    calls = device.calls
+    assert calls[0] == "ceiling" and calls[-2:] == ["ceiling", "close"] and calls.count("close") == 1
+    start = calls.index(("session", "executorch", result["config"]["threads"]))
+    assert calls[start + 1:start + 3] == [("load", "squeezebert"), ("load", "bert")]
+    timed = [c for c in calls if isinstance(c, tuple) and c[0] == "time"]
+    assert [c[2]["squeezebert"]["input_ids"] for c in timed] == [(1, s) for s in SEQ_LENS]
+    assert all(c[1] == ["squeezebert", "bert"] and c[3:] == (2, 3) for c in timed)
+    memory = [c for c in calls if isinstance(c, tuple) and c[0] == "memory"]
+    assert [(arch, folder.startswith(f"mnli-{arch}-executorch-")) for _, arch, folder in memory] == \
+        [("squeezebert", True), ("bert", True)]
+    assert calls.index("session closed") < calls.index(memory[0])
+
+
+def test_progress_total_is_the_plan(device_run):
+    """The bar counts exactly the steps of the plan: every planned step done, in order, once."""
+    _, _, _, bar = device_run
+    assert bar.done == bar.planned
+    assert bar.bar.n == bar.bar.total == sum(s.size for s in bar.planned)
+    kinds = [s.kind for s in bar.planned]
+    assert kinds.count("time") == len(SEQ_LENS) and kinds.count("export") == 2 and kinds.count("memory") == 2
+
+
+def test_cli_benchmarks_a_custom_size_from_config_files(monkeypatch, capsys, tmp_path):
+    """--config-squeezebert / --config-bert FILE: random weights at that size; the report records
+    the fields that differ from the public architecture and counts the FLOPs of that size."""
+    for arch, cfg in TINY_CONFIGS.items():
+        cfg.to_json_file(tmp_path / f"{arch}.json")
+    monkeypatch.setattr(machine, "sgemm_ceiling", lambda threads, size: {
+        "gflops": 1.0, "size": size, "repeats": 1, "threads": threads, "best_ms": 1.0, "cpu_wait_pct": 0, "op": "x"})
+    monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "eager", "--seq-lens", "8", "--runs", "1",
+                                      "--no-memory", "--config-squeezebert", str(tmp_path / "squeezebert.json"),
+                                      "--config-bert", str(tmp_path / "bert.json"),
+                                      "--json", str(tmp_path / "bench.json")])
+    cli.main()
+    assert "wrote" in capsys.readouterr().out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    _validate(data)
+    assert data["config"]["config_overrides"]["squeezebert"]["num_hidden_layers"] == 2
+    assert data["config"]["config_overrides"]["bert"]["hidden_size"] == 32
+    for row in data["rows"]:
+        cfg = TINY_CONFIGS[row["model"]].replace(**TASKS_MNLI.config_overrides())
+        assert row["flops_by_op"] == closed_form_flops(cfg, 1, 8, 3)

@@ -379,7 +379,7 @@ def _help_examples(command: list[str]) -> list[list[str]]:
     return [shlex.split(line.strip())[1:] for line in lines if line.strip().startswith("sbexport ")]
 
 
-COMMANDS = ["onnx", "executorch", "verify", "predict", "info", "convert-bert", "bench", "eval"]
+COMMANDS = ["onnx", "executorch", "verify", "predict", "info", "convert-bert", "bench", "eval", "roofline"]
 
 
 def test_every_command_is_listed_here():
@@ -407,8 +407,8 @@ def test_help_examples_run(monkeypatch, capsys, tmp_path, tiny_checkpoint, minil
     """Run each example for real, in a fresh folder, where it can run here. Stand-ins: a hub
     checkpoint or --random-init (full-size weights) becomes the tiny checkpoint of the task;
     ./bert-base-uncased the real MiniLM BERT; the GLUE file a small one written here. bench's
-    examples time full-size models for minutes: parsed only (test_bench runs bench on tiny
-    configs)."""
+    examples time full-size models for minutes, roofline's full sweep too: parsed only
+    (test_bench runs bench on tiny configs, test_roofline runs roofline --quick)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "glue/MNLI").mkdir(parents=True)
     (tmp_path / "glue/MNLI/dev_matched.tsv").write_text(
@@ -416,7 +416,7 @@ def test_help_examples_run(monkeypatch, capsys, tmp_path, tiny_checkpoint, minil
         "1\tThe cat sat on the mat.\tA dog slept.\tcontradiction\n", encoding="utf-8")
     standins = {"./bert-base-uncased": str(minilm_dir), "./my-squad-checkpoint": str(tiny_checkpoint("squad"))}
     ran = []
-    for command in [[], *[[c] for c in COMMANDS if c != "bench"]]:
+    for command in [[], *[[c] for c in COMMANDS if c not in ("bench", "roofline")]]:
         for args in _help_examples(command):
             args = [standins.get(a, a) for a in args]
             if args[0] in ("onnx", "executorch"):

@@ -95,7 +95,7 @@ def _tiny_bert_checkpoint(head: str, folder, **overrides):
     tconfig = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"},
                                       attn_implementation="eager")
     torch.manual_seed(0)
-    model = getattr(transformers, "Bert" + HEADS[head])(tconfig).eval()
+    model = getattr(transformers, HEADS[head].model_class("bert").__name__)(tconfig).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.endswith("LayerNorm.weight"):
@@ -113,13 +113,13 @@ def test_every_head_converts(head, tmp_path):
     bert = _tiny_bert_checkpoint(head, tmp_path / "bert", **overrides)
     dst = convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "sq")
     config = json.loads((dst / "config.json").read_text())
-    assert config["architectures"] == ["SqueezeBert" + HEADS[head]]
+    assert config["architectures"] == [HEADS[head].model_class("squeezebert").__name__]
     if head == "sequence-classification":
         assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
         assert config["problem_type"] == "single_label_classification"
 
-    ours = getattr(modeling, "SqueezeBert" + HEADS[head]).from_pretrained(str(dst))
-    theirs = getattr(transformers, "SqueezeBert" + HEADS[head]).from_pretrained(dst).eval()
+    ours = HEADS[head].model_class("squeezebert").from_pretrained(str(dst))
+    theirs = getattr(transformers, HEADS[head].model_class("squeezebert").__name__).from_pretrained(dst).eval()
     ids = torch.randint(1, 99, (2, 6), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2]),
               "token_type_ids": torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)}

@@ -21,9 +21,10 @@ from sbexport.checkpoints import save_pretrained
 from sbexport.cli import cli, main
 from sbexport.errors import SbexportError
 from sbexport.eval import SCHEMA, read_dataset, report_json, run_eval
-from sbexport.eval.datasets import HEAD_FORMATS, QAExample, TagExample, TextExample
+from sbexport.eval.datasets import QAExample, TagExample, TextExample
 from sbexport.eval.evaluate import map_label
-from sbexport.eval.metrics import (
+from sbexport.eval.runners import predict_examples, pytorch_runner, word_tags
+from sbexport.metrics import (
     accuracy,
     binary_f1,
     entity_scores,
@@ -35,7 +36,6 @@ from sbexport.eval.metrics import (
     squad_exact_match,
     squad_f1,
 )
-from sbexport.eval.runners import predict_examples, pytorch_runner, word_tags
 from sbexport.source import resolve_source
 from sbexport.tasks import TASKS, get_task
 from sbexport.tokenizer import SqueezeBertTokenizer
@@ -148,11 +148,11 @@ def test_conll_sentences_docstart_and_malformed_lines(tmp_path):
 def test_every_registered_task_is_scored_or_refused_clearly(tmp_path):
     path = write(tmp_path / "x.jsonl", "{}\n")
     for task in TASKS.values():
-        if task.head in HEAD_FORMATS:
+        if task.head.eval_formats:
             continue
         with pytest.raises(SbexportError, match=f"eval has no metric for task {task.name}"):
             read_dataset(path, task)
-    assert {t.name for t in TASKS.values() if t.head in HEAD_FORMATS} >= {"mnli", "stsb", "squad", "ner", "cola"}
+    assert {t.name for t in TASKS.values() if t.head.eval_formats} >= {"mnli", "stsb", "squad", "ner", "cola"}
 
 
 def test_map_label_by_name_and_glue_index():

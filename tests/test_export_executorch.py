@@ -69,8 +69,8 @@ def test_every_task_maps_to_an_exported_head():
     """Keeps the registry honest: a task with a head these tests do not export fails here."""
     assert set(HEAD_TASKS) == set(HEADS)
     for task in TASKS.values():
-        assert task.head in HEAD_TASKS, f"task {task.name}: head {task.head} has no export test"
-        assert TASKS[HEAD_TASKS[task.head]].head == task.head
+        assert task.head.name in HEAD_TASKS, f"task {task.name}: head {task.head.name} has no export test"
+        assert TASKS[HEAD_TASKS[task.head.name]].head is task.head
 
 
 @pytest.mark.parametrize("task_name", sorted(HEAD_TASKS.values()))
@@ -113,7 +113,7 @@ def test_runs_in_executorch_runtime_at_any_length(task_name, et_artifact):
     task = TASKS[task_name]
     assert manifest["dims"]["batch"] == [1, 1]
     assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
-    assert manifest["dims"].get("choices") == ([4, 4] if task.head == "multiple-choice" else None)
+    assert manifest["dims"].get("choices") == ([4, 4] if task.head.name == "multiple-choice" else None)
     reference = rebuild_reference(folder, manifest, task)
     runner = ExecuTorchRunner(folder / "model.pte", INPUT_NAMES)
     rng = np.random.default_rng(1)

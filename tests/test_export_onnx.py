@@ -130,7 +130,7 @@ def test_inputs_outputs_and_dynamic_axes(task_name, onnx_artifact):
     assert manifest["inputs"] == {n: {"dtype": "int64", "axes": list(task.input_axes)} for n in INPUT_NAMES}
     assert list(manifest["outputs"]) == list(task.outputs)
     assert manifest["dims"]["sequence"] == [1, EXPORT_TINY["max_position_embeddings"]]
-    assert ("choices" in manifest["dims"]) == (task.head == "multiple-choice")
+    assert ("choices" in manifest["dims"]) == (task.head.name == "multiple-choice")
 
 
 @pytest.mark.parametrize("batch, choices, seq", [(2, 2, 5), (1, 5, 9), (3, 1, 3)])
@@ -161,11 +161,11 @@ def test_local_checkpoint_export(task_name, onnx_artifact, tiny_checkpoint):
     checkpoint = tiny_checkpoint(task_name)
     manifest = json.loads((folder / "manifest.json").read_text())
     task = TASKS[task_name]
-    assert manifest["task"] == task_name and manifest["head"] == task.head
+    assert manifest["task"] == task_name and manifest["head"] == task.head.name
     assert manifest["source"]["random_init"] is False
     assert manifest["source"]["checkpoint"] == str(checkpoint)
     assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(checkpoint)
-    labelled = task.head in ("sequence-classification", "token-classification")
+    labelled = task.head.name in ("sequence-classification", "token-classification")
     assert manifest["labels"] == (list(task.labels) if labelled else [])
     for name in ("model.onnx", "config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
         assert manifest["files"][name]["sha256"] == sha256_file(folder / name), name
@@ -200,14 +200,14 @@ def test_graph_check_counts_the_projections(onnx_artifact):
 
 def test_bert_baseline_exports(tmp_path):
     """`sbexport onnx --arch bert` always failed: the exporter demanded Conv nodes of every model."""
-    from conftest import TINY
+    from conftest import TINY, tiny_random_config
 
     from sbexport.export import export_artifact
     from sbexport.source import resolve_source
 
     task = TASKS["sst2"]
     out = export_artifact("onnx", task, resolve_source(task, random_init=True, arch="bert"), tmp_path / "bert",
-                          config_overrides=TINY, log=lambda _: None)
+                          config=tiny_random_config(task, "bert"), log=lambda _: None)
     model, manifest = _load(out)
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["Conv"] == 0 and ops["MatMul"] + ops["Gemm"] >= 6 * TINY["num_hidden_layers"]

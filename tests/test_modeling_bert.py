@@ -25,14 +25,14 @@ def build_pair(head: str, config: BertConfig, seed: int = 0):
     every layer moves the output; LayerNorm scales stay around 1.
     """
     torch.manual_seed(seed)
-    ours = getattr(modeling_bert, "Bert" + HEADS[head])(config).eval()
+    ours = HEADS[head].model_class("bert")(config).eval()
     with torch.no_grad():
         for name, p in ours.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("LayerNorm.weight")
                     else 0.3 * torch.randn_like(p))
     tconfig = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"},
                                       attn_implementation="eager")
-    theirs = getattr(transformers, "Bert" + HEADS[head])(tconfig).eval()
+    theirs = getattr(transformers, HEADS[head].model_class("bert").__name__)(tconfig).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
     # and back: transformers' keys are exactly ours
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -131,7 +131,7 @@ def test_defaults_are_bert_base():
 def test_heads_without_pooler_as_in_transformers():
     config = tiny_bert_config()
     for head in ("masked-lm", "token-classification", "question-answering"):
-        model = getattr(modeling_bert, "Bert" + HEADS[head])(config)
+        model = HEADS[head].model_class("bert")(config)
         assert model.bert.pooler is None
         assert not any(k.startswith("bert.pooler") for k in model.state_dict())
     out = modeling_bert.BertModel(config, add_pooling_layer=False)(torch.ones(1, 4, dtype=torch.long))
@@ -195,7 +195,7 @@ class _Tuple(torch.nn.Module):
 @pytest.mark.parametrize("head", ["base", "multiple-choice"])
 def test_torch_export_dynamic_batch_and_sequence(head):
     config = tiny_bert_config()
-    model = _Tuple(getattr(modeling_bert, "Bert" + HEADS[head])(config).eval())
+    model = _Tuple(HEADS[head].model_class("bert")(config).eval())
     inputs = tuple(make_inputs(head, config).values())
     batch = torch.export.Dim("batch", min=1, max=64)
     seq = torch.export.Dim("sequence", min=2, max=config.max_position_embeddings)
@@ -218,7 +218,7 @@ def test_loads_checkpoints_transformers_saved(head, tmp_path):
     config = tiny_bert_config(num_labels=2)
     _, theirs = build_pair(head, config)
     theirs.save_pretrained(tmp_path)
-    ours = getattr(modeling_bert, "Bert" + HEADS[head]).from_pretrained(str(tmp_path))
+    ours = HEADS[head].model_class("bert").from_pretrained(str(tmp_path))
     inputs = make_inputs(head, config)
     with torch.no_grad():
         assert_outputs_close(ours(**inputs), theirs(**inputs))

@@ -18,7 +18,7 @@ import transformers
 from conftest import HEAD_TASKS
 
 from sbexport.runtime import OnnxRunner
-from sbexport.tasks import HEADS, TASKS
+from sbexport.tasks import TASKS
 from sbexport.verify import compare, rebuild_reference, sweep
 
 
@@ -27,9 +27,9 @@ def transformers_twin(reference, task) -> torch.nn.Module:
     config = reference.config
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if f.name not in ("extra", "id2label", "label2id")}
-    if task.head == "question-answering":
+    if task.head.name == "question-answering":
         fields["num_labels"] = 2          # transformers sizes qa_outputs from num_labels
-    cls = getattr(transformers, "SqueezeBert" + HEADS[task.head])
+    cls = getattr(transformers, task.model_class("squeezebert").__name__)   # our class names are theirs
     twin = cls(transformers.SqueezeBertConfig(**fields))
     result = twin.load_state_dict(reference.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys

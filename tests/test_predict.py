@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import EXPORT_TINY
 
-from sbexport import predict as predict_module
 from sbexport.errors import SbexportError
 from sbexport.predict import predict
 from sbexport.tasks import CONLL_LABELS, TASKS
@@ -35,7 +34,8 @@ def test_sequence_classification_gives_every_label_with_scores(fmt, onnx_artifac
 
 def test_regression_gives_one_score():
     logits = {"logits": np.array([[0.25]], dtype=np.float32)}
-    assert predict_module._labels(logits, None, None, {"labels": ["score"]}, 5, "") == {"score": 0.25}
+    decoded = TASKS["stsb"].head.decode(logits, None, ("", ""), labels=["score"], tokenizer=None, top_k=5)
+    assert decoded == {"score": 0.25}
 
 
 def test_question_answering_span_lies_in_the_context(onnx_artifact):

@@ -143,7 +143,7 @@ def test_verify_judges_an_int8_artifact_by_agreement(int8_artifact, tmp_path):
     report = verify_folder(folder, log=lines.append)
     text = "\n".join(lines)
     assert report.passed and "judged by agreement with fp32 PyTorch, not by the fp32 parity bound" in text
-    assert "choice argmax" in text
+    assert "choices argmax" in text
     report.raise_on_failure()
 
 
@@ -196,7 +196,7 @@ def test_guard_refuses_a_broken_quantization(minilm_fp32, tmp_path, monkeypatch,
         main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
-    assert err.startswith(f"error: {out}: int8 accuracy guard FAILED for features: token embedding cosine agrees")
+    assert err.startswith(f"error: {out}: int8 accuracy guard FAILED for features: last_hidden_state cosine agrees")
     assert err.count("\n") == 1 and "under the bar 99% (--min-agreement)" in err, err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]
 

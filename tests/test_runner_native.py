@@ -14,9 +14,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +23,11 @@ import torch
 from conftest import HEAD_TASKS
 
 from sbexport.artifact import open_artifact
+from sbexport.errors import SbexportError
+from sbexport.targets.runner import ROOT, NativeRunner, build_runner, qemu_runner
+from sbexport.targets.runner import run_case as run_runner_case
 from sbexport.tasks import INPUT_NAMES, get_task
 from sbexport.verify import rebuild_reference, reference_outputs, sweep
-
-ROOT = Path(__file__).resolve().parents[1]
-BUILD_SCRIPT = ROOT / "android_demo" / "build.sh"
 
 # Largest |runner - PyTorch| allowed on any output value, padded positions included, for the
 # tiny perturbed models of conftest (outputs up to about 5 in magnitude). Measured over verify's
@@ -52,26 +50,15 @@ QEMU_CPUS = ("cortex-a53", "max")
 # --------------------------------------------------------------------------------------
 
 def build(kind: str) -> Path:
-    """Build the runner with android_demo/build.sh (cached under build/); its path, or a test
-    failure carrying the script's one-line reason (e.g. "run make toolchain")."""
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), kind], env={**os.environ, "PYTHON": sys.executable},
-                          capture_output=True, text=True, timeout=1200)
-    if proc.returncode != 0:
-        pytest.fail(f"android_demo/build.sh {kind} failed: {proc.stderr.strip()}", pytrace=False)
-    return Path(proc.stdout.strip().splitlines()[-1])
+    """Build the runner (sbexport.targets.runner.build_runner, cached under build/); its path,
+    or a test failure carrying the script's one-line reason (e.g. "run make toolchain")."""
+    try:
+        return build_runner(kind)
+    except SbexportError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
-@dataclass
-class Runner:
-    """A built runner: the command that starts it and the environment it needs."""
-
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    name: str = "host"
-
-    def run(self, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.argv, *map(str, args)], env={**os.environ, **self.env},
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+Runner = NativeRunner
 
 
 @pytest.fixture(scope="session")
@@ -87,22 +74,15 @@ def arm64_bundle() -> Path:
     return build("arm64")
 
 
-def qemu_runner(bundle: Path, cpu: str) -> Runner:
-    return Runner([str(bundle)], {"SBEXPORT_QEMU": f"qemu-aarch64 -cpu {cpu}"}, name=f"qemu {cpu}")
-
-
 def run_case(runner: Runner, pte: Path, feeds: dict[str, np.ndarray], folder: Path) -> tuple[dict, list[np.ndarray]]:
-    """Run one input case through the runner with .npy files; (its JSON report, its outputs)."""
-    folder.mkdir(parents=True)
-    inputs = []
-    for name in INPUT_NAMES:
-        np.save(folder / f"{name}.npy", feeds[name])
-        inputs += ["--input", folder / f"{name}.npy"]
-    proc = runner.run("--model", pte, *inputs, "--warmup", 0, "--runs", 1, "--threads", 1,
-                      "--output-dir", folder / "out")
-    assert proc.returncode == 0 and proc.stderr == "", f"{runner.name}: {proc.stderr}"
-    report = json.loads(proc.stdout)
-    return report, [np.load(folder / "out" / f"output_{i}.npy") for i in range(len(report["outputs"]))]
+    """Run one input case through the runner with .npy files on one thread; (its JSON report,
+    its outputs). A failure or anything on stderr fails the test."""
+    try:
+        result = run_runner_case(runner, pte, feeds, folder, threads=1)
+    except SbexportError as e:
+        pytest.fail(str(e), pytrace=False)
+    assert result.stderr == "", f"{runner.name}: {result.stderr}"
+    return result.report, result.outputs
 
 
 def parity(runner: Runner, artifact: Path, tmp_path: Path) -> dict[str, float]:

@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import EXPORT_TINY, SPECIAL_TOKENS, save_tiny_checkpoint
+from conftest import SPECIAL_TOKENS, save_tiny_checkpoint, tiny_random_config
 
-from sbexport import verify
+from sbexport import targets, verify
 from sbexport.artifact import write_manifest
+from sbexport.config import load_config
 from sbexport.errors import ParityError, SbexportError
 from sbexport.export import export_artifact
 from sbexport.source import build_reference, resolve_source
@@ -73,7 +74,7 @@ def test_nan_or_inf_is_an_infinite_error():
 @pytest.mark.parametrize("task_name", ["mnli", "sst2", "swag"])
 def test_sweep_covers_batches_lengths_masks_pairs_and_sentences(task_name, tiny_vocab_dir):
     task = TASKS[task_name]
-    config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
+    config = tiny_random_config(task)
     manifest = {"dims": {"batch": [1, 1024], "sequence": [1, 64]}}
     cases = list(sweep(task, manifest, config, tiny_vocab_dir))
     shapes = [c["input_ids"].shape for c in cases]
@@ -97,7 +98,7 @@ def test_sweep_covers_batches_lengths_masks_pairs_and_sentences(task_name, tiny_
 
 def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
     task = TASKS["sst2"]
-    config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
+    config = tiny_random_config(task)
     manifest = {"dims": {"batch": [1, 1], "sequence": [1, 512]}}
     lengths = [c["input_ids"].shape[-1] for c in sweep(task, manifest, config, tiny_vocab_dir)]
     assert lengths[:5] == [1, 7, 128, 512, 512] and len(lengths) == 6   # then the padded case, a sentence
@@ -108,7 +109,7 @@ def test_sweep_lengths_include_128_and_the_maximum(tiny_vocab_dir):
 def test_short_files_skip_sentences_that_cannot_fit(tiny_vocab_dir, task_name, max_seq, sentences):
     """A --max-seq-len 2 export failed its own verify: the tokenizer cannot fit a pair in 2."""
     task = TASKS[task_name]
-    config = build_reference(task, resolve_source(task, random_init=True), EXPORT_TINY).config
+    config = tiny_random_config(task)
     manifest = {"dims": {"batch": [1, 3], "sequence": [1, max_seq]}}
     cases = list(sweep(task, manifest, config, tiny_vocab_dir))
     assert len(cases) == 2 * len({1, 7, max_seq} & set(range(1, max_seq + 1))) + sentences
@@ -117,7 +118,7 @@ def test_short_files_skip_sentences_that_cannot_fit(tiny_vocab_dir, task_name, m
 def test_max_seq_len_must_leave_a_range():
     from sbexport.export import ExportOptions, max_sequence
 
-    config = build_reference(TASKS["sst2"], resolve_source(TASKS["sst2"], random_init=True), EXPORT_TINY).config
+    config = tiny_random_config(TASKS["sst2"])
     assert max_sequence(config, ExportOptions()) == 64
     assert max_sequence(config, ExportOptions(max_seq_len=2)) == 2
     for bad in (1, 65):
@@ -130,7 +131,7 @@ def test_fixed_batch_file_sweeps_its_own_batch(et_artifact, tiny_vocab_dir):
     (before it, no case of a batch-1 file had padding), one sentence batch."""
     manifest = json.loads((et_artifact("mnli") / "manifest.json").read_text())
     assert manifest["parity"]["passed"] and manifest["parity"]["cases"] == 3 + 1 + 1
-    config = build_reference(TASKS["mnli"], resolve_source(TASKS["mnli"], random_init=True), EXPORT_TINY).config
+    config = tiny_random_config(TASKS["mnli"])
     cases = list(sweep(TASKS["mnli"], manifest, config, tiny_vocab_dir))
     assert [c["input_ids"].shape for c in cases[:4]] == [(1, 1), (1, 7), (1, 64), (1, 64)]
     assert not (cases[2]["attention_mask"] == 0).any() and (cases[3]["attention_mask"] == 0).any()
@@ -159,13 +160,15 @@ def test_standalone_verify_rebuilds_a_random_init_reference(tmp_path, onnx_artif
 @pytest.fixture(scope="module")
 def headless_artifact(tmp_path_factory, tiny_vocab_dir):
     """mnli exported from a bare-backbone checkpoint (the classifier is initialised randomly) with
-    a config override (relu): verify must rebuild that same head and that same activation."""
+    a config that changes the checkpoint's (relu): verify must rebuild that same head and that
+    same activation."""
     root = tmp_path_factory.mktemp("headless")
     checkpoint = save_tiny_checkpoint(root / "ckpt", "mnli", tiny_vocab_dir, head=False, seed=7)
     task = TASKS["mnli"]
     with pytest.warns(UserWarning, match="initialised randomly"):
         out = export_artifact("onnx", task, resolve_source(task, model=str(checkpoint)), root / "art",
-                              config_overrides={"hidden_act": "relu"}, log=lambda _: None)
+                              config=load_config(checkpoint / "config.json").replace(hidden_act="relu"),
+                              log=lambda _: None)
     return out, checkpoint
 
 
@@ -253,13 +256,13 @@ def test_error_of_three_times_the_bound_at_one_position(tmp_path, onnx_artifact,
     """3x the bound at ONE real position of a token-level or a sequence-level output fails
     verify, naming the output and the folder; the same error at a padded position does not."""
     folder = shutil.copytree(onnx_artifact("features"), tmp_path / "features")
-    real_open = verify.open_runner
+    real_open = targets.open_runner
     runners = []
 
     def planting_open(*args, **kwargs):
         runners.append(PlantingRunner(real_open(*args, **kwargs), TASKS["features"], output, 3.0, where))
         return runners[-1]
-    monkeypatch.setattr(verify, "open_runner", planting_open)
+    monkeypatch.setattr(targets, "open_runner", planting_open)
     report = verify_folder(folder, log=lambda _: None)
     assert runners[0].planted >= (report.cases if where == "real" else 2)
     assert report.passed is not fails, report.table()
@@ -304,7 +307,7 @@ def test_export_failing_parity_never_lands(tmp_path, onnx_artifact, monkeypatch)
     break_onnx_export(monkeypatch)
     for out, overwrite in ((fresh, False), (good, True)):
         with pytest.raises(ParityError, match=rf"^{re.escape(str(out))}: parity FAILED for mnli: logits ") as caught:
-            export_artifact("onnx", task, source, out, overwrite=overwrite, config_overrides=EXPORT_TINY,
+            export_artifact("onnx", task, source, out, overwrite=overwrite, config=tiny_random_config(task),
                             log=lambda _: None)
         assert ".partial" not in str(caught.value)
     assert not fresh.exists()
@@ -316,7 +319,7 @@ def test_export_failing_parity_never_lands(tmp_path, onnx_artifact, monkeypatch)
 def test_nan_output_fails_parity(tmp_path, onnx_artifact, monkeypatch):
     """max() skipped NaN: a file answering NaN passed with error 0."""
     folder = shutil.copytree(onnx_artifact("sst2"), tmp_path / "sst2")
-    real_open = verify.open_runner
+    real_open = targets.open_runner
 
     class NaNRunner:
         def __init__(self, runner):
@@ -326,7 +329,7 @@ def test_nan_output_fails_parity(tmp_path, onnx_artifact, monkeypatch):
             outputs = self.runner.run(feeds)
             outputs[0][..., 0] = np.nan
             return outputs
-    monkeypatch.setattr(verify, "open_runner", lambda *a, **k: NaNRunner(real_open(*a, **k)))
+    monkeypatch.setattr(targets, "open_runner", lambda *a, **k: NaNRunner(real_open(*a, **k)))
     report = verify_folder(folder, log=lambda _: None)
     assert not report.passed and report.outputs["logits"].max_abs == float("inf")
     with pytest.raises(ParityError):

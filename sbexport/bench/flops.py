@@ -37,3 +37,20 @@ def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[in
     for op, flops in counter.get_flop_counts().get("Global", {}).items():
         by_op[str(op).removeprefix("aten.")] += int(flops)
     return int(counter.get_total_flops()), dict(by_op)
+
+
+def model_flops(task, model, batch: int, seq_lens) -> dict[int, dict]:
+    """{seq_len: {"total": flops, "by_op": {...}}} of `model` (an inputs.BenchModel) for `task`,
+    counted on its eager reference at [batch, seq_len] on the benchmark's inputs."""
+    from ..export import ExportWrapper
+    from ..source import build_reference
+    from ..tasks import INPUT_NAMES
+    from .target import feeds_for
+
+    wrapper = ExportWrapper(build_reference(task, model.source, model.build_config), task).eval()
+    out = {}
+    for seq_len in seq_lens:
+        feeds = feeds_for(task, model.config, batch, seq_len)
+        total, by_op = count_flops(wrapper, tuple(torch.from_numpy(feeds[k]) for k in INPUT_NAMES))
+        out[seq_len] = {"total": total, "by_op": by_op}
+    return out

@@ -19,58 +19,62 @@ import re
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 from ..errors import SbexportError
+from .target import Peak
 
 
-def probe(spec: dict, timeout: float = 900) -> dict:
-    """Run the probe described by `spec` (see `_probe_main`) in a subprocess.
+def probe(spec: dict, timeout: float = 900) -> Peak:
+    """Run the probe described by `spec` (see probe_spec) in a fresh Python process
+    (`python -m sbexport.bench.memory_child`, the spec on its stdin).
 
-    Returns {"baseline_mb": float, "peak_mb": {seq_len: float}, "hwm_reset": bool}.
-    Raises SbexportError with the child's last stderr line when it fails.
-    """
-    done = subprocess.run([sys.executable, "-c", "from sbexport.bench.memory import _probe_main; _probe_main()"],
+    Raises SbexportError with the child's last stderr line when it fails."""
+    done = subprocess.run([sys.executable, "-m", "sbexport.bench.memory_child"],
                           input=json.dumps(spec), capture_output=True, text=True, timeout=timeout)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
         raise SbexportError(f"memory probe of {spec['arch']} on {spec['runtime']} failed: {tail[0][:300]}")
     result = json.loads(lines[-1])
-    result["peak_mb"] = {int(k): v for k, v in result["peak_mb"].items()}
-    return result
+    return Peak(result["baseline_mb"], {int(k): v for k, v in result["peak_mb"].items()}, result["hwm_reset"])
 
 
-def probe_spec(runtime: str, model, task_name: str, artifact: str | None, seq_lens, batch: int,
-               threads: int) -> dict:
-    """The JSON-able description of one probe; `model` is a host.BenchModel."""
-    return {"runtime": runtime, "arch": model.arch, "task": task_name, "source": model.source.to_dict(),
-            "overrides": model.overrides, "artifact": artifact, "seq_lens": sorted(seq_lens),
+def probe_spec(task, runtime: str, model, artifact: Path | None, seq_lens, batch: int, threads: int) -> dict:
+    """The JSON-able description of one probe; `model` is an inputs.BenchModel."""
+    return {"runtime": runtime, "arch": model.arch, "task": task.name, "source": model.source.to_dict(),
+            "build_config": model.build_config.to_dict() if model.build_config is not None else None,
+            "artifact": str(artifact) if artifact is not None else None, "seq_lens": sorted(seq_lens),
             "batch": batch, "threads": threads}
 
 
-def _probe_main() -> None:
-    """Subprocess entry: read a spec on stdin, print one JSON line of results on stdout."""
-    spec = json.loads(sys.stdin.read())
+def measure(spec: dict) -> dict:
+    """The probe itself, run in the fresh process: load the model of `spec` alone, run it once
+    at each length. Returns {"baseline_mb": float, "peak_mb": {seq_len: float}, "hwm_reset": bool}."""
+    from ..config import CONFIG_CLASSES
     from ..source import ModelSource
     from ..tasks import get_task
     from ..threads import thread_settings
-    from .host import BenchModel, feeds_for, model_config, open_model
+    from .inputs import bench_model_of
+    from .runners import open_model
+    from .target import feeds_for
 
     task = get_task(spec["task"])
-    source = ModelSource.from_dict(spec["source"])
-    model = BenchModel(spec["arch"], source, spec["overrides"], model_config(task, source, spec["overrides"]))
+    built = spec["build_config"]
+    model = bench_model_of(ModelSource.from_dict(spec["source"]),
+                           CONFIG_CLASSES[spec["arch"]].from_dict(built) if built is not None else None)
     _import_runtime(spec["runtime"])
-    # This subprocess is its own entry point: it owns the pools until it exits.
+    # This process is its own entry point: it owns the pools until it exits.
     with thread_settings(spec["threads"], executorch=spec["runtime"] == "executorch"):
         hwm_reset = _reset_high_water_mark()
         baseline = _rss_mb()
-        run = open_model(spec["runtime"], model, task, spec["artifact"], spec["threads"])
+        loaded = open_model(task, spec["runtime"], model, spec["artifact"], spec["threads"])
         peaks = {}
         for seq_len in spec["seq_lens"]:
-            run(feeds_for(task, model.config, spec["batch"], seq_len))
+            loaded.run(feeds_for(task, model.config, spec["batch"], seq_len))
             peaks[seq_len] = _high_water_mark_mb()
-        del run
-    print(json.dumps({"baseline_mb": baseline, "peak_mb": peaks, "hwm_reset": hwm_reset}))
+        del loaded
+    return {"baseline_mb": baseline, "peak_mb": peaks, "hwm_reset": hwm_reset}
 
 
 def _import_runtime(runtime: str) -> None:

@@ -1,6 +1,6 @@
 """The benchmark's result as a terminal table, a markdown table, versioned JSON and a PNG plot.
 
-The JSON is the result dict of host.run_bench under schema "sbexport.bench/1": keys schema,
+The JSON is the result dict of pipeline.run_bench under schema "sbexport.bench/1": keys schema,
 created, sbexport_version, machine, config, method, ceiling, artifacts, rows, skipped. Each row
 is one model x runtime x sequence length. Every key is pinned in a JSON Schema file shipped
 with the package, schema/bench-1.json (json_schema()); tests validate real output against it.

@@ -3,7 +3,8 @@ rows it skipped with where they are (line, or position in the JSON) and why. A m
 never stops a run; only a file that cannot be read at all raises.
 
 Formats (users supply the files; see benchmarks/EVAL.md for where the dev sets come from):
-  glue   GLUE's TSV layout, columns found by their header name (CoLA's dev.tsv has no header)
+  glue   GLUE's TSV layout, columns found by their header name (the task's GlueColumns in
+         tasks.py; CoLA's dev.tsv has no header)
   jsonl  one JSON object a line: {"text": ..., "text_pair": ..., "label": ...}
   squad  SQuAD v1.1 JSON: data[].paragraphs[] with a context and qas[] with answers[].text
   conll  CoNLL-2003: a token a line, its tag in the last column, a blank line between
@@ -20,30 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SbexportError
-from ..tasks import Task
+from ..tasks import TASKS, Task
 
-FORMATS = ("glue", "jsonl", "squad", "conll")
-# The formats each head can be scored on.
-HEAD_FORMATS = {
-    "sequence-classification": ("glue", "jsonl"),
-    "question-answering": ("squad",),
-    "token-classification": ("conll",),
-}
-
-# task -> (first text, second text or None, label): the header names of GLUE's dev files.
-GLUE_COLUMNS = {
-    "mnli": ("sentence1", "sentence2", "gold_label"),    # dev_matched.tsv / dev_mismatched.tsv
-    "sst2": ("sentence", None, "label"),
-    "qqp": ("question1", "question2", "is_duplicate"),
-    "qnli": ("question", "sentence", "label"),
-    "rte": ("sentence1", "sentence2", "label"),
-    "wnli": ("sentence1", "sentence2", "label"),
-    "mrpc": ("#1 String", "#2 String", "Quality"),
-    "cola": ("sentence", None, "label"),
-    "stsb": ("sentence1", "sentence2", "score"),
-}
-# CoLA's dev.tsv (in_domain_dev.tsv) has no header; these are its four columns.
-COLA_NO_HEADER = ("source", "label", "original_label", "sentence")
+FORMATS = ("glue", "jsonl", "squad", "conll")   # which a task takes: its head's eval_formats (heads.py)
 
 
 @dataclass(frozen=True)
@@ -53,6 +33,11 @@ class TextExample:
     text_pair: str | None
     label: str | float
     where: str
+
+    @property
+    def texts(self) -> tuple[str, str | None]:
+        """What the model reads (heads.Texts)."""
+        return self.text, self.text_pair
 
 
 @dataclass(frozen=True)
@@ -64,6 +49,11 @@ class QAExample:
     answers: tuple[str, ...]
     where: str
 
+    @property
+    def texts(self) -> tuple[str, str]:
+        """What the model reads: the question, then the context its answer is cut from."""
+        return self.question, self.context
+
 
 @dataclass(frozen=True)
 class TagExample:
@@ -71,6 +61,12 @@ class TagExample:
     words: tuple[str, ...]
     tags: tuple[str, ...]
     where: str
+
+    @property
+    def texts(self) -> tuple[str, None]:
+        """What the model reads: the words joined with single spaces (runners.word_tags
+        relies on it to find each word's first piece)."""
+        return " ".join(self.words), None
 
 
 @dataclass(frozen=True)
@@ -99,30 +95,31 @@ def read_dataset(path: str | Path, task: Task, fmt: str = "auto") -> Dataset:
     the format is unknown or does not fit the task, or the file cannot be read at all (not JSON,
     no header with the task's columns); row-level problems are recorded, not raised."""
     path = Path(path)
-    if task.head not in HEAD_FORMATS:
-        raise SbexportError(f"eval has no metric for task {task.name} ({task.head}); "
+    formats = task.head.eval_formats
+    if not formats:
+        raise SbexportError(f"eval has no metric for task {task.name} ({task.head.name}); "
                             f"it scores {', '.join(evaluable_tasks())}")
     if fmt != "auto" and fmt not in FORMATS:
         raise SbexportError(f"unknown format {fmt!r}; expected auto, {', '.join(FORMATS)}")
     if not path.is_file():
         raise SbexportError(f"{path}: no such data file" if not path.exists() else f"{path}: not a file")
     fmt = detect_format(path, task) if fmt == "auto" else fmt
-    if fmt not in HEAD_FORMATS[task.head]:
-        raise SbexportError(f"format {fmt} does not fit task {task.name}; "
-                            f"it takes {' or '.join(HEAD_FORMATS[task.head])}")
+    if fmt not in formats:
+        raise SbexportError(f"format {fmt} does not fit task {task.name}; it takes {' or '.join(formats)}")
     return READERS[fmt](path, task)
 
 
 def evaluable_tasks() -> list[str]:
-    from ..tasks import TASKS
-    return [name for name, t in TASKS.items() if t.head in HEAD_FORMATS]
+    """The tasks eval can score: those whose head names a data format."""
+    return [name for name, t in TASKS.items() if t.head.eval_formats]
 
 
 def detect_format(path: Path, task: Task) -> str:
-    """The task fixes the format except for classification, where the suffix (.tsv, .jsonl)
-    or else the first character ('{' for JSON lines) decides."""
-    if task.head != "sequence-classification":
-        return HEAD_FORMATS[task.head][0]
+    """The task fixes the format when its head takes one; between GLUE and JSON lines (the
+    classifiers') the suffix (.tsv, .jsonl) or else the first character ('{' for JSON lines)
+    decides."""
+    if len(task.head.eval_formats) == 1:
+        return task.head.eval_formats[0]
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         return "glue"
@@ -150,7 +147,7 @@ def _lines(path: Path):
 def read_glue(path: Path, task: Task) -> Dataset:
     """GLUE dev TSV: a header row (none in CoLA's), then one tab-separated row per example.
     Fields are not quoted in GLUE's files, so a line splits on tabs alone."""
-    if task.name not in GLUE_COLUMNS:
+    if task.glue is None:
         raise SbexportError(f"task {task.name} has no GLUE file layout")
     dataset = Dataset(str(path), "glue")
     rows = ((n, line) for n, line in _lines(path) if line is None or line.strip())
@@ -163,11 +160,11 @@ def read_glue(path: Path, task: Task) -> Dataset:
         break
     if header is None:
         return dataset
-    first, second, label = GLUE_COLUMNS[task.name]
-    if task.name == "cola" and not {"sentence", "label"} <= set(header):
-        # CoLA's own file: no header, so the first line is a row of COLA_NO_HEADER columns.
+    first, second, label = task.glue.first, task.glue.second, task.glue.label
+    if task.glue.no_header and not {c for c in (first, second, label) if c} <= set(header):
+        # A file without a header (CoLA's own): the first line is a row of no_header columns.
         rows = _chain([(number, line)], rows)
-        header = list(COLA_NO_HEADER)
+        header = list(task.glue.no_header)
     missing = [c for c in (first, second, label) if c is not None and c not in header]
     if missing:
         raise SbexportError(f"{path}: not a GLUE {task.name} file: the header has no column "

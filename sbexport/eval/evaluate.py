@@ -20,7 +20,6 @@ from ..source import ModelSource, build_reference, load_tokenizer, resolve_sourc
 from ..tasks import Task, get_task
 from ..tokenizer import SqueezeBertTokenizer
 from .datasets import Dataset, Malformed, QAExample, TagExample, read_dataset
-from .metrics import score
 from .report import EvalReport, RunnerResult
 from .runners import artifact_runner, model_labels, open_artifact_for, predict_examples, pytorch_runner
 
@@ -81,7 +80,7 @@ def evaluate(task: Task, dataset: Dataset, reference: torch.nn.Module, tokenizer
                             f"({len(malformed)} malformed{first})")
     positive = _positive_label(task, labels)
     report = EvalReport(task.name, dataset.path, dataset.format, len(examples), malformed,
-                        "word" if task.head == "token-classification" else "example", limit,
+                        task.head.eval_unit, limit,
                         source.to_dict() if source else None)
     reference_values = None
     for runner in runners:
@@ -89,7 +88,7 @@ def evaluate(task: Task, dataset: Dataset, reference: torch.nn.Module, tokenizer
             f"(batch {runner.batch}, max sequence {runner.max_seq})")
         predictions = predict_examples(runner, task, examples)
         values = predictions.values       # label names, so an artifact's label order does not matter
-        metrics = score(task.name, gold, values, positive)
+        metrics = task.score(gold, values, positive)
         reference_values = reference_values if reference_values is not None else values
         agree, compared = agreement(task, reference_values, values)
         base = report.runners[0].metrics if report.runners else metrics
@@ -118,13 +117,12 @@ def _file_order(m: Malformed) -> list:
 
 
 def _gold(task: Task, example, labels: list[str], tokenizer, max_seq: int):
-    """The gold value of one example, in the model's label names; raises ValueError."""
+    """The gold value of one example, in the model's label names; raises ValueError for texts
+    that cannot fit max_seq (heads.Head.unfit) or a label the model does not know."""
+    reason = task.head.unfit(tokenizer, example.texts, max_seq)
+    if reason:
+        raise ValueError(reason)
     if isinstance(example, QAExample):
-        # only_second truncation must leave the context at least one token after
-        # [CLS] question [SEP] ... [SEP].
-        length = len(tokenizer(example.question)["input_ids"])
-        if length + 2 > max_seq:
-            raise ValueError(f"the question is {length} tokens; no room for the context in {max_seq}")
         return list(example.answers)
     if isinstance(example, TagExample):
         unknown = sorted(set(example.tags) - set(labels))
@@ -164,7 +162,7 @@ def _positive_label(task: Task, labels: list[str]) -> str | None:
 def agreement(task: Task, reference: list, values: list) -> tuple[int, int]:
     """How many predictions equal PyTorch's, out of how many: words for NER, examples
     otherwise; an STS-B score agrees within the task's parity tolerance (verify.compare)."""
-    if task.head == "token-classification":
+    if task.head.eval_unit == "word":
         pairs = [(a, b) for ref, got in zip(reference, values) for a, b in zip(ref, got)]
     else:
         pairs = list(zip(reference, values))

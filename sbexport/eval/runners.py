@@ -1,6 +1,7 @@
 """Batched prediction on evaluation examples, the same way for the PyTorch reference and for
 every exported file: tokenize a batch (padded to its longest row, truncated to the runner's
-maximum sequence), run it, decode each row with predict's decoders.
+maximum sequence) with the head's encoding, run it, decode each row with the head's decoder
+(heads.py), as predict does.
 
 A fixed-batch file (ExecuTorch, manifest dims.batch [n, n]) gets batches of exactly n rows;
 the last is filled with copies of its last row, whose outputs are dropped.
@@ -18,9 +19,9 @@ import torch
 
 from ..artifact import open_artifact
 from ..errors import SbexportError
-from ..predict import DECODERS
+from ..heads import INPUT_NAMES
 from ..runtime import open_runner
-from ..tasks import INPUT_NAMES, Task
+from ..tasks import Task
 from ..tokenizer import SqueezeBertTokenizer
 from ..verify import reference_outputs
 from .datasets import QAExample, TagExample, TextExample
@@ -56,8 +57,9 @@ def pytorch_runner(model: torch.nn.Module, task: Task, tokenizer, max_seq: int, 
 
 
 def model_labels(model: torch.nn.Module, task: Task) -> list[str]:
+    """The model's label names in column order ([] for a head without labels)."""
     config = model.config
-    if task.head in ("sequence-classification", "token-classification"):
+    if task.head.has_labels:
         return [config.id2label[i] for i in range(config.num_labels)]
     return []
 
@@ -95,42 +97,23 @@ def predict_examples(runner: Runner, task: Task, examples: list) -> Predictions:
     for start in range(0, len(examples), runner.batch):
         chunk = examples[start:start + runner.batch]
         rows = chunk + [chunk[-1]] * (runner.batch - len(chunk)) if runner.fixed_batch else chunk
-        enc, texts, cut = _encode(task, runner.tokenizer, rows, runner.max_seq)
-        feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in INPUT_NAMES}
+        encoded = task.head.encode(runner.tokenizer, [example.texts for example in rows], runner.max_seq)
         if start == 0:
-            runner.run(feeds)
+            runner.run(encoded.feeds)
         started = time.perf_counter()
-        outputs = dict(zip(task.outputs, runner.run(feeds)))
+        outputs = dict(zip(task.outputs, runner.run(encoded.feeds)))
         seconds += time.perf_counter() - started
-        truncated += sum(cut[:len(chunk)])
+        truncated += sum(length > runner.max_seq for length in encoded.lengths[:len(chunk)])
         for i, example in enumerate(chunk):
             row_out = {k: v[i:i + 1] for k, v in outputs.items()}
-            row_enc = {k: v[i:i + 1] for k, v in enc.items()}
-            decoded = DECODERS[task.head](row_out, row_enc, runner.tokenizer, {"labels": runner.labels},
-                                          1, texts[i])
-            values.append(_prediction(task, decoded, example))
+            decoded = task.head.decode(row_out, encoded.example(i), example.texts, labels=runner.labels,
+                                       tokenizer=runner.tokenizer, top_k=1)
+            values.append(_prediction(decoded, example))
     return Predictions(values, seconds, truncated)
 
 
-def _encode(task: Task, tokenizer, rows: list, max_seq: int):
-    """Tokenize a batch; returns (encoding as [batch, seq] arrays with offsets, the text each
-    row's offsets point into, whether each row was truncated)."""
-    if task.head == "question-answering":
-        first, second = [r.question for r in rows], [r.context for r in rows]
-        texts, truncation = second, "only_second"
-    elif task.head == "token-classification":
-        first, second = [" ".join(r.words) for r in rows], None
-        texts, truncation = first, True
-    else:
-        first, second = [r.text for r in rows], ([r.text_pair for r in rows] if task.pair else None)
-        texts, truncation = first, True
-    enc = tokenizer(first, second, padding="longest", truncation=truncation, max_length=max_seq,
-                    return_tensors="np", return_offsets_mapping=True)
-    full = tokenizer(first, second)["input_ids"]
-    return enc, texts, [len(ids) > max_seq for ids in full]
-
-
-def _prediction(task: Task, decoded: dict, example):
+def _prediction(decoded: dict, example):
+    """What eval compares: an answer, word tags, a regression score or the best label."""
     if isinstance(example, QAExample):
         return decoded["answer"]
     if isinstance(example, TagExample):

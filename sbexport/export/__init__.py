@@ -26,8 +26,9 @@ from torch import nn
 from .. import __version__
 from ..artifact import check_destination, output_folder, staged_folder, write_manifest
 from ..errors import ExportError, SbexportError
+from ..heads import INPUT_NAMES
 from ..source import ModelSource, build_reference, load_tokenizer
-from ..tasks import INPUT_NAMES, Task
+from ..tasks import Task
 from . import executorch as executorch_format
 from . import onnx as onnx_format
 
@@ -64,7 +65,7 @@ class ExportWrapper(nn.Module):
 
 def example_inputs(task: Task, config, batch: int = 2, seq_len: int = 8) -> dict[str, torch.Tensor]:
     """Random int64 inputs of the task's shape; the last row is padded to show the mask's use."""
-    shape = (batch, task.num_choices, seq_len) if task.head == "multiple-choice" else (batch, seq_len)
+    shape = task.input_shape(batch, seq_len)
     gen = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1, config.vocab_size, shape, generator=gen)
     attention_mask = torch.ones(shape, dtype=torch.long)
@@ -88,9 +89,12 @@ def max_sequence(config, options: ExportOptions) -> int:
 
 def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Path,
                     options: ExportOptions = ExportOptions(), *, overwrite: bool = False,
-                    verify: bool = True, config_overrides: dict | None = None,
+                    verify: bool = True, config=None,
                     log: Callable[[str], None] = print) -> Path:
     """Export `task` from `source` to format `fmt` in the folder `out_dir`.
+
+    `config`, when given, is the exact model config to build instead of the source's (see
+    source.build_reference), e.g. random_init_config(task, arch, a custom size).
 
     Returns the folder. Raises SbexportError (bad options, an empty `out_dir`, an existing
     folder that may not be replaced (see artifact.check_destination), missing checkpoint),
@@ -106,7 +110,7 @@ def export_artifact(fmt: str, task: Task, source: ModelSource, out_dir: str | Pa
     if source.random_init:
         log(f"note: --random-init: exporting the {source.arch} architecture with RANDOM weights "
             f"(seed {source.seed}); its outputs mean nothing, its size and speed are real")
-    model = build_reference(task, source, config_overrides)
+    model = build_reference(task, source, config)
     max_seq = max_sequence(model.config, options)
     tokenizer = bundled_tokenizer(source, model.config, log)
     wrapper = ExportWrapper(model, task).eval()
@@ -195,11 +199,11 @@ def _manifest(fmt, task, source, model, options, exporter, details, max_seq, sec
         "description": exporter.DESCRIPTION,
         "model_file": exporter.FILE_NAME,
         "task": task.name,
-        "head": task.head,
+        "head": task.head.name,
         "arch": source.arch,
         "model_class": type(model).__name__,
         "labels": [config.id2label[i] for i in range(config.num_labels)]
-        if task.head in ("sequence-classification", "token-classification") else [],
+        if task.head.has_labels else [],
         "inputs": {name: {"dtype": "int64", "axes": list(task.input_axes)} for name in INPUT_NAMES},
         "outputs": {name: {"dtype": "float32", "axes": list(task.output_axes(name))} for name in task.outputs},
         "dims": {**dims, **details.pop("dims", {})},

@@ -29,15 +29,9 @@ def check_options(options) -> None:
 def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
     """Write wrapper as a .pte at `path`; return the manifest's format fields."""
     import executorch
-    from executorch.exir import to_edge, to_edge_transform_and_lower
 
     check_options(options)
-    program = torch.export.export(wrapper, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, max_seq))
-    if options.backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    else:
-        edge = to_edge(program)
+    edge = lower(wrapper, example, max_seq, options.backend)
     summary = graph_summary(edge.exported_program().graph_module)
     config = wrapper.model.config
     expected = 6 * config.num_hidden_layers if config.model_type == "squeezebert" else 0
@@ -54,6 +48,19 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options) -> dict:
         dims["choices"] = [example["input_ids"].shape[1]] * 2
     return {"backend": options.backend, "executorch_version": _version(executorch), "dims": dims,
             "graph": summary}
+
+
+def lower(module, example: dict, max_seq: int, backend: str):
+    """torch.export `module` on `example` (name -> tensor, the sequence last, dynamic from 1
+    to `max_seq`), then lower it to `backend`: the EdgeProgramManager. The roofline lowers its
+    one-convolution modules through here too, so that they run as the model's do."""
+    from executorch.exir import to_edge, to_edge_transform_and_lower
+
+    program = torch.export.export(module, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, max_seq))
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    return to_edge(program)
 
 
 def _dynamic_shapes(example: dict, max_seq: int) -> dict:

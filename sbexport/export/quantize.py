@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError, SbexportError
-from ..tasks import INPUT_NAMES, Task
+from ..tasks import Task
 
 BUILTIN_CALIBRATION = "calibration_en.tsv"   # sbexport/data: 70 lines, 140 sentences, tab-separated pairs
 # Fewer examples than this and the activation ranges MinMax sees are a thin sample: warn, with the count.
@@ -127,7 +127,8 @@ def read_texts(path: str | Path | None, builtin: str = BUILTIN_CALIBRATION) -> T
 def encode_texts(task: Task, tokenizer, records: list[tuple[str, str | None]],
                  max_seq: int) -> Iterator[dict[str, np.ndarray]]:
     """Yield one example's model inputs per dict (int64 [1, seq]; [1, choices, seq] for
-    multiple choice), for `records` shaped as `task` takes them, truncated to `max_seq`.
+    multiple choice), for `records` shaped as `task` takes them, encoded by the task's head
+    (heads.Head.encode), truncated to `max_seq`.
 
     One text per example for a one-text task (both texts of a pair line, separately); the pair
     for a pair task (a line without a second text stays a single text); question and context
@@ -135,21 +136,15 @@ def encode_texts(task: Task, tokenizer, records: list[tuple[str, str | None]],
     text with the second texts of it and the next choices-1 lines as its endings (padded to
     the longest ending).
     """
-    truncation = "only_second" if task.head == "question-answering" else True
-    for first, second in _examples(task, records):
-        enc = tokenizer(first, second, padding="longest", truncation=truncation if second else True,
-                        max_length=max_seq, return_tensors="np")
-        feeds = {k: np.asarray(enc[k], dtype=np.int64).reshape(1, -1) for k in INPUT_NAMES}
-        if task.head == "multiple-choice":   # [choices, seq] -> [1, choices, seq]
-            feeds = {k: np.asarray(enc[k], dtype=np.int64)[None] for k in INPUT_NAMES}
-        yield feeds
+    for texts in _examples(task, records):
+        yield task.head.encode(tokenizer, [texts], max_seq).feeds
 
 
 def _examples(task: Task, records) -> list:
-    """(first, second) per example, see encode_texts; multiple choice: (first x k, k endings)."""
-    if task.head == "multiple-choice":
+    """The heads.Texts of each example, see encode_texts; multiple choice: (first, k endings)."""
+    if task.head.choices:
         k, endings = task.num_choices, [s or f for f, s in records]
-        return [([f] * k, [endings[(i + j) % len(records)] for j in range(k)]) for i, (f, _) in enumerate(records)]
+        return [(f, [endings[(i + j) % len(records)] for j in range(k)]) for i, (f, _) in enumerate(records)]
     if task.pair:
         return list(records)
     return [(text, None) for f, s in records for text in (f, s) if text]

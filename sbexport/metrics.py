@@ -4,6 +4,14 @@ F1 (the official script's normalisation), and CoNLL entity-level F1 over BIO spa
 
 Every score is a fraction (0..1; -1..1 for correlations), not a percentage. A score that is
 undefined (a correlation of a constant) is nan.
+
+Which metrics a task reports is the registry's to say (tasks.py: Task.metrics, Head.score);
+the three scorers here share one signature, (names, gold, pred, positive) -> {name: value}.
+
+Why not scikit-learn, scipy or seqeval: they would become runtime dependencies (scikit-learn
+and scipy weigh tens of MB) for about 100 lines of arithmetic that a reader can check; the
+reading of IOB1 and IOB2 tags is stated in entity_spans rather than left to a library's mode.
+The tests check these functions against scikit-learn and scipy (the test extra) and by hand.
 """
 
 from __future__ import annotations
@@ -15,39 +23,28 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# task -> its metrics, the headline first. GLUE's choice: F1 beside accuracy where the classes
-# are unbalanced (MRPC, QQP), Matthews correlation for CoLA, correlations for STS-B.
-TASK_METRICS = {
-    "mrpc": ("f1", "accuracy"),
-    "qqp": ("f1", "accuracy"),
-    "cola": ("matthews_corr",),
-    "stsb": ("pearson", "spearman"),
-    "squad": ("exact_match", "f1"),
-    "ner": ("entity_f1", "entity_precision", "entity_recall"),
-}
-DEFAULT_METRICS = ("accuracy",)
 
-
-def metric_names(task_name: str) -> tuple[str, ...]:
-    return TASK_METRICS.get(task_name, DEFAULT_METRICS)
-
-
-def score(task_name: str, gold: Sequence, pred: Sequence, positive=None) -> dict[str, float]:
-    """The task's metrics of predictions `pred` against `gold`.
-
-    gold / pred: label names (classification; `positive` names the positive class of F1),
-    floats (STS-B), answer lists / answer strings (SQuAD), tag lists per sentence (NER).
-    """
-    names = metric_names(task_name)
-    if task_name == "squad":
-        return {"exact_match": _mean(squad_exact_match(p, g) for p, g in zip(pred, gold)),
-                "f1": _mean(squad_f1(p, g) for p, g in zip(pred, gold))}
-    if task_name == "ner":
-        return {f"entity_{k}": v for k, v in entity_scores(gold, pred).items()}
+def score_labels(names: Sequence[str], gold: Sequence, pred: Sequence, positive=None) -> dict[str, float]:
+    """The metrics `names` (accuracy, f1, matthews_corr, pearson, spearman) of a classifier's
+    label names (`positive` names the positive class of F1) or a regression's floats."""
     functions = {"accuracy": lambda: accuracy(gold, pred), "f1": lambda: binary_f1(gold, pred, positive),
                  "matthews_corr": lambda: matthews_corrcoef(gold, pred),
                  "pearson": lambda: pearson(gold, pred), "spearman": lambda: spearman(gold, pred)}
     return {name: functions[name]() for name in names}
+
+
+def score_answers(names: Sequence[str], gold: Sequence, pred: Sequence, positive=None) -> dict[str, float]:
+    """SQuAD's exact_match and f1 of answer strings `pred` against lists of answers `gold`,
+    averaged over the questions. `positive` is unused (the signature every scorer shares)."""
+    functions = {"exact_match": squad_exact_match, "f1": squad_f1}
+    return {name: _mean(functions[name](p, g) for p, g in zip(pred, gold)) for name in names}
+
+
+def score_entities(names: Sequence[str], gold: Sequence, pred: Sequence, positive=None) -> dict[str, float]:
+    """entity_f1, entity_precision and entity_recall of tag lists per sentence (entity_scores).
+    `positive` is unused (the signature every scorer shares)."""
+    scores = entity_scores(gold, pred)
+    return {name: scores[name.removeprefix("entity_")] for name in names}
 
 
 def _mean(values) -> float:

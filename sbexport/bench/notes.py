@@ -1,0 +1,46 @@
+"""How each figure was measured, stored beside the figures in the report's "method"."""
+
+from __future__ import annotations
+
+from .flops import COUNTED
+
+
+def method_notes(config, target_notes: dict) -> dict:
+    """The notes of a run of `config`: what the target says of its own measurements
+    (timing, load, threads, memory, cpu_wait_pct; see target.py) and what the pipeline does
+    the same on every target (interleaving, FLOPs, ceiling, verification)."""
+    return {
+        "timing": target_notes["timing"],
+        "interleaving": "both models loaded, then for each run: squeezebert then bert, order reversed "
+                        "every other run; one runtime at a time",
+        "load": target_notes["load"],
+        "threads": target_notes["threads"],
+        "flops": COUNTED + "; counted on the eager model at each shape, so equal across runtimes",
+        "memory": target_notes["memory"] if config.memory else "not measured (memory=False)",
+        "ceiling": f"best of 5 torch.mm fp32 {config.sgemm_size}^3 on the same threads, measured before the "
+                   "exports and after the timing, the better kept; pct_of_ceiling = achieved GFLOP/s at p50 / "
+                   "that rate",
+        "cpu_wait_pct": target_notes["cpu_wait_pct"],
+        "verified": "each export was parity-checked against PyTorch before timing" if config.verify
+                    else "exports were NOT parity-checked (verify=False)",
+    }
+
+
+def host_notes(config) -> dict:
+    """The host target's notes (host.HostTarget.notes)."""
+    from . import memory
+
+    return {
+        "timing": "wall time (perf_counter_ns) around one call of the runtime on fixed [batch, seq] int64 "
+                  "inputs, outputs converted to numpy; first call at each shape reported apart, then "
+                  f"{config.warmup} untimed and {config.runs} timed calls; percentiles by linear "
+                  "interpolation (with few runs p99 is close to the maximum)",
+        "load": "eager: building the reference (random init or checkpoint read); onnx: creating the "
+                "ONNX Runtime session; executorch: load_program + load_method",
+        "threads": "torch.set_num_threads (eager), ONNX Runtime intra_op_num_threads with spinning off, "
+                   "ExecuTorch's threadpool reset to the same count (XNNPACK runs on it)",
+        "memory": memory.__doc__.strip().split("\n\n")[0].replace("\n", " "),
+        "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the timed runs "
+                        "(Linux schedstat), as % of wall time, summed over threads: near 0 on a quiet "
+                        "machine; above a few %, other work took the cores and the latencies are inflated",
+    }

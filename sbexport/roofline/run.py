@@ -1,0 +1,274 @@
+"""Measure the roofline: the machine's ceilings, then every projection shape in every runtime.
+
+    run_roofline(RooflineConfig(...), json_path=..., plot_path=...) -> result dict (report.SCHEMA)
+
+Order of work: check every input (before any of it is spent); measure the ceilings (sgemm and
+copy bandwidth) on one core, on the run's threads and on every core; then per projection
+shape: random weights, each runtime prepares its model and has its output checked against a
+float64 reference, then at each sequence length the runtimes are timed interleaved call by call
+(the order reversed every other round) so that a drift of the machine hits them alike.
+
+Timing of one call: wall time (perf_counter_ns) around run(x) on a fixed x [1, cin, seq]
+float32, output returned as numpy; `warmup` untimed rounds, then `repeats` timed ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..bench.machine import available_cores, cpu_wait_pct, load_average, machine_info, scheduler_times
+from ..errors import SbexportError
+from ..reportfile import check_report_path
+from ..threads import thread_settings
+from . import report
+from .ceilings import better, ceilings
+from .runtimes import RUNTIMES, ConvWeights, Run
+from .shapes import FORMULA, Projection, dense_reference, projections
+
+# A runtime's output may differ from the float64 reference by this much relative to the
+# reference's largest magnitude. Measured here (Intel kind, ConvWeights.random, unit-normal
+# inputs, seq 8 and 512): worst 1.5e-6 (ExecuTorch XNNPACK, 768x768/g1 and 3072x768/g4);
+# torch at most 6.5e-7, ONNX Runtime 7.0e-7. Rounding grows with the sum length and differs
+# on AVX2 machines, hence a 13x margin. A wrong kernel (groups mixed up, bias dropped) is off
+# by O(1).
+RELATIVE_TOLERANCE = 2e-5
+
+
+@dataclass(frozen=True)
+class RooflineConfig:
+    """What to measure. threads None: every core this process may use."""
+
+    seq_lens: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    runtimes: tuple[str, ...] = tuple(RUNTIMES)
+    threads: int | None = None
+    repeats: int = 20
+    warmup: int = 3
+    sgemm_size: int = 2048
+    bandwidth_mb: int = 256
+    seed: int = 0
+
+
+def quick_config(**changes) -> RooflineConfig:
+    """A tiny sweep for tests and a first look: two lengths, 3 timed rounds, small ceilings;
+    every projection shape and runtime still runs. `changes` override any field."""
+    return replace(RooflineConfig(seq_lens=(8, 32), repeats=3, warmup=1, sgemm_size=256, bandwidth_mb=16), **changes)
+
+
+def run_roofline(config: RooflineConfig, *, runtimes: dict | None = None, json_path: str | None = None,
+                 plot_path: str | None = None, progress: bool = True) -> dict:
+    """Measure, write the JSON and PNG when asked, return the result (report.SCHEMA).
+
+    `runtimes`: the table of runtimes the names in config.runtimes are looked up in (default
+    runtimes.RUNTIMES; a kernel under test is passed here). Raises SbexportError before any work
+    for bad input (an unknown runtime, no or non-positive sequence length, repeats < 1, an
+    unwritable output path), and when a runtime computes a projection wrongly. A runtime whose
+    packages do not import is skipped with its reason.
+    """
+    table = RUNTIMES if runtimes is None else runtimes
+    threads = check_config(config, table)
+    for path in (json_path, plot_path):
+        if path is not None:
+            check_report_path(path)
+    skipped = [{"runtime": name, "reason": why} for name in config.runtimes if (why := table[name].unavailable())]
+    chosen = [table[n] for n in config.runtimes if not any(s["runtime"] == n for s in skipped)]
+    shapes, machine = projections(), machine_info(threads)
+    roof_threads = sorted({1, threads, available_cores()})
+    with _progress(config, len(roof_threads), len(shapes), len(chosen), progress) as bar:
+        first = measure_roofs(roof_threads, config, bar)
+        uses_executorch = any(rt.name == "executorch" for rt in chosen)
+        with thread_settings(threads, executorch=uses_executorch), tempfile.TemporaryDirectory(
+                prefix="sbexport-roofline-") as tmp:
+            measured = {s.key: measure_shape(s, chosen, config, threads, Path(tmp), bar) for s in shapes}
+        roofs = [better(a, b) for a, b in zip(first, measure_roofs(roof_threads, config, bar))]
+    result = {
+        "schema": report.SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sbexport_version": __version__,
+        "machine": {**machine, "load_average_end": load_average()},
+        "config": {**asdict(config), "seq_lens": list(config.seq_lens), "runtimes": list(config.runtimes),
+                   "threads": threads, "batch": 1},
+        "method": method_notes(config),
+        "ceilings": roofs,
+        "shapes": [{"shape": s.key, "cin": s.cin, "cout": s.cout, "groups": s.groups, "projections": list(s.names)}
+                   for s in shapes],
+        "runtimes": {rt.name: rt.label for rt in chosen},
+        "rows": build_rows(shapes, chosen, config, threads, measured, roofs),
+        "skipped": skipped,
+    }
+    if json_path is not None:
+        report.write_json(result, json_path)
+    if plot_path is not None:
+        report.plot(result, plot_path)
+    return result
+
+
+def check_config(config: RooflineConfig, table: dict) -> int:
+    """Raise SbexportError for anything the run cannot do; return the thread count."""
+    if not config.runtimes:
+        raise SbexportError(f"no runtime given; choose from {', '.join(table)}")
+    for name in config.runtimes:
+        if name not in table:
+            raise SbexportError(f"unknown runtime {name!r}; expected one of {', '.join(table)}")
+    if not config.seq_lens or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in config.seq_lens):
+        raise SbexportError(f"--seq-lens must be positive integers (got {list(config.seq_lens)})")
+    if config.repeats < 1:
+        raise SbexportError(f"--repeats must be at least 1 (got {config.repeats}): no timed call, no figure")
+    if config.warmup < 0:
+        raise SbexportError(f"warmup must be 0 or more (got {config.warmup})")
+    threads = config.threads if config.threads is not None else available_cores()
+    if threads < 1:
+        raise SbexportError(f"--threads must be at least 1 (got {threads})")
+    return threads
+
+
+def measure_roofs(roof_threads: list[int], config: RooflineConfig, bar) -> list[dict]:
+    """ceilings() on each of `roof_threads`, torch's pool set to it for the measurement."""
+    roofs = []
+    for t in roof_threads:
+        bar.set_description(f"ceilings on {t} thread{'s' if t > 1 else ''}")
+        with thread_settings(t):
+            roofs.append(ceilings(t, config.sgemm_size, config.bandwidth_mb))
+        bar.update(1)
+    return roofs
+
+
+def measure_shape(shape: Projection, chosen: list, config: RooflineConfig, threads: int, folder: Path,
+                  bar) -> dict:
+    """Prepare and check every runtime for `shape`, then time them interleaved at each length.
+    Returns {runtime: {"max_abs_error": float, seq: {"times_s": [...], "cpu_wait_pct": float | None}}}."""
+    conv = ConvWeights.random(shape, config.seed)
+    rng = np.random.default_rng(config.seed + 1)
+    runs, out = {}, {}
+    for rt in chosen:
+        bar.set_description(f"prepare {shape.key} on {rt.name}")
+        runs[rt.name] = rt.prepare(conv, max(config.seq_lens), folder, threads)
+        out[rt.name] = {"max_abs_error": check_output(rt.label, conv, runs[rt.name], config.seq_lens, rng)}
+        bar.update(1)
+    order = list(runs)
+    for seq in config.seq_lens:
+        bar.set_description(f"{shape.key} seq {seq}")
+        x = rng.standard_normal((1, shape.cin, seq), dtype=np.float32)
+        times = {name: [] for name in order}
+        for i in range(config.warmup + config.repeats):
+            if i == config.warmup:
+                sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
+            for name in order if i % 2 == 0 else order[::-1]:
+                elapsed = _timed(runs[name], x)
+                if i >= config.warmup:
+                    times[name].append(elapsed)
+                bar.update(1)
+        wait = cpu_wait_pct(sched_before, wall_before)
+        for name in order:
+            out[name][seq] = {"times_s": times[name], "cpu_wait_pct": wait}
+    return out
+
+
+def check_output(label: str, conv: ConvWeights, run: Run, seq_lens, rng) -> float:
+    """Run at the shortest and longest length and compare with conv.reference; return the
+    largest absolute error. Raises SbexportError when a shape or value is off (a fast wrong
+    kernel is not worth timing)."""
+    worst = 0.0
+    for seq in sorted({min(seq_lens), max(seq_lens)}):
+        x = rng.standard_normal((1, conv.shape.cin, seq), dtype=np.float32)
+        expected, got = conv.reference(x), np.asarray(run(x))
+        if got.shape != expected.shape:
+            raise SbexportError(f"{label} returned shape {list(got.shape)} for the {conv.shape.key} convolution "
+                                f"at seq {seq}; expected {list(expected.shape)}")
+        error = float(np.max(np.abs(got - expected)))
+        bound = RELATIVE_TOLERANCE * float(np.max(np.abs(expected)))
+        if not error <= bound:      # NaN fails too
+            raise SbexportError(f"{label} computes the {conv.shape.key} convolution wrongly at seq {seq}: "
+                                f"max error {error:.3g} > bound {bound:.3g}")
+        worst = max(worst, error)
+    return worst
+
+
+def _timed(run: Run, x: np.ndarray) -> float:
+    started = time.perf_counter_ns()
+    run(x)
+    return (time.perf_counter_ns() - started) / 1e9
+
+
+def build_rows(shapes: list[Projection], chosen: list, config: RooflineConfig, threads: int, measured: dict,
+               roofs: list[dict]) -> list[dict]:
+    """One row per shape x runtime x sequence length, in that order. GFLOP/s at the median
+    call; pct_of_dense compares with the dense shape's row of the same runtime and length."""
+    roof = next(r for r in roofs if r["threads"] == threads)
+    rows = [_row(s, rt, seq, threads, measured[s.key][rt.name], roof) for s in shapes for rt in chosen
+            for seq in config.seq_lens]
+    by_key = {(r["shape"], r["runtime"], r["seq_len"]): r for r in rows}
+    by_shape = {s.key: s for s in shapes}
+    for r in rows:
+        dense = dense_reference(by_shape[r["shape"]], shapes)
+        peer = by_key.get((dense.key, r["runtime"], r["seq_len"])) if dense else None
+        r["dense_shape"] = dense.key if dense else None
+        r["pct_of_dense"] = _r(100 * r["gflops"] / peer["gflops"]) if peer else None
+    return rows
+
+
+def _row(shape: Projection, rt, seq: int, threads: int, measured: dict, roof: dict) -> dict:
+    times = np.asarray(measured[seq]["times_s"])
+    median, best = float(np.median(times)), float(times.min())
+    flops, moved = shape.flops(seq), shape.bytes_moved(seq)
+    gflops = flops / median / 1e9
+    sgemm, bandwidth = roof["sgemm"]["gflops"], roof["bandwidth"]["gbytes_per_s"]
+    attainable = min(sgemm, bandwidth * shape.intensity(seq))    # the roofline at this intensity
+    return {
+        "shape": shape.key, "cin": shape.cin, "cout": shape.cout, "groups": shape.groups, "runtime": rt.name,
+        "seq_len": seq, "batch": 1, "threads": threads, "flops": flops, "bytes": moved,
+        "intensity": _r(shape.intensity(seq)), "repeats": len(times),
+        "median_ms": _r(median * 1e3), "min_ms": _r(best * 1e3), "p90_ms": _r(np.percentile(times, 90) * 1e3),
+        "gflops": _r(gflops), "gflops_best": _r(flops / best / 1e9),
+        "pct_of_sgemm": _r(100 * gflops / sgemm), "attainable_gflops": _r(attainable),
+        "pct_of_attainable": _r(100 * gflops / attainable),
+        "max_abs_error": measured["max_abs_error"], "cpu_wait_pct": measured[seq]["cpu_wait_pct"],
+    }
+
+
+def method_notes(config: RooflineConfig) -> dict:
+    """How each figure was measured, stored beside the figures."""
+    return {
+        "flops": FORMULA,
+        "bytes": "least traffic of one call: input, weight, bias read once and output written once, fp32",
+        "timing": f"wall time (perf_counter_ns) of one call on a fixed [1, cin, seq] float32 input, output as "
+                  f"numpy; {config.warmup} untimed then {config.repeats} timed rounds, the runtimes interleaved "
+                  f"call by call, order reversed every other round; gflops at the median call, gflops_best at "
+                  f"the fastest",
+        "ceilings": f"compute: torch.mm fp32 {config.sgemm_size}^3, best of 5 (the measured sgemm ceiling, not the "
+                    f"datasheet peak); memory: torch copy_ of {config.bandwidth_mb} MB fp32, read + write counted, "
+                    f"best of 5; each on one thread, on the run's threads and on every core, before and after the "
+                    f"sweep, the better kept; attainable = "
+                    f"min(sgemm, bandwidth x intensity) on the run's threads",
+        "threads": "torch's intra-op pool and ExecuTorch's pool set by the entry point; ONNX Runtime "
+                   "intra_op_num_threads per session with spinning off (runtime.OnnxRunner)",
+        "check": f"each runtime's output compared with a float64 numpy reference at the shortest and longest "
+                 f"length before timing: max abs error <= {RELATIVE_TOLERANCE} x the reference's largest magnitude",
+        "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the timed rounds "
+                        "(Linux schedstat), % of wall time summed over threads: above a few %, other work took "
+                        "the cores and the figures are low",
+    }
+
+
+@contextlib.contextmanager
+def _progress(config: RooflineConfig, n_roofs: int, n_shapes: int, n_runtimes: int, enabled: bool):
+    """A tqdm bar on stderr (as bench's) counting ceilings, preparations and every call."""
+    from tqdm import tqdm
+
+    calls = n_shapes * n_runtimes * len(config.seq_lens) * (config.warmup + config.repeats)
+    with tqdm(total=2 * n_roofs + n_shapes * n_runtimes + calls, file=sys.stderr, disable=not enabled, unit="step",
+              dynamic_ncols=True) as bar:
+        yield bar
+
+
+def _r(x, digits: int = 5) -> float:
+    """`x` to `digits` significant digits."""
+    return float(f"{float(x):.{digits}g}")

@@ -1,0 +1,169 @@
+"""The runtimes the roofline times one projection in, behind one small interface.
+
+A runtime is an object with
+    name, label                      short name (the --runtimes choice) and the report's label
+    unavailable() -> str | None      why it cannot run here (a package does not import), or None
+    prepare(conv, max_seq, folder, threads) -> run
+                                     build whatever it runs (a model file in `folder`, a session,
+                                     a loaded program) for the weights `conv` and sequences
+                                     1..max_seq; `run(x)` takes x [1, cin, seq] float32 numpy
+                                     and returns [1, cout, seq] float32 numpy
+and RUNTIMES is the table of them. A native kernel of kernels/ plugs in as one more entry: its
+prepare loads the built kernel (ctypes, or a torch custom op) and returns a callable of the
+same form; nothing else changes (run.run_roofline takes the table as an argument, so a test
+can pass one with a stand-in kernel). Every runtime's output is checked against a float64
+reference before it is timed.
+
+Thread pools: torch's and ExecuTorch's belong to the entry point (threads.thread_settings);
+ONNX Runtime takes `threads` per session (runtime.OnnxRunner), as everywhere in sbexport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..bench.machine import runtime_unavailable
+from ..errors import SbexportError
+from .shapes import Projection
+
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ConvWeights:
+    """One projection's weights: weight [cout, cin/g, 1] and bias [cout], float32."""
+
+    shape: Projection
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def random(cls, shape: Projection, seed: int) -> ConvWeights:
+        """Normal weights scaled by 1/sqrt(cin/g) (outputs of unit scale for unit inputs)."""
+        rng = np.random.default_rng(seed)
+        fan_in = shape.cin // shape.groups
+        weight = rng.standard_normal((shape.cout, fan_in, 1), dtype=np.float32) / np.float32(np.sqrt(fan_in))
+        return cls(shape, weight, rng.standard_normal(shape.cout, dtype=np.float32))
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The grouped 1x1 convolution of x [1, cin, seq] in float64 numpy (independent of
+        every runtime timed): [1, cout, seq]."""
+        g, (cout, fan_in, _) = self.shape.groups, self.weight.shape
+        w = self.weight[:, :, 0].astype(np.float64).reshape(g, cout // g, fan_in)   # [g, cout/g, cin/g]
+        xs = x[0].astype(np.float64).reshape(g, fan_in, -1)                         # [g, cin/g, seq]
+        return (np.einsum("goi,gis->gos", w, xs).reshape(cout, -1) + self.bias[:, None])[None]
+
+
+class TorchConv:
+    """torch.nn.functional.conv1d in eager mode, under inference_mode."""
+
+    name, label = "torch", "torch conv1d"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def prepare(self, conv: ConvWeights, max_seq: int, folder: Path, threads: int) -> Run:
+        import torch
+
+        weight, bias, groups = torch.from_numpy(conv.weight), torch.from_numpy(conv.bias), conv.shape.groups
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return torch.nn.functional.conv1d(torch.from_numpy(x), weight, bias, groups=groups).numpy()
+        return run
+
+
+class OnnxConv:
+    """ONNX Runtime's Conv: a one-node model (opset 18, the exporter's default, a dynamic
+    sequence axis) run through runtime.OnnxRunner, with the session options every sbexport
+    command uses."""
+
+    name, label = "onnx", "ONNX Runtime Conv"
+
+    def unavailable(self) -> str | None:
+        return runtime_unavailable("onnx")
+
+    def prepare(self, conv: ConvWeights, max_seq: int, folder: Path, threads: int) -> Run:
+        import onnx
+
+        from ..runtime import OnnxRunner
+
+        path = folder / f"conv-{conv.shape.cin}x{conv.shape.cout}-g{conv.shape.groups}.onnx"
+        onnx.save(conv_model(conv), str(path))
+        runner = OnnxRunner(path, threads)
+        return lambda x: runner.run({"x": x})[0]
+
+
+def conv_model(conv: ConvWeights):
+    """The ModelProto of one Conv node: x [1, cin, sequence] -> y [1, cout, sequence]."""
+    from onnx import TensorProto, checker, helper, numpy_helper
+
+    s = conv.shape
+    node = helper.make_node("Conv", ["x", "weight", "bias"], ["y"], group=s.groups, kernel_shape=[1])
+    graph = helper.make_graph(
+        [node], "projection",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, s.cin, "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, s.cout, "sequence"])],
+        initializer=[numpy_helper.from_array(conv.weight, "weight"), numpy_helper.from_array(conv.bias, "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    checker.check_model(model)
+    return model
+
+
+class ExecuTorchConv:
+    """XNNPACK through ExecuTorch: a module of one Conv1d, exported with a dynamic sequence
+    (1..max_seq) and lowered by export.executorch.lower as sbexport's exporter does, checked
+    to have its convolution inside the delegate, run through runtime.ExecuTorchRunner. The
+    figure includes the delegate's own layout changes around the convolution (XNNPACK runs
+    conv1d as a channels-last conv2d), as it would for each convolution of the model."""
+
+    name, label = "executorch", "ExecuTorch XNNPACK"
+
+    def unavailable(self) -> str | None:
+        return runtime_unavailable("executorch")
+
+    def prepare(self, conv: ConvWeights, max_seq: int, folder: Path, threads: int) -> Run:
+        import torch
+
+        from ..export.executorch import graph_summary, lower
+        from ..runtime import ExecuTorchRunner
+
+        s = conv.shape
+        max_seq = max(max_seq, 2)      # torch.export specialises a dimension of size 1
+        module = _one_conv_module(conv).eval()
+        example = {"x": torch.zeros(1, s.cin, min(max_seq, 16))}   # the sequence is dynamic
+        edge = lower(module, example, max_seq, "xnnpack")
+        summary = graph_summary(edge.exported_program().graph_module)
+        if (summary["convolutions_in_delegate"], summary["convolutions_outside_delegate"]) != (1, 0):
+            raise SbexportError(f"the {s.key} convolution was not lowered into the XNNPACK delegate: {summary}")
+        path = folder / f"conv-{s.cin}x{s.cout}-g{s.groups}.pte"
+        path.write_bytes(edge.to_executorch().buffer)
+        runner = ExecuTorchRunner(path, ("x",))
+        return lambda x: runner.run({"x": x})[0]
+
+
+def _one_conv_module(conv: ConvWeights):
+    """A torch module whose forward(x) is the projection, x [1, cin, seq] (the argument named x,
+    as the exported program's input)."""
+    import torch
+
+    class OneConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            s = conv.shape
+            self.conv = torch.nn.Conv1d(s.cin, s.cout, kernel_size=1, groups=s.groups)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.from_numpy(conv.weight))
+                self.conv.bias.copy_(torch.from_numpy(conv.bias))
+
+        def forward(self, x):
+            return self.conv(x)
+
+    return OneConv()
+
+
+RUNTIMES = {r.name: r for r in (TorchConv(), OnnxConv(), ExecuTorchConv())}
