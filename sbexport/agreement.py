@@ -13,10 +13,10 @@ decisions that agree, read from the head's output axes (decisions()):
     embeddings (hidden)      cosine similarity >= COSINE_BAR, per real token of
                              last_hidden_state and per row of pooler_output
 
-with each output's max and mean absolute error at real positions. It passes when every
-agreement, on the sweep and on the sentences, is at least the bar (--min-agreement, 99% by
-default) and, when a labelled file is given, no metric of `sbexport eval` drops by more than
---max-metric-drop (1 point).
+with each output's max and mean absolute error at real positions. It passes when every judged
+agreement on the sentences (on the sweep when the artifact has no tokenizer) is at least the
+bar (--min-agreement, 99% by default) and, when a labelled file is given, no metric of
+`sbexport eval` drops by more than --max-metric-drop (1 point).
 """
 
 from __future__ import annotations

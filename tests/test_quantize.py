@@ -297,11 +297,12 @@ def test_cli_onnx_quantize_int8_then_info(tiny_checkpoint, tmp_path, monkeypatch
 
 def test_a_model_without_convolutions_is_refused_by_the_static_recipe(tmp_path):
     """BERT-base has no convolution: a "static int8" file of it would quantize nothing."""
-    from conftest import TINY
+    from conftest import tiny_random_config
 
     task = TASKS["mnli"]
     fp32 = export_artifact("onnx", task, resolve_source(task, random_init=True, arch="bert"), tmp_path / "bert",
-                           ExportOptions(), config_overrides=TINY, verify=False, log=lambda line: None)
+                           ExportOptions(), config=tiny_random_config(task, "bert"), verify=False,
+                           log=lambda line: None)
     with pytest.raises(SbexportError, match="is a bert model without convolutions: .* use --quantize-mode dynamic"):
         quantize_artifact(fp32, tmp_path / "out")
     assert not (tmp_path / "out").exists()

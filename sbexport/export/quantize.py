@@ -322,7 +322,7 @@ def int8_manifest(fp32: dict, options: QuantizeOptions, texts: TextSet | None, g
 
 
 def export_int8(task: Task, source, out_dir: str | Path, options, quantize: QuantizeOptions, *,
-                overwrite: bool = False, verify: bool = True, config_overrides: dict | None = None,
+                overwrite: bool = False, verify: bool = True, config=None,
                 log: Callable[[str], None] = print) -> Path:
     """`sbexport onnx --quantize int8`: export the fp32 ONNX artifact into a temporary folder
     (its parity checked unless not `verify`), then quantize_artifact it into `out_dir`; the
@@ -342,5 +342,5 @@ def export_int8(task: Task, source, out_dir: str | Path, options, quantize: Quan
         def fp32_log(line: str) -> None:   # the fp32 folder is scratch: do not announce it as written
             log("fp32 export done; quantizing it" if line.startswith("wrote ") else line)
         fp32 = export_artifact("onnx", task, source, Path(scratch) / "fp32", options, verify=verify,
-                               config_overrides=config_overrides, log=fp32_log)
+                               config=config, log=fp32_log)
         return quantize_artifact(fp32, out_dir, quantize, overwrite=overwrite, log=log)
