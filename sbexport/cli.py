@@ -220,7 +220,7 @@ def onnx(opset, quantize, quantize_mode, calibration, min_agreement, eval_data, 
     Example:
       sbexport onnx --task mnli -o artifacts/mnli-onnx
       sbexport onnx --task squad --model ./my-squad-checkpoint
-      sbexport onnx --task mnli --quantize int8 --calibration texts.tsv -o artifacts/mnli-int8
+      sbexport onnx --task mnli --quantize int8 -o artifacts/mnli-onnx-int8
     """
     if quantize is None:
         _run_export("onnx", opset=opset, **kwargs)
@@ -256,7 +256,7 @@ def quantize(folder, out_dir, overwrite, **kwargs) -> None:
     \b
     Example:
       sbexport quantize artifacts/mnli-onnx -o artifacts/mnli-int8
-      sbexport quantize artifacts/mnli-onnx --calibration mnli-dev.tsv --eval-data dev_matched.tsv
+      sbexport quantize artifacts/mnli-onnx --eval-data glue/MNLI/dev_matched.tsv -o artifacts/mnli-int8-checked
     """
     from .export.quantize import quantize_artifact
 
