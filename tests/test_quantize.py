@@ -133,6 +133,19 @@ def test_manifest_records_recipe_calibration_hash_and_figures(int8_artifact):
     assert raw["schema"] == "sbexport.artifact/3" and raw["quantization"]["recipe"]["mode"] == "static"
 
 
+def test_int8_fields_are_typed_and_absent_from_fp32_manifests(onnx_artifact, int8_artifact, tmp_path):
+    """`quantization` and `agreement` are optional typed fields of the manifest: an fp32 one has
+    neither (so it is what artifact/3 was before int8), and a mistyped one is refused naming it."""
+    fp32 = json.loads((onnx_artifact("mnli", local=True) / "manifest.json").read_text())
+    assert fp32["schema"] == "sbexport.artifact/3" and not {"quantization", "agreement"} & set(fp32)
+    copy = shutil.copytree(int8_artifact("mnli"), tmp_path / "int8")
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["quantization"]["calibration"]["examples"] = "140"
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(SbexportError, match=r"quantization\.calibration\.examples' is not an integer"):
+        read_manifest(copy)
+
+
 def test_quantize_leaves_the_fp32_artifact_alone(onnx_artifact, int8_artifact):
     source = onnx_artifact("squad", local=True)
     before = {p.name: sha256_file(p) for p in source.iterdir()}
