@@ -21,6 +21,7 @@ from conftest import HEAD_TASKS
 
 from sbexport.artifact import read_manifest
 from sbexport.export import export_artifact
+from sbexport.manifest import Dims
 from sbexport.source import build_reference, resolve_source
 from sbexport.tasks import TASKS
 from sbexport.verify import compare, reference_outputs, sweep
@@ -39,10 +40,10 @@ def test_real_weights_export_and_pass_parity(fmt, task_name, minilm_squeezebert,
         warnings.simplefilter("ignore")   # "initialised randomly": MiniLM has no head of its own
         out = export_artifact(fmt, task, source, tmp_path / "art", max_seq_len=128, log=lines.append)
     table = "\n".join(lines)
-    parity = read_manifest(out)["parity"]
-    assert parity["passed"] and parity["cases"] == (8 if fmt == "onnx" else 5), table
-    for name, result in parity["outputs"].items():
-        assert result["fraction"] <= 1.0 and result["scale"] > 10 * result["bound"], (name, table)
+    parity = read_manifest(out).parity
+    assert parity.passed and parity.cases == (8 if fmt == "onnx" else 5), table
+    for name, result in parity.outputs.items():
+        assert result.fraction <= 1.0 and result.scale > 10 * result.bound, (name, table)
 
 
 @pytest.mark.parametrize("task_name", list(TASKS))
@@ -56,7 +57,7 @@ def test_every_task_tolerance_catches_approximate_gelu(task_name, minilm_squeeze
         warnings.simplefilter("ignore")
         model = build_reference(task, resolve_source(task, model=str(minilm_squeezebert)))
     # The sweep's last case: real sentences, batch 3, right-padded, through MiniLM's tokenizer.
-    *_, feeds = sweep(task, {"dims": {"batch": [3, 3], "sequence": [1, 128]}}, model.config, minilm_squeezebert)
+    *_, feeds = sweep(task, Dims(batch=(3, 3), sequence=(1, 128)), model.config, minilm_squeezebert)
     with torch.no_grad():
         exact = reference_outputs(model, task, feeds)
         for module in model.modules():
