@@ -21,8 +21,12 @@ demo: install
 # The native runner's tests need the compilers and qemu-user, the adb tests Debian's adb client
 # (driven against the device stand-in tests/adb_device.py): `toolchain` installs them first;
 # `arm64` sets up verify --target arm64-qemu, which the arm64 parity tests run.
+# Two workers, a whole test file each at a time (--dist loadfile: a file's module-scoped fixtures,
+# e.g. the adb bench's export cache, stay in one process). The emulated-arm64 and export tests are
+# single-threaded, so two workers on two cores halve the wall time; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: install toolchain arm64
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ruff, pinned in pyproject's test extra; its rules are pyproject's [tool.ruff].
 lint: install
