@@ -62,8 +62,11 @@ def sbexport_bench(adb, bench_inputs, bundle, *args, env=None, timeout=BENCH_TIM
             *args]
     env = {**adb.env, "ANDROID_ADB_SERVER_PORT": str(adb.port), **(env or {})}
     if popen:
+        # Ctrl-C's default disposition, as in a terminal: a shell starts background jobs (a CI
+        # script run with `&`) with SIGINT ignored, which every child would inherit.
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 

@@ -76,7 +76,7 @@ def test_every_head_passes_on_emulated_arm64(arm64_setup, et_artifact, onnx_arti
         print(f"{fmt} {cpu} {task_name}: {report.cases} cases, worst {worst.name} {worst.max_abs:.2e} "
               f"({worst.fraction:.1%} of its bound)")
         assert report.passed, report.table()
-        assert set(report.outputs) == set(before["outputs"])
+        assert set(report.outputs) == set(before.outputs)
         # It ran on arm64, in the runtime of the format, on the CPU model asked for.
         runtime = "executorch 1.5.1" if fmt == "executorch" else "onnxruntime 1.32.0"
         assert report.target["arch"] == "aarch64" and report.target["cpu"] == cpu, report.target
