@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import HEAD_TASKS
+from test_cli import run_main
 
 from sbexport.artifact import read_manifest, write_manifest
-from sbexport.cli import main
 from sbexport.errors import SbexportError
 from sbexport.targets.arm64 import MAX_SEQ, SETUP_ENV, Arm64Setup, QemuArm64Target
 from sbexport.verify import verify_folder
@@ -44,19 +44,6 @@ def artifact_of(fmt: str, task_name: str, et_artifact, onnx_artifact) -> Path:
     """The shared tiny artifact of `task_name` from its local checkpoint (tokenizer included, so
     the sweep's real-sentence cases run too)."""
     return et_artifact(task_name) if fmt == "executorch" else onnx_artifact(task_name, local=True)
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `sbexport ARGS` run in this process."""
-    monkeypatch.setattr(sys, "argv", ["sbexport", *map(str, args)])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --------------------------------------------------------------------------------------
