@@ -178,19 +178,94 @@ def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_
                     overwrite=overwrite, verify=not no_verify, log=click.echo)
 
 
+def _quantize_options(f):
+    """The options of int8 quantization (`onnx --quantize int8` and `quantize`)."""
+    for option in reversed([
+        click.option("--quantize-mode", type=click.Choice(["static", "dynamic"]), default="static",
+                     show_default=True, help="static: calibrated, every Conv a QLinearConv (the fast form); "
+                     "dynamic: ONNX Runtime's runtime-range recipe (slower for SqueezeBERT)."),
+        click.option("--calibration", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="Calibration texts: one per line, pairs tab-separated. Default: built-in English sentences."),
+        click.option("--min-agreement", type=click.FloatRange(0, 100, min_open=True), default=99.0,
+                     show_default=True, help="Refuse the int8 file when it agrees with fp32 PyTorch on fewer "
+                     "decisions than this percentage (argmax, span, tags; cosine for features)."),
+        click.option("--eval-data", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="A labelled file (as for `sbexport eval`): also refuse when a metric drops too much."),
+        click.option("--max-metric-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="With --eval-data: the largest drop of a metric allowed, in points."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _quantize_settings(quantize_mode, calibration, min_agreement, eval_data, max_metric_drop):
+    from .export.quantize import RECIPES, QuantizeOptions
+
+    return QuantizeOptions(recipe=RECIPES[quantize_mode], calibration=calibration, min_agreement=min_agreement / 100,
+                           eval_data=eval_data, max_metric_drop=max_metric_drop / 100)
+
+
 @cli.command()
 @_export_options
 @click.option("--opset", type=int, default=18, show_default=True,
               help="ONNX opset, within what the installed exporter writes (18 to 25 with onnxscript 0.7.2).")
-def onnx(opset, **kwargs) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Write an int8 file instead, kept only when it agrees with fp32 PyTorch (see `quantize`).")
+@_quantize_options
+def onnx(opset, quantize, quantize_mode, calibration, min_agreement, eval_data, max_metric_drop, **kwargs) -> None:
     """Export a task to ONNX, then check parity against PyTorch.
+
+    With --quantize int8 the fp32 file is exported and checked first, then quantized
+    (static: per-channel s8 weights, u8 activations, calibrated on text), and the int8 file
+    lands only when the accuracy guard passes (--min-agreement, and --eval-data when given).
 
     \b
     Example:
       sbexport onnx --task mnli -o artifacts/mnli-onnx
       sbexport onnx --task squad --model ./my-squad-checkpoint
+      sbexport onnx --task mnli --quantize int8 -o artifacts/mnli-onnx-int8
     """
-    _run_export("onnx", opset=opset, **kwargs)
+    if quantize is None:
+        _run_export("onnx", opset=opset, **kwargs)
+        return
+    from .export import OnnxOptions
+    from .export.quantize import export_int8
+    from .source import resolve_source
+    from .tasks import get_task
+
+    task = get_task(kwargs["task_name"])
+    source = resolve_source(task, model=kwargs["model"], random_init=kwargs["random_init"], arch=kwargs["arch"],
+                            seed=kwargs["seed"])
+    out_dir = f"artifacts/{task.name}-onnx-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
+    export_int8(task, source, out_dir, OnnxOptions(opset=opset),
+                _quantize_settings(quantize_mode, calibration, min_agreement, eval_data, max_metric_drop),
+                max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"], verify=not kwargs["no_verify"],
+                log=click.echo)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="The new int8 artifact folder. Default: FOLDER-int8.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder at --output.")
+@_quantize_options
+def quantize(folder, out_dir, overwrite, **kwargs) -> None:
+    """Quantize the fp32 ONNX artifact FOLDER to int8 in a new artifact folder.
+
+    FOLDER is left as it is. The new folder lands only when its accuracy guard passes: the
+    int8 file must make the same decisions as fp32 PyTorch (argmax label, tags, answer span,
+    choice, masked token; embedding cosine >= 0.99 for features) on at least --min-agreement
+    percent of verify's sweep and of real sentences.
+
+    \b
+    Example:
+      sbexport quantize artifacts/mnli-onnx -o artifacts/mnli-int8
+      sbexport quantize artifacts/mnli-onnx --eval-data glue/MNLI/dev_matched.tsv -o artifacts/mnli-int8-checked
+    """
+    from .export.quantize import quantize_artifact
+
+    out_dir = f"{str(folder).rstrip('/')}-int8" if out_dir is None else out_dir
+    quantize_artifact(folder, out_dir, _quantize_settings(**kwargs), overwrite=overwrite, log=click.echo)
 
 
 @cli.command()
@@ -320,7 +395,11 @@ def _format_manifest(folder, m) -> str:
     dims = [(name, value) for name, value in vars(m.dims).items() if value is not None]
     lines.append("  dims      " + ", ".join(f"{name} {lo}..{hi}" for name, (lo, hi) in dims))
     lines.append(f"  exported  {m.details.summary}, sbexport {m.sbexport_version}, torch {m.torch_version}")
-    lines.append(_parity_line(m.parity) if m.parity else "  parity    not verified (run `sbexport verify`)")
+    if m.quantization is not None:   # int8: judged by agreement with fp32, not by the parity bound
+        lines.append(_agreement_line(m.agreement) if m.agreement
+                     else "  agreement not measured (run `sbexport verify`)")
+    else:
+        lines.append(_parity_line(m.parity) if m.parity else "  parity    not verified (run `sbexport verify`)")
     lines += [f"  file      {n} {f.bytes / 1e6:.1f} MB sha256 {f.sha256[:16]}" for n, f in m.files.items()]
     return "\n".join(lines)
 
@@ -331,6 +410,13 @@ def _parity_line(parity) -> str:
     worst = parity.worst
     return (f"  parity    {'PASS' if parity.passed else 'FAIL'}, worst {worst.max_abs:.2e} abs "
             f"({worst.fraction:.0%} of its bound) over {parity.cases} cases")
+
+
+def _agreement_line(agreement) -> str:
+    """info's line for an int8 artifact (agreement: manifest.AgreementFigures): the guard's
+    verdict and its lowest agreement."""
+    return (f"  agreement {'PASS' if agreement.passed else 'FAIL'}, int8 against fp32 PyTorch: lowest "
+            f"{agreement.agreement:.2%} over {agreement.cases} cases (bar {agreement.min_agreement:.0%})")
 
 
 @cli.command("convert-bert")

@@ -21,7 +21,8 @@ Adding a field (int8's quantization, a device's facts): add it to Manifest, or t
 details class, with its type, and nothing else: writing, reading and validating follow the
 annotations. A field every artifact must have: give it no default and bump SCHEMA (older
 folders are then refused with "re-export"). An optional one: give it a default of None, and
-older /3 folders stay readable.
+older /3 folders stay readable. int8's `quantization` and `agreement` are such optional
+fields: fp32 manifests are unchanged by them, so the schema stayed /3.
 """
 
 from __future__ import annotations
@@ -159,9 +160,102 @@ class ParityFigures:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How ONNX Runtime quantizes the graph (the arguments of quantize_static / quantize_dynamic):
+    what export.quantize uses and what an int8 manifest records. Defaults: the measured fastest
+    form for SqueezeBERT (export/quantize.py's docstring)."""
+
+    mode: str = "static"                       # "static" (calibrated) or "dynamic"
+    quant_format: str = "QOperator"            # QOperator: QLinearConv in the file itself
+    # Conv only: the projections. Adding "Gather" stores the embedding tables int8 too (MiniLM's
+    # file: 91 MB fp32, 60 MB int8 convs, 24 MB with int8 embeddings) but costs agreement where
+    # heads have small margins (MiniLM mnli, random classifier: 34/36 labels against 36/36; tiny
+    # swag 35/36): not the default. None: every op ONNX Runtime covers.
+    op_types: tuple[str, ...] | None = ("Conv",)
+    per_channel: bool = True                   # one weight scale per output channel
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    reduce_range: bool = False                 # 7-bit weights (for CPUs without VNNI)
+    calibrate_method: str = "MinMax"
+    equalize: bool = True                      # per-channel activation scales first (equalize.py)
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The texts a static recipe calibrated on."""
+
+    source: str                       # the file's path, or "built-in:<name>"
+    sha256: str                       # of the file's bytes
+    lines: int                        # text lines read
+    examples: int                     # model inputs encoded from them
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How an int8 artifact was made from its fp32 one, and the guard's bars (verify re-judges
+    by them)."""
+
+    recipe: Recipe
+    calibration: CalibrationSet | None    # None: dynamic (no calibration)
+    min_agreement: float                  # 0..1
+    max_metric_drop: float                # fraction (0.01: one point)
+    fp32_parity: ParityFigures | None     # the fp32 artifact's verify figures, when it had them
+
+
+@dataclass(frozen=True)
+class MeasureFigures:
+    """One decision of the accuracy guard (agreement.Measure, as recorded)."""
+
+    agree: int
+    total: int
+    rate: float                       # NaN when total is 0
+    min_cosine: float | None          # embeddings only
+
+
+@dataclass(frozen=True)
+class ErrorFigures:
+    """An output's error at real positions (agreement.OutputError, as recorded)."""
+
+    max_abs: float
+    mean_abs: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class GroupFigures:
+    cases: int
+    measures: dict[str, MeasureFigures]
+    errors: dict[str, ErrorFigures]
+
+
+@dataclass(frozen=True)
+class AgreementFigures:
+    """The accuracy guard's verdict and figures for an int8 artifact
+    (agreement.AgreementReport.to_dict())."""
+
+    passed: bool
+    judged_by: str                    # "agreement"
+    judged: str | None                # the group the bar judged: "sentences" or "sweep"
+    min_agreement: float
+    agreement: float                  # the lowest judged agreement, 0..1 (NaN: no case)
+    cases: int
+    max_metric_drop: float
+    eval_data: str | None
+    metric_drops: dict[str, float]    # eval metric -> fp32 - int8 (fractions)
+    groups: dict[str, GroupFigures]
+
+    @classmethod
+    def from_json(cls, data: dict) -> AgreementFigures:
+        """Raises ManifestInvalid naming the field."""
+        return parse(cls, data, "agreement")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything an artifact folder says about itself. Built by export.export_artifact (with
-    no `files`: artifact.write_manifest hashes the folder); `parity` is set by verify."""
+    no `files`: artifact.write_manifest hashes the folder); `parity` is set by verify. An int8
+    artifact (export.quantize) has `quantization` and, once guarded, `agreement` instead of
+    `parity`."""
 
     format: str                       # a key of DETAILS
     description: str
@@ -183,14 +277,19 @@ class Manifest:
     export_seconds: float
     files: dict[str, FileEntry]       # name -> sha256 and size of every other file of the folder
     parity: ParityFigures | None = None
+    # int8 artifacts only (export/quantize.py); absent from fp32 manifests, so those are unchanged
+    quantization: Quantization | None = None
+    agreement: AgreementFigures | None = None       # set by the accuracy guard (agreement.py)
 
     def to_json(self) -> dict:
         """The JSON object of every field (tuples become lists when dumped); `parity` only
-        once verified, `files` left to artifact.write_manifest."""
+        once verified, `quantization` and `agreement` only for an int8 artifact, `files` left
+        to artifact.write_manifest."""
         data = dataclasses.asdict(self)
         del data["files"]
-        if self.parity is None:
-            del data["parity"]
+        for name in ("parity", "quantization", "agreement"):
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod

@@ -173,17 +173,26 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
                   log: Callable[[str], None] = print, shown_as: str | Path | None = None,
                   target=None) -> ParityReport:
     """Check the artifact's hashes, run the sweep, record the figures in its manifest and
-    return the report. `shown_as` names the folder in the report and in errors (export verifies
-    its staging folder and names the destination the user gave). `target` (targets.open_target)
-    is where the file runs: the host by default; elsewhere the sweep may be shorter and the
-    manifest keeps the host's figures. Raises SbexportError for a tampered or unloadable
-    artifact, ParityError for an output of the wrong shape."""
+    return the report. A quantized artifact (manifest `quantization`) is judged by the
+    accuracy guard instead, on the host, and gets its agreement.AgreementReport (same
+    interface). `shown_as` names the folder in the report and in errors (export verifies
+    its staging folder and names the destination the user gave). `target`
+    (targets.open_target) is where the file runs: the host by default; elsewhere the sweep may
+    be shorter and the manifest keeps the host's figures. Raises SbexportError for a tampered
+    or unloadable artifact (or an int8 one on another target), ParityError for an output of
+    the wrong shape."""
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
     manifest = open_artifact(folder)
     task = get_task(manifest.task)
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
+    if manifest.quantization is not None:   # an int8 file is judged by agreement, not by the fp32 bound
+        if target is not None and target is not HOST:
+            raise SbexportError(f"{name}: verifying an int8 artifact on a target other than the host "
+                                f"is not built yet (its accuracy guard runs on the host)")
+        from .agreement import guard_folder, manifest_options
+        return guard_folder(folder, reference, manifest_options(manifest), threads, log=log, shown_as=shown_as)
     target = HOST if target is None else target
     report = ParityReport(name, task.name, task.atol, task.rtol)
     with target.open_runner(folder / manifest.model_file, INPUT_NAMES, threads) as runner:

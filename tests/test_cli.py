@@ -379,7 +379,7 @@ def _help_examples(command: list[str]) -> list[list[str]]:
     return [shlex.split(line.strip())[1:] for line in lines if line.strip().startswith("sbexport ")]
 
 
-COMMANDS = ["onnx", "executorch", "verify", "predict", "info", "convert-bert", "bench", "eval", "roofline"]
+COMMANDS = ["onnx", "executorch", "verify", "predict", "info", "convert-bert", "bench", "eval", "roofline", "quantize"]
 
 
 def test_every_command_is_listed_here():
