@@ -262,7 +262,7 @@ def guard_folder(folder: str | Path, reference: torch.nn.Module, options, thread
     min_agreement, max_metric_drop and eval_data (export.quantize.QuantizeOptions)."""
     from .artifact import open_artifact, update_manifest
     from .errors import SbexportError
-    from .export.quantize import encode_texts, read_texts
+    from .export.quantize import encode_texts, exact_int8_file, read_texts
     from .manifest import AgreementFigures
     from .runtime import open_runner
     from .tasks import get_task
@@ -271,7 +271,8 @@ def guard_folder(folder: str | Path, reference: torch.nn.Module, options, thread
     folder = Path(folder)
     manifest = open_artifact(folder)
     task = get_task(manifest.task)
-    runner = open_runner(folder / manifest.model_file, INPUT_NAMES, threads)
+    with exact_int8_file(folder / manifest.model_file, log) as model_file:
+        runner = open_runner(model_file, INPUT_NAMES, threads)
     report = AgreementReport(str(shown_as if shown_as is not None else folder), task.name,
                              options.min_agreement, options.max_metric_drop, eval_data=options.eval_data)
     cases = sweep(task, manifest.dims, reference.config, folder)
