@@ -472,6 +472,9 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--runtimes", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")
 @click.option("--formats", "formats_alias", default=None, hidden=True,
               help="The old name of --runtimes (deprecated: it always held runtimes, not export formats).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also time each model's int8 file beside its fp32 one, where the runtime has one (onnx: "
+                   "onnx-int8; SqueezeBERT static int8 convolutions, BERT-base ONNX Runtime's dynamic recipe).")
 @click.option("--models", default="squeezebert,bert", show_default=True, help="Models, comma-separated.")
 @click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID",
               help="A SqueezeBERT checkpoint instead of random weights.")
@@ -506,7 +509,8 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--cooldown", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="With --device adb: seconds of rest between two runner processes.")
 @click.pass_context
-def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, models, model_squeezebert,
+def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, quantize, models,
+          model_squeezebert,
           model_bert, random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify,
           no_memory, seed, sgemm_size, device, serials, runner, cooldown) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
@@ -519,6 +523,7 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
     Example:
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
       sbexport bench --runtimes onnx --threads 1 --runs 50
+      sbexport bench --runtimes onnx --quantize int8 --seq-lens 128
       sbexport bench --config-squeezebert small/config.json --models squeezebert
       sbexport bench --device adb --runner build/runner-android/sbexport_runner --seq-lens 128
     """
@@ -538,6 +543,8 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
                          sgemm_size=sgemm_size)
     if device is None and (serials or runner):
         raise SbexportError("--serial and --runner apply to --device adb only")
+    if quantize is not None:
+        config = replace(config, formats=_with_int8(config.formats, device))
     if device == "adb":
         if ctx.get_parameter_source("runtimes") is click.core.ParameterSource.DEFAULT and formats_alias is None:
             config = replace(config, formats=("executorch",))     # what a device runs
@@ -548,6 +555,18 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
     for path in (json_path, plot_path):
         if path is not None:
             click.echo(f"wrote {path}")
+
+
+def _with_int8(runtimes: tuple[str, ...], device) -> tuple[str, ...]:
+    """`runtimes` with the int8 form of each that has one after it (bench --quantize int8).
+    Raises SbexportError when none has (eager alone, or a device: it runs fp32 .pte only)."""
+    from .bench.inputs import INT8_RUNTIMES
+
+    added = tuple(r for rt in runtimes for r in ((rt, INT8_RUNTIMES[rt]) if rt in INT8_RUNTIMES else (rt,)))
+    if device is not None or added == runtimes:
+        raise SbexportError(f"--quantize int8 needs a runtime with an int8 form ({', '.join(INT8_RUNTIMES)}); "
+                            f"{'a device runs fp32 .pte files only' if device else 'got ' + ','.join(runtimes)}")
+    return tuple(dict.fromkeys(added))
 
 
 def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> None:
