@@ -50,18 +50,25 @@ class Form(torch.nn.Module):
             weight = torch.block_diag(*weight[..., 0].chunk(self.groups))[..., None]   # [cout, cin, 1]
         if kind == "bmm":
             weight = weight[..., 0].reshape(self.groups, -1, weight.shape[1])          # [g, cout/g, cin/g]
+        if kind == "conv2d":
+            weight = weight[..., None]                                                 # [cout, cin/g, 1, 1]
+        # Weights in the form each kind uses, as parameters: an op on a parameter inside forward
+        # would make XNNPACK see a computed weight and leave the convolution out of the delegate.
         self.weight, self.bias = torch.nn.Parameter(weight), torch.nn.Parameter(bias)
+        if kind == "split":
+            self.weights = torch.nn.ParameterList(weight.chunk(self.groups, 0))
+            self.biases = torch.nn.ParameterList(bias.chunk(self.groups, 0))
 
     def forward(self, x):
         g, w, b = self.groups, self.weight, self.bias
         if self.kind == "conv":
             return torch.nn.functional.conv1d(x, w, b, groups=g)
         if self.kind == "conv2d":
-            return torch.nn.functional.conv2d(x.unsqueeze(2), w.unsqueeze(2), b, groups=g).squeeze(2)
+            return torch.nn.functional.conv2d(x.unsqueeze(2), w, b, groups=g).squeeze(2)
         if self.kind == "blockdiag":
             return torch.nn.functional.conv1d(x, w, b)
         if self.kind == "split":
-            pieces = zip(x.chunk(g, 1), w.chunk(g, 0), b.chunk(g, 0))
+            pieces = zip(x.chunk(g, 1), self.weights, self.biases)
             return torch.cat([torch.nn.functional.conv1d(xi, wi, bi) for xi, wi, bi in pieces], 1)
         s = x.shape[-1]   # bmm: [g, cout/g, cin/g] @ [g, cin/g, S] -> [1, cout, S]
         return (torch.bmm(w, x.reshape(g, -1, s)).reshape(1, -1, s) + b[:, None])
@@ -69,10 +76,14 @@ class Form(torch.nn.Module):
 
 def build(conv: ConvWeights, kind: str, folder: Path):
     """The form lowered to XNNPACK and loaded: a callable x (numpy [1, cin, S]) -> numpy."""
-    from sbexport.export.executorch import lower
+    from sbexport.export.executorch import graph_summary, lower
     from sbexport.runtime import ExecuTorchRunner
 
     edge = lower(Form(conv, kind).eval(), {"x": torch.zeros(1, conv.shape.cin, 16)}, 512, "xnnpack")
+    summary = graph_summary(edge.exported_program().graph_module)
+    if summary.convolutions_outside_delegate:
+        raise SystemExit(f"{kind}: a convolution fell out of the XNNPACK delegate: {summary}")
+    print(f"{kind}: ops outside the delegate {summary.ops_outside_delegate or 'none'}")
     path = folder / f"{kind}.pte"
     path.write_bytes(edge.to_executorch().buffer)
     runner = ExecuTorchRunner(path, ("x",))
