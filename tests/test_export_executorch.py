@@ -180,3 +180,45 @@ def test_export_fails_when_a_projection_is_not_a_native_convolution(tmp_path):
     with pytest.raises(ExportError, match=rf"has {expected - 1} convolutions where the model has {expected}"):
         executorch_format.export(wrapper, example, 16, path, ExecuTorchOptions())
     assert not path.exists()
+
+
+def test_layout_copy_computes_what_the_reference_computes():
+    """export.layout.conv2d_layout: the [B, C, 1, S] copy gives the reference's outputs at a
+    batch of 2 with padding (eager; the .pte files are checked by verify), every projection a
+    grouped Conv2d of the same weights, and leaves the reference itself untouched."""
+    from conftest import tiny_squeezebert_config
+
+    from sbexport.export.layout import conv2d_layout
+
+    model = TASKS["fill-mask"].model_class()(tiny_squeezebert_config()).eval()
+    copy = conv2d_layout(model)
+    ids = torch.randint(1, 50, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(copy(input_ids=ids, attention_mask=mask)[0],
+                                   model(input_ids=ids, attention_mask=mask)[0], rtol=0, atol=1e-5)
+    convs = [m for m in copy.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.groups for m in convs] == [m.groups for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert not any(isinstance(m, torch.nn.Conv1d) for m in copy.modules())
+    assert any(isinstance(m, torch.nn.Conv1d) for m in model.modules())
+
+
+def test_xnnpack_program_has_fewer_transposes_than_the_conv1d_form(et_artifact, tmp_path):
+    """The reason for the layout: the exported program's XNNPACK graph holds fewer transposes
+    than the same model lowered as [B, C, S] Conv1d (ExecuTorch's own conv1d -> conv2d pass)."""
+    from sbexport.export import ExportWrapper, example_inputs
+    from sbexport.export.executorch import lower
+
+    folder = et_artifact("mnli")
+    model = rebuild_reference(folder, read_manifest(folder), TASKS["mnli"])
+    example = example_inputs(TASKS["mnli"], model.config, batch=1, seq_len=8)
+    edge = lower(ExportWrapper(model, TASKS["mnli"]).eval(), example, 16, "xnnpack")
+    (tmp_path / "conv1d").mkdir()
+    (tmp_path / "conv1d" / "model.pte").write_bytes(edge.to_executorch().buffer)
+
+    def transposes(path):
+        return sum(n["xnode_union_type"] == "XNNStaticTranspose" for n in read_pte(path)[2])
+    exported, conv1d_form = transposes(folder / "model.pte"), transposes(tmp_path / "conv1d" / "model.pte")
+    layers = model.config.num_hidden_layers
+    assert exported <= conv1d_form - 2 * layers, (exported, conv1d_form)

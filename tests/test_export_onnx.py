@@ -189,6 +189,22 @@ def test_random_init_skips_a_tokenizer_too_big_for_the_model(onnx_artifact):
     assert read_manifest(folder).source.random_init is True
 
 
+@pytest.mark.parametrize("task_name", ["mnli", "fill-mask"])
+def test_exact_gelu_is_one_node(task_name, onnx_artifact):
+    """Each exact GELU (one per layer, plus the masked-LM transform's) is one com.microsoft Gelu
+    node, the exact erf kernel: nothing of the exporter's five-node form is left (no Erf), and no
+    tanh approximation (FastGelu) took its place. The artifact passed its parity sweep."""
+    folder = onnx_artifact(task_name)
+    model, manifest = _load(folder)
+    config = rebuild_reference(folder, manifest, TASKS[task_name]).config
+    gelus = [n for n in model.graph.node if n.op_type == "Gelu"]
+    expected = config.num_hidden_layers + (task_name == "fill-mask")
+    assert len(gelus) == expected and {n.domain for n in gelus} == {"com.microsoft"}, Counter(
+        (n.domain, n.op_type) for n in model.graph.node)
+    assert not {"Erf", "FastGelu", "BiasGelu"} & {n.op_type for n in model.graph.node}
+    assert manifest.parity.passed
+
+
 def test_graph_check_counts_the_projections(onnx_artifact):
     from sbexport.errors import ExportError
     from sbexport.export.onnx import graph_summary

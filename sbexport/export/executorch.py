@@ -17,6 +17,7 @@ import torch
 from ..errors import ExportError
 from ..manifest import Dims, ExecuTorchDetails, ExecuTorchGraph
 from ..modeling import conv_projections
+from .layout import conv2d_layout
 
 FILE_NAME = "model.pte"
 DESCRIPTION = "ExecuTorch program (fp32)"
@@ -49,7 +50,10 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options: Options) -
     import executorch
 
     check_options(options)
-    edge = lower(wrapper, example, max_seq, options.backend)
+    # XNNPACK: the encoder on [B, C, 1, S] with Conv2d projections saves the delegate's
+    # transposes around every convolution (export/layout.py); portable has no such layout cost.
+    lowered = conv2d_layout(wrapper) if options.backend == "xnnpack" else wrapper
+    edge = lower(lowered, example, max_seq, options.backend)
     summary = graph_summary(edge.exported_program().graph_module)
     expected = conv_projections(wrapper.model.config)
     found = summary.convolutions_in_delegate + summary.convolutions_outside_delegate

@@ -1,0 +1,108 @@
+"""The ExecuTorch export's layout of the SqueezeBERT encoder: [B, C, 1, S] with Conv2d projections.
+
+XNNPACK runs convolutions channels-last. ExecuTorch's Conv1dUnsqueezePass turns each Conv1d of
+[B, C, S] into a Conv2d of [B, C, 1, S] with an unsqueeze before and a squeeze after, and the
+squeeze, which needs the channels-first layout, makes the delegate transpose every projection's
+output back (and the next one's input forward again). Running the encoder on [B, C, 1, S]
+throughout, each projection a Conv2d with the same weights as [cout, cin/g, 1, 1], lets a
+convolution's output feed the residual add, GELU and the next convolution channels-last
+without those transposes: 0.92-0.96x the model's time at one thread (benchmarks/NOTES.md),
+with bit-identical outputs. The projections stay native grouped convolutions.
+
+The reference model (modeling.py) is not changed: `conv2d_layout` returns a copy whose
+encoders run the same modules' forwards on 4-D tensors, so verify still compares the file
+against the unchanged [B, C, S] reference.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from ..modeling import ChannelLayerNorm, SqueezeBertEncoder, SqueezeBertModule, run_layers
+
+
+def conv2d_layout(module: nn.Module) -> nn.Module:
+    """A copy of `module` whose SqueezeBERT encoders run on [B, C, 1, S]; a model without one
+    (BERT), or whose projections are not all Conv1d (the exporter's check then names them),
+    comes back unchanged (not copied). Inputs and outputs are those of `module`."""
+    layers = [m for m in module.modules() if isinstance(m, SqueezeBertModule)]
+    if not layers or not all(isinstance(getattr(owner, name), nn.Conv1d)
+                             for layer in layers for owner, name in projection_slots(layer)):
+        return module
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SqueezeBertEncoder):
+                setattr(parent, name, Encoder2d(child))
+    return module
+
+
+class Encoder2d(nn.Module):
+    """SqueezeBertEncoder on [B, H, 1, S] inside: takes and returns [B, S, H] as it does."""
+
+    def __init__(self, encoder: SqueezeBertEncoder):
+        super().__init__()
+        self.num_heads = encoder.num_heads
+        self.layers = nn.ModuleList(Layer2d(layer) for layer in encoder.layers)
+
+    def forward(self, x, mask=None, head_masks=None, output_attentions=False, output_hidden_states=False):
+        if mask is not None:   # as SqueezeBertEncoder: heads folded into the batch
+            mask = mask.expand(-1, self.num_heads, -1, -1).flatten(0, 1)   # [B, 1, 1, S] -> [B*h, 1, S]
+        to_bsh = lambda t: t.squeeze(2).permute(0, 2, 1)                   # noqa: E731  [B, H, 1, S] -> [B, S, H]
+        x, hidden_states, attentions = run_layers(self.layers, x.permute(0, 2, 1).unsqueeze(2), mask, head_masks,
+                                                  output_attentions, output_hidden_states, view=to_bsh)
+        return to_bsh(x), hidden_states, attentions
+
+
+class Layer2d(nn.Module):
+    """A SqueezeBertModule on [B, H, 1, S]: its own submodules, each Conv1d made a Conv2d and
+    each ChannelLayerNorm a ChannelsLastLayerNorm (same parameters). Changes `layer`'s
+    submodules in place (conv2d_layout passes a copy)."""
+
+    def __init__(self, layer: SqueezeBertModule):
+        super().__init__()
+        for owner, name in projection_slots(layer):
+            setattr(owner, name, as_conv2d(getattr(owner, name)))
+        for norm_owner in (layer.post_attention, layer.output):
+            norm_owner.layernorm = ChannelsLastLayerNorm(norm_owner.layernorm)
+        self.attention, self.post_attention = layer.attention, layer.post_attention
+        self.intermediate, self.output = layer.intermediate, layer.output
+
+    def forward(self, x, mask=None, head_mask=None):
+        """x [B, H, 1, S] -> (y [B, H, 1, S], attention probs [B, heads, S, S])."""
+        # The attention's .view(b * h, d, -1) needs channels-first memory; the LayerNorm and the
+        # encoder's entry leave x channels-last strided (a copy in XNNPACK, not a transpose).
+        context, probs = self.attention(x.contiguous(), mask, head_mask)  # context [B, H, S]
+        b, c = context.shape[:2]   # a view with int sizes stays in the delegate; unsqueeze would not
+        x = self.post_attention(context.view(b, c, 1, -1), x)
+        return self.output(self.intermediate(x), x), probs
+
+
+def projection_slots(layer: SqueezeBertModule) -> list[tuple[nn.Module, str]]:
+    """(owner module, attribute name) of the layer's six projections, in graph order."""
+    a = layer.attention
+    return [(a, "query"), (a, "key"), (a, "value"), (layer.post_attention, "conv1d"),
+            (layer.intermediate, "conv1d"), (layer.output, "conv1d")]
+
+
+class ChannelsLastLayerNorm(nn.LayerNorm):
+    """ChannelLayerNorm's LayerNorm over the channels of a [B, C, 1, S] tensor."""
+
+    def __init__(self, norm: ChannelLayerNorm):
+        super().__init__(norm.normalized_shape, eps=norm.eps, elementwise_affine=True)
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
+    """The 1x1 Conv1d `conv` as a Conv2d: weight [cout, cin/g, 1] viewed as [cout, cin/g, 1, 1]."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=1, groups=conv.groups, bias=conv.bias is not None)
+    out.weight = nn.Parameter(conv.weight.detach().unsqueeze(-1), requires_grad=False)
+    if conv.bias is not None:
+        out.bias = nn.Parameter(conv.bias.detach(), requires_grad=False)
+    return out
+
