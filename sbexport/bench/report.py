@@ -136,7 +136,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("latency p50 (ms), band min..p90")
     m, cfg = result["machine"], result["config"]
-    dtypes = "fp32 and int8" if any(rt in INT8_RUNTIMES.values() for rt in cfg["formats"]) else "fp32"
+    dtypes = "fp32 and int8" if any(r["runtime"] in INT8_RUNTIMES.values() for r in result["rows"]) else "fp32"
     ax.set_title(f"{cfg['task']}, batch {cfg['batch']}, {cfg['threads']} threads, {dtypes} - {m['cpu']}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
