@@ -100,6 +100,9 @@ class ExecuTorchGraph:
     convolutions_in_delegate: int
     convolutions_outside_delegate: int
     ops_outside_delegate: dict[str, int]
+    # int8 programs only (export/quantize_executorch.py): convolutions inside the delegate whose
+    # input and weights are int8 (dequantized into them); absent from fp32 manifests
+    quantized_convolutions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,9 @@ class Manifest:
         for name in ("parity", "quantization", "agreement"):
             if data[name] is None:
                 del data[name]
+        graph = data["details"]["graph"]
+        if graph.get("quantized_convolutions", 0) is None:   # an fp32 program's graph stays as it was
+            del graph["quantized_convolutions"]
         return data
 
     @classmethod
