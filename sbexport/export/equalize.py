@@ -21,6 +21,11 @@ The rewritten fp32 graph computes the same function (checked: cosine 1.0000 on e
 the Mul nodes stay fp32 elementwise ops of [batch, channels, sequence]. Measured on MiniLM,
 feature task, guard sentences: mean token cosine 0.929 -> 0.997, tokens at cosine >= 0.99
 0% -> 99.5%.
+
+equalize_module does the same rewrite on the PyTorch model before PT2E quantization (ExecuTorch
+int8, quantize_executorch.py): each nn.Conv1d becomes a ScaledConv1d, whose two multiplies are
+traced as fp32 elementwise ops around the native convolution. Same measurement, PT2E graph:
+0% -> 99.6%.
 """
 
 from __future__ import annotations
