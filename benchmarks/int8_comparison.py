@@ -9,7 +9,9 @@ with the ratios and file sizes of issue 11's targets:
 With --executorch, SqueezeBERT's fp32 XNNPACK program and its int8 program (sbexport's PT2E
 recipe, export/quantize_executorch.py: every projection a quantized convolution inside the
 delegate) are timed in the same interleaved rounds, through executorch's Python runtime, its
-thread pool set to --threads.
+thread pool set to --threads; with --executorch-bert also BERT-base's int8 program with the
+standard ExecuTorch recipe for Linear layers (XNNPACKQuantizer, dynamic per-channel int8 weights:
+XNNPACK's qd8 x qc8w GEMMs).
 
 Full-size models with random weights (latency and size do not depend on them; the accuracy
 guard is the tests' job, on real weights), sbexport's own exports (MNLI head, max sequence
@@ -86,6 +88,36 @@ def build_executorch(workdir: Path) -> dict[str, Path]:
     return {"squeezebert pte fp32": fp32 / "model.pte", "squeezebert pte int8": int8}
 
 
+def build_bert_pte_int8(workdir: Path) -> dict[str, Path]:
+    """BERT-base's int8 XNNPACK program (dynamic per-channel Linear quantization), made once."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from sbexport.export import ExportWrapper, example_inputs
+    from sbexport.export import executorch as executorch_format
+    from sbexport.source import build_reference
+
+    path = workdir / "bert-dynamic-int8.pte"
+    if not path.exists():
+        task = get_task("mnli")
+        model = build_reference(task, resolve_source(task, random_init=True, arch="bert"))
+        wrapper = ExportWrapper(model, task).eval()
+        example = example_inputs(task, model.config, batch=1, seq_len=8)
+        program = torch.export.export(wrapper, tuple(example.values()),
+                                      dynamic_shapes=executorch_format._dynamic_shapes(example, SEQ))
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                     is_dynamic=True))
+        prepared = prepare_pt2e(program.module(), quantizer)
+        prepared(*example.values())
+        edge = executorch_format.lower(convert_pt2e(prepared), example, SEQ, "xnnpack")
+        path.write_bytes(edge.to_executorch().buffer)
+    return {"bert pte int8 (dynamic)": path}
+
+
 def time_interleaved(files: dict[str, Path], runs: int, threads: int) -> dict[str, list[float]]:
     """Milliseconds per call of each file, batch 1 x SEQ tokens, one call of each in turn per
     round (ONNX Runtime's spinning off, so that an idle session does not take the cores of the
@@ -116,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="keep the model files here and reuse them")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--executorch", action="store_true", help="time SqueezeBERT's .pte files too")
+    parser.add_argument("--executorch-bert", action="store_true", help="and BERT-base's int8 .pte")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -127,6 +160,8 @@ def main(argv=None) -> int:
         files = build(workdir)
         if args.executorch:
             files.update(build_executorch(workdir))
+        if args.executorch and args.executorch_bert:
+            files.update(build_bert_pte_int8(workdir))
         load_before = os.getloadavg()
         with thread_settings(args.threads, executorch=args.executorch):
             times = time_interleaved(files, args.runs, args.threads)
@@ -141,6 +176,8 @@ def main(argv=None) -> int:
             "pte: squeezebert fp32 / int8": median["squeezebert pte fp32"] / median["squeezebert pte int8"],
             "pte: bert int8 (onnx) / squeezebert int8": median["bert int8 (dynamic)"] / median["squeezebert pte int8"],
             "pte: squeezebert int8 size / fp32 size": sizes["squeezebert pte int8"] / sizes["squeezebert pte fp32"]})
+    if "bert pte int8 (dynamic)" in median:
+        ratios["pte: bert int8 / squeezebert int8"] = median["bert pte int8 (dynamic)"] / median["squeezebert pte int8"]
     result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "batch": 1, "sequence": SEQ, "threads": args.threads, "runs": args.runs,
