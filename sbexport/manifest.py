@@ -117,8 +117,9 @@ class ExecuTorchDetails:
     def summary(self) -> str:
         """One line for `sbexport info`."""
         g = self.graph
+        int8 = f" ({g.quantized_convolutions} int8)" if g.quantized_convolutions is not None else ""
         return (f"ExecuTorch {self.executorch_version}, {self.backend}: {g.delegates} delegate(s), "
-                f"convolutions {g.convolutions_in_delegate} inside, {g.convolutions_outside_delegate} outside")
+                f"convolutions {g.convolutions_in_delegate} inside{int8}, {g.convolutions_outside_delegate} outside")
 
 
 # format -> its details class: the only place a format's name picks a type.
