@@ -21,6 +21,7 @@ bar (--min-agreement, 99% by default) and, when a labelled file is given, no met
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +271,7 @@ def guard_folder(folder: str | Path, reference: torch.nn.Module, options, thread
     they are."""
     from .artifact import open_artifact, update_manifest
     from .errors import SbexportError
-    from .export.quantize import encode_texts, read_texts
+    from .export.quantize import encode_texts, exact_int8_file, read_texts
     from .manifest import AgreementFigures
     from .targets import HOST
     from .tasks import get_task
@@ -282,7 +283,11 @@ def guard_folder(folder: str | Path, reference: torch.nn.Module, options, thread
     report = AgreementReport(str(shown_as if shown_as is not None else folder), task.name,
                              options.min_agreement, options.max_metric_drop, eval_data=options.eval_data)
     max_seq = min(manifest.dims.sequence[1], target.max_seq or manifest.dims.sequence[1])
-    with target.open_runner(folder / manifest.model_file, INPUT_NAMES, threads) as runner:
+    # On the host, the file whose answers are exact on this CPU (exact_int8_file); an emulated
+    # arm64 CPU runs the file itself (its int8 kernels do not saturate).
+    exact = exact_int8_file(folder / manifest.model_file, log) if target is HOST else \
+        contextlib.nullcontext(folder / manifest.model_file)
+    with exact as model_file, target.open_runner(model_file, INPUT_NAMES, threads) as runner:
         cases = sweep(task, manifest.dims, reference.config, folder, max_seq=max_seq)
         report.groups["sweep"] = measure_group(task, reference, runner.run, cases)
         tokenizer = _artifact_tokenizer(folder)

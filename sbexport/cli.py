@@ -179,11 +179,23 @@ def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_
 
 
 def _quantize_options(f):
-    """The options of int8 quantization (`onnx --quantize int8` and `quantize`)."""
+    """The options of int8 quantization (`onnx --quantize int8` and `quantize`): ONNX Runtime's
+    recipe choices, then the calibration and guard options every int8 export shares."""
     f = _guard_options(f)
-    return click.option("--quantize-mode", type=click.Choice(["static", "dynamic"]), default="static",
-                        show_default=True, help="static: calibrated, every Conv a QLinearConv (the fast form); "
-                        "dynamic: ONNX Runtime's runtime-range recipe (slower for SqueezeBERT).")(f)
+    for option in reversed([
+        click.option("--quantize-mode", type=click.Choice(["static", "dynamic"]), default="static",
+                     show_default=True, help="static: calibrated, every Conv a QLinearConv (the fast form); "
+                     "dynamic: ONNX Runtime's runtime-range recipe (slower for SqueezeBERT)."),
+        click.option("--int8-weights", type=click.Choice(["s8", "u8"]), default="s8", show_default=True,
+                     help="How the static recipe stores its weights: s8, fastest on arm64 and on x86 CPUs with "
+                     "VNNI; u8, the same numbers exact on every CPU (ONNX Runtime saturates s8 on x86 without "
+                     "VNNI, e.g. AMD Zen 3), slower with VNNI."),
+        click.option("--int8-embeddings", is_flag=True,
+                     help="Static recipe: store the embedding tables int8 too, a file of about a quarter of fp32's "
+                     "(MiniLM: 26% against 65%); the guard judges its answers as always."),
+    ]):
+        f = option(f)
+    return f
 
 
 def _guard_options(f):
@@ -203,10 +215,16 @@ def _guard_options(f):
     return f
 
 
-def _quantize_settings(quantize_mode, calibration, min_agreement, eval_data, max_metric_drop):
+def _quantize_settings(quantize_mode, int8_weights, int8_embeddings, calibration, min_agreement, eval_data,
+                       max_metric_drop):
+    from dataclasses import replace
+
     from .export.quantize import RECIPES, QuantizeOptions
 
-    return QuantizeOptions(recipe=RECIPES[quantize_mode], calibration=calibration, min_agreement=min_agreement / 100,
+    recipe = RECIPES[quantize_mode] if int8_weights == "s8" else replace(RECIPES[quantize_mode], weight_storage="u8")
+    if int8_embeddings and recipe.op_types is not None:     # the dynamic recipe covers every op already
+        recipe = replace(recipe, op_types=(*recipe.op_types, "Gather"))
+    return QuantizeOptions(recipe=recipe, calibration=calibration, min_agreement=min_agreement / 100,
                            eval_data=eval_data, max_metric_drop=max_metric_drop / 100)
 
 
@@ -217,11 +235,12 @@ def _quantize_settings(quantize_mode, calibration, min_agreement, eval_data, max
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Write an int8 file instead, kept only when it agrees with fp32 PyTorch (see `quantize`).")
 @_quantize_options
-def onnx(opset, quantize, quantize_mode, calibration, min_agreement, eval_data, max_metric_drop, **kwargs) -> None:
+def onnx(opset, quantize, quantize_mode, int8_weights, int8_embeddings, calibration, min_agreement, eval_data,
+         max_metric_drop, **kwargs) -> None:
     """Export a task to ONNX, then check parity against PyTorch.
 
     With --quantize int8 the fp32 file is exported and checked first, then quantized
-    (static: per-channel s8 weights, u8 activations, calibrated on text), and the int8 file
+    (static: per-channel u8 weights, u8 activations, calibrated on text), and the int8 file
     lands only when the accuracy guard passes (--min-agreement, and --eval-data when given).
 
     \b
@@ -243,7 +262,8 @@ def onnx(opset, quantize, quantize_mode, calibration, min_agreement, eval_data, 
                             seed=kwargs["seed"])
     out_dir = f"artifacts/{task.name}-onnx-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
     export_int8(task, source, out_dir, OnnxOptions(opset=opset),
-                _quantize_settings(quantize_mode, calibration, min_agreement, eval_data, max_metric_drop),
+                _quantize_settings(quantize_mode, int8_weights, int8_embeddings, calibration, min_agreement,
+                                   eval_data, max_metric_drop),
                 max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"], verify=not kwargs["no_verify"],
                 log=click.echo)
 
@@ -309,8 +329,8 @@ def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, 
     source = resolve_source(task, model=kwargs["model"], random_init=kwargs["random_init"], arch=kwargs["arch"],
                             seed=kwargs["seed"])
     out_dir = f"artifacts/{task.name}-executorch-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
-    settings = replace(_quantize_settings("static", calibration, min_agreement, eval_data, max_metric_drop),
-                       recipe=RECIPE)
+    settings = replace(_quantize_settings("static", "s8", False, calibration, min_agreement, eval_data,
+                                          max_metric_drop), recipe=RECIPE)
     export_int8_executorch(task, source, out_dir, ExecuTorchOptions(backend=backend, batch=batch), settings,
                            max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"],
                            verify=not kwargs["no_verify"], log=click.echo)
@@ -494,6 +514,9 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--runtimes", default="eager,onnx,executorch", show_default=True, help="Runtimes, comma-separated.")
 @click.option("--formats", "formats_alias", default=None, hidden=True,
               help="The old name of --runtimes (deprecated: it always held runtimes, not export formats).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also time each model's int8 file beside its fp32 one, where the runtime has one (onnx: "
+                   "onnx-int8; SqueezeBERT static int8 convolutions, BERT-base ONNX Runtime's dynamic recipe).")
 @click.option("--models", default="squeezebert,bert", show_default=True, help="Models, comma-separated.")
 @click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID",
               help="A SqueezeBERT checkpoint instead of random weights.")
@@ -528,7 +551,8 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--cooldown", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="With --device adb: seconds of rest between two runner processes.")
 @click.pass_context
-def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, models, model_squeezebert,
+def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, quantize, models,
+          model_squeezebert,
           model_bert, random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify,
           no_memory, seed, sgemm_size, device, serials, runner, cooldown) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
@@ -541,6 +565,7 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
     Example:
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
       sbexport bench --runtimes onnx --threads 1 --runs 50
+      sbexport bench --runtimes onnx --quantize int8 --seq-lens 128
       sbexport bench --config-squeezebert small/config.json --models squeezebert
       sbexport bench --device adb --runner build/runner-android/sbexport_runner --seq-lens 128
     """
@@ -560,6 +585,8 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
                          sgemm_size=sgemm_size)
     if device is None and (serials or runner):
         raise SbexportError("--serial and --runner apply to --device adb only")
+    if quantize is not None:
+        config = replace(config, formats=_with_int8(config.formats, device))
     if device == "adb":
         if ctx.get_parameter_source("runtimes") is click.core.ParameterSource.DEFAULT and formats_alias is None:
             config = replace(config, formats=("executorch",))     # what a device runs
@@ -570,6 +597,18 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
     for path in (json_path, plot_path):
         if path is not None:
             click.echo(f"wrote {path}")
+
+
+def _with_int8(runtimes: tuple[str, ...], device) -> tuple[str, ...]:
+    """`runtimes` with the int8 form of each that has one after it (bench --quantize int8).
+    Raises SbexportError when none has (eager alone, or a device: it runs fp32 .pte only)."""
+    from .bench.inputs import INT8_RUNTIMES
+
+    added = tuple(r for rt in runtimes for r in ((rt, INT8_RUNTIMES[rt]) if rt in INT8_RUNTIMES else (rt,)))
+    if device is not None or added == runtimes:
+        raise SbexportError(f"--quantize int8 needs a runtime with an int8 form ({', '.join(INT8_RUNTIMES)}); "
+                            f"{'a device runs fp32 .pte files only' if device else 'got ' + ','.join(runtimes)}")
+    return tuple(dict.fromkeys(added))
 
 
 def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> None:

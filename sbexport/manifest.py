@@ -178,8 +178,15 @@ class Recipe:
     op_types: tuple[str, ...] | None = ("Conv",)
     per_channel: bool = True                   # one weight scale per output channel
     activation_type: str = "QUInt8"
-    weight_type: str = "QInt8"
-    reduce_range: bool = False                 # 7-bit weights (for CPUs without VNNI)
+    weight_type: str = "QInt8"                 # ONNX Runtime makes per-channel Conv weights s8 anyway
+    # How the file stores those s8 weights. "s8": as they are, ONNX Runtime's fast u8 x s8 kernel,
+    # exact on arm64 and on x86 with VNNI, but on x86 without it (AVX2 only: AMD Zen 3, Intel
+    # before Ice Lake) it adds pairs of products in int16 (VPMADDUBSW) and saturates. "u8": the
+    # same numbers plus 128 with zero point 128, run by the u8 x u8 kernel, exact on every CPU
+    # and as slow as fp32 on VNNI (MiniLM, Intel kind, seq 128: u8 x s8 31 ms, u8 x u8 54 ms,
+    # fp32 57 ms, under load). tests/test_quantize_avx2.py runs both under qemu -cpu Haswell.
+    weight_storage: str = "s8"
+    reduce_range: bool = False                 # 7-bit weights: ONNX Runtime's AVX2 fix, costs agreement
     calibrate_method: str = "MinMax"
     equalize: bool = True                      # per-channel activation scales first (equalize.py)
 

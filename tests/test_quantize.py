@@ -312,6 +312,33 @@ def test_cli_onnx_quantize_int8_then_info(tiny_checkpoint, tmp_path, monkeypatch
     assert "  agreement PASS, int8 against fp32 PyTorch: lowest 100.00%" in capsys.readouterr().out
 
 
+def test_cli_int8_embeddings_and_u8_weights(onnx_artifact, tmp_path, monkeypatch, capsys):
+    """--int8-embeddings stores the embedding tables int8 (a Gather of a dequantized u8 table, the
+    file smaller); --int8-weights u8 stores every projection's weights as u8 with zero point 128;
+    the manifest's recipe records both."""
+    fp32 = onnx_artifact("features", local=True)
+    runs = {"plain": [], "embeddings": ["--int8-embeddings", "--int8-weights", "u8"]}
+    for name, extra in runs.items():
+        monkeypatch.setattr(sys, "argv", ["sbexport", "quantize", str(fp32), "-o", str(tmp_path / name),
+                                          "--min-agreement", "95", *extra])
+        main()
+    capsys.readouterr()
+    models = {name: onnx.load(str(tmp_path / name / "model.onnx")) for name in runs}
+    word = {i.name: i.data_type for i in models["embeddings"].graph.initializer if "word_embeddings" in i.name}
+    assert word.get("model.embeddings.word_embeddings.weight_quantized") == TensorProto.UINT8, word
+    plain = [i for i in models["plain"].graph.initializer if "word_embeddings" in i.name]
+    assert plain and all(i.data_type == TensorProto.FLOAT for i in plain)
+    sizes = {name: (tmp_path / name / "model.onnx").stat().st_size for name in runs}
+    assert sizes["embeddings"] < sizes["plain"]
+    inits = {i.name: i for i in models["embeddings"].graph.initializer}
+    for node in (n for n in models["embeddings"].graph.node if n.op_type == "QLinearConv"):
+        assert inits[node.input[3]].data_type == TensorProto.UINT8, node.name
+        assert set(numpy_helper.to_array(inits[node.input[5]]).ravel()) == {128}, node.name
+    recipe = read_manifest(tmp_path / "embeddings").quantization.recipe
+    assert recipe.op_types == ("Conv", "Gather") and recipe.weight_storage == "u8"
+    assert read_manifest(tmp_path / "plain").quantization.recipe.weight_storage == "s8"
+
+
 def test_a_model_without_convolutions_is_refused_by_the_static_recipe(tmp_path):
     """BERT-base has no convolution: a "static int8" file of it would quantize nothing."""
     from conftest import tiny_random_config

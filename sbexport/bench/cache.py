@@ -20,9 +20,10 @@ import torch
 from .. import __version__
 from ..errors import ExportError, SbexportError
 from ..tasks import Task
-from .inputs import LABELS, BenchConfig, BenchModel
+from .inputs import INT8_RUNTIMES, LABELS, BenchConfig, BenchModel, fp32_runtime
 
 EXPORTED = {"onnx": "onnx", "executorch": "executorch"}    # runtime -> export format; eager needs none
+EXPORTED.update({int8: EXPORTED[fp32] for fp32, int8 in INT8_RUNTIMES.items()})
 
 
 @contextlib.contextmanager
@@ -57,6 +58,9 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
     graph is not worth timing."""
     from ..export import ExecuTorchOptions, OnnxOptions, export_artifact
 
+    if runtime in INT8_RUNTIMES.values():
+        return _quantized(runtime, export_cached(fp32_runtime(runtime), task, model, config, workdir, log), task, model,
+                          log)
     options = OnnxOptions(max_batch=max(1024, config.batch)) if EXPORTED[runtime] == "onnx" \
         else ExecuTorchOptions(batch=config.batch)
     max_seq_len = max(config.seq_lens)
@@ -70,6 +74,41 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
                                verify=config.verify, config=model.build_config, log=log)
     except SbexportError as e:
         raise ExportError(f"bench stopped: the {LABELS[model.arch]} export to {runtime} failed "
+                          f"(nothing was timed): {e}") from None
+
+
+def _quantized(runtime: str, fp32: Path, task: Task, model: BenchModel, log: Callable[[str], None]) -> Path:
+    """The int8 artifact quantized from the fp32 artifact `fp32` (cached beside it), with the
+    recipe a user of each model would pick: static int8 convolutions for SqueezeBERT, ONNX
+    Runtime's dynamic recipe for a model without convolutions (BERT-base's MatMuls).
+
+    The accuracy guard runs and its figures are recorded (the report shows them) but do not
+    stop the bench: latency does not depend on the weights, and random weights' heads decide
+    by margins under int8's error, so a failed guard says nothing about the recipe."""
+    from ..artifact import open_artifact
+    from ..export.quantize import RECIPES, QuantizeOptions, TextSet, quantize_artifact
+    from .target import feeds_for
+
+    folder = fp32.with_name(f"{fp32.name}-int8")
+    try:
+        manifest = open_artifact(folder)
+        if manifest.quantization is not None and manifest.agreement is not None:
+            log(f"using cached export {folder}")
+            return folder
+    except SbexportError:
+        pass
+    recipe = RECIPES["static" if open_artifact(fp32).details.graph.conv_groups else "dynamic"]
+    # Random weights have no tokenizer and no meaning: calibrate on the bench's own inputs (random
+    # token ids), batch 1, at lengths 8 to 128.
+    inputs = [feeds_for(task, model.config, 1, seq) for seq in (8, 16, 32, 64, 128)
+              if seq <= model.config.max_position_embeddings]
+    digest = hashlib.sha256(b"".join(v.tobytes() for f in inputs for v in f.values())).hexdigest()
+    calibration = TextSet(inputs, "bench: random token ids (export.example_inputs)", digest)
+    try:
+        return quantize_artifact(fp32, folder, QuantizeOptions(recipe=recipe), overwrite=True, judge=False,
+                                 feeds=calibration, log=log)
+    except SbexportError as e:
+        raise ExportError(f"bench stopped: quantizing the {LABELS[model.arch]} export for {runtime} failed "
                           f"(nothing was timed): {e}") from None
 
 
@@ -106,7 +145,13 @@ def artifact_info(folder: Path) -> dict:
 
     m = read_manifest(folder)
     parity = m.parity
-    return {"folder": str(folder), "model_file": m.model_file, "bytes": m.files[m.model_file].bytes,
-            "export_seconds": m.export_seconds, "verified": parity is not None,
-            "parity_passed": parity.passed if parity else None,
-            "parity_max_abs": max(o.max_abs for o in parity.outputs.values()) if parity else None}
+    facts = {"folder": str(folder), "model_file": m.model_file, "bytes": m.files[m.model_file].bytes,
+             "export_seconds": m.export_seconds, "verified": parity is not None,
+             "parity_passed": parity.passed if parity else None,
+             "parity_max_abs": max(o.max_abs for o in parity.outputs.values()) if parity else None}
+    if m.quantization is not None:     # int8: judged by agreement with fp32 PyTorch, not by parity
+        agreement = m.agreement
+        facts["int8"] = {"recipe": m.quantization.recipe.mode,
+                         "agreement": agreement.agreement if agreement else None,
+                         "guard_passed": agreement.passed if agreement else None}
+    return facts

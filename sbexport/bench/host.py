@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..threads import thread_settings
 from . import machine, memory, notes
+from .inputs import fp32_runtime
 from .models import open_model
 from .target import Loaded, Peak, Timing
 from .timing import time_interleaved
@@ -60,7 +61,7 @@ class HostTarget:
         return machine.load_average()
 
     def unavailable(self, runtime: str) -> str | None:
-        return machine.runtime_unavailable(runtime)
+        return machine.runtime_unavailable(fp32_runtime(runtime))
 
     def ceiling(self, threads: int, size: int) -> dict:
         return machine.sgemm_ceiling(threads, size)
@@ -72,7 +73,7 @@ class HostTarget:
     def session(self, task, runtime: str, threads: int) -> Iterator[HostSession]:
         """Loaded models hold runtime state tied to ExecuTorch's pool: they are released before
         the pools are put back, also when the block fails."""
-        with thread_settings(threads, executorch=runtime == "executorch"):
+        with thread_settings(threads, executorch=fp32_runtime(runtime) == "executorch"):
             session = HostSession(task, runtime, threads)
             try:
                 yield session

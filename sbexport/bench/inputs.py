@@ -16,7 +16,15 @@ from ..errors import SbexportError
 from ..source import ModelSource, random_init_config, resolve_source
 from ..tasks import Task, get_task
 
-RUNTIMES = ("eager", "onnx", "executorch")
+RUNTIMES = ("eager", "onnx", "executorch")       # fp32: the default run
+# The int8 form of an fp32 runtime: its export quantized (export/quantize.py), timed as a runtime
+# of its own so that fp32 and int8 rows sit in one run (`bench --quantize int8` adds them).
+INT8_RUNTIMES = {"onnx": "onnx-int8"}
+
+
+def fp32_runtime(runtime: str) -> str:
+    """The fp32 runtime that `runtime` runs on: itself, or the one an int8 runtime is quantized from."""
+    return next((fp32 for fp32, int8 in INT8_RUNTIMES.items() if int8 == runtime), runtime)
 MODELS = ("squeezebert", "bert")
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 
@@ -125,7 +133,8 @@ def bench_model_of(source: ModelSource, build_config=None) -> BenchModel:
 
 
 def _check_choices(config: BenchConfig) -> None:
-    for name, values, allowed in (("runtime", config.formats, RUNTIMES), ("model", config.models, MODELS)):
+    runtimes = RUNTIMES + tuple(INT8_RUNTIMES.values())
+    for name, values, allowed in (("runtime", config.formats, runtimes), ("model", config.models, MODELS)):
         if not values:
             raise SbexportError(f"no {name} given; choose from {', '.join(allowed)}")
         for v in values:

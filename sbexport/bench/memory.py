@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SbexportError
+from .inputs import fp32_runtime
 from .target import Peak
 
 
@@ -65,7 +66,7 @@ def measure(spec: dict) -> dict:
                            CONFIG_CLASSES[spec["arch"]].from_dict(built) if built is not None else None)
     _import_runtime(spec["runtime"])
     # This process is its own entry point: it owns the pools until it exits.
-    with thread_settings(spec["threads"], executorch=spec["runtime"] == "executorch"):
+    with thread_settings(spec["threads"], executorch=fp32_runtime(spec["runtime"]) == "executorch"):
         hwm_reset = _reset_high_water_mark()
         baseline = _rss_mb()
         loaded = open_model(task, spec["runtime"], model, spec["artifact"], spec["threads"])
@@ -79,6 +80,7 @@ def measure(spec: dict) -> dict:
 
 def _import_runtime(runtime: str) -> None:
     # Imported before the baseline so that the libraries' own memory is not charged to the model.
+    runtime = fp32_runtime(runtime)
     if runtime == "onnx":
         import onnxruntime  # noqa: F401
     elif runtime == "executorch":

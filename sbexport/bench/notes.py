@@ -20,8 +20,8 @@ def method_notes(config, target_notes: dict) -> dict:
         "ceiling": target_notes["ceiling"] + ", measured before the exports and after the timing, the better "
                    "kept; pct_of_ceiling = achieved GFLOP/s at p50 / that rate",
         "cpu_wait_pct": target_notes["cpu_wait_pct"],
-        "verified": "each export was parity-checked against PyTorch before timing" if config.verify
-                    else "exports were NOT parity-checked (verify=False)",
+        "verified": ("each export was parity-checked against PyTorch before timing" if config.verify
+                     else "exports were NOT parity-checked (verify=False)") + _int8_note(config),
     }
 
 
@@ -44,3 +44,13 @@ def host_notes(config) -> dict:
                         "(Linux schedstat), as % of wall time, summed over threads: near 0 on a quiet "
                         "machine; above a few %, other work took the cores and the latencies are inflated",
     }
+
+
+def _int8_note(config) -> str:
+    from .inputs import INT8_RUNTIMES
+
+    if not set(config.formats) & set(INT8_RUNTIMES.values()):
+        return ""
+    return ("; int8 files: SqueezeBERT's convolutions static int8, BERT-base ONNX Runtime's dynamic recipe, "
+            "each quantized from the checked fp32 file; their accuracy guard figures are in `artifacts`, "
+            "recorded, not enforced (random weights decide by margins under int8's error)")

@@ -14,11 +14,13 @@ import json
 import os
 
 from ..reportfile import write_report
+from .inputs import INT8_RUNTIMES
 
 SCHEMA = "sbexport.bench/1"
 SCHEMA_FILE = "schema/bench-1.json"      # inside this package; its "schema" property is SCHEMA
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
-RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK"}
+RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK",
+                  "onnx-int8": "ONNX Runtime int8"}
 
 
 def json_schema() -> dict:
@@ -60,8 +62,23 @@ def table(result: dict) -> str:
                  f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}; "
                  f"batch {result['config']['batch']}, {result['config']['runs']} runs")
     lines.append(result["method"]["verified"])
+    lines += int8_speedups(result)
     lines += [f"skipped {s['runtime']} ({s['model']}): {s['reason']}" for s in result["skipped"]]
     return "\n".join(lines)
+
+
+def int8_speedups(result: dict) -> list[str]:
+    """One line per int8 runtime and length that ran beside its fp32 runtime: each model's fp32
+    p50 over its int8 p50 (the ratio column already compares the two models' int8 files)."""
+    p50 = {(r["runtime"], r["model"], r["seq_len"]): r["p50_ms"] for r in result["rows"]}
+    lines = []
+    for fp32, int8 in INT8_RUNTIMES.items():
+        for seq_len in result["config"]["seq_lens"]:
+            ups = [f"{LABELS[m]} {p50[fp32, m, seq_len] / p50[int8, m, seq_len]:.2f}x" for m in LABELS
+                   if (fp32, m, seq_len) in p50 and (int8, m, seq_len) in p50]
+            if ups:
+                lines.append(f"int8 speed-up over fp32 ({int8} / {fp32}, p50), seq {seq_len}: {', '.join(ups)}")
+    return lines
 
 
 def markdown_table(result: dict, seq_lens=None) -> str:
@@ -100,7 +117,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green"}
+    colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green", "onnx-int8": "tab:red"}
     styles = {"squeezebert": ("-", "o"), "bert": ("--", "s")}
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for (rt, model) in dict.fromkeys((r["runtime"], r["model"]) for r in result["rows"]):
@@ -119,7 +136,8 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("latency p50 (ms), band min..p90")
     m, cfg = result["machine"], result["config"]
-    ax.set_title(f"{cfg['task']}, batch {cfg['batch']}, {cfg['threads']} threads, fp32 - {m['cpu']}", fontsize=10)
+    dtypes = "fp32 and int8" if any(rt in INT8_RUNTIMES.values() for rt in cfg["formats"]) else "fp32"
+    ax.set_title(f"{cfg['task']}, batch {cfg['batch']}, {cfg['threads']} threads, {dtypes} - {m['cpu']}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .inputs import INT8_RUNTIMES
 from .target import Loaded, Peak, Timing
 
 
@@ -25,12 +26,14 @@ def build_rows(runtimes, models, config, threads: int, loads: dict, timings: dic
                 facts = {"model": m.arch, "runtime": rt, "seq_len": seq_len, "batch": config.batch, "threads": threads}
                 rows.append({**facts, **_figures(loads[m.arch, rt], timings[m.arch, rt, seq_len], config.batch,
                                                  flops[m.arch][seq_len], peaks.get((m.arch, rt)), seq_len,
-                                                 ceiling, ratio)})
+                                                 None if rt in INT8_RUNTIMES.values() else ceiling, ratio)})
     return rows
 
 
 def _figures(loaded: Loaded, timing: Timing, batch: int, flops: dict, peak: Peak | None, seq_len: int,
-             ceiling: dict, ratio: float | None) -> dict:
+             ceiling: dict | None, ratio: float | None) -> dict:
+    """One row's figures; `ceiling` None (int8 rows: the fp32 sgemm rate does not bound them)
+    leaves pct_of_ceiling null."""
     times = np.asarray(timing.times_s) * 1e3
     p50 = float(np.percentile(times, 50))
     gflops = flops["total"] / (p50 / 1e3) / 1e9
@@ -43,7 +46,7 @@ def _figures(loaded: Loaded, timing: Timing, batch: int, flops: dict, peak: Peak
         "peak_rss_mb": _r(peak.peak_mb[seq_len], 4) if peak else None,
         "rss_increase_mb": _r(peak.peak_mb[seq_len] - peak.baseline_mb, 4) if peak else None,
         "flops": flops["total"], "flops_by_op": flops["by_op"], "gflops_per_s": _r(gflops),
-        "pct_of_ceiling": _r(100 * gflops / ceiling["gflops"]),
+        "pct_of_ceiling": _r(100 * gflops / ceiling["gflops"]) if ceiling else None,
         "ratio_bert_over_squeezebert": _r(ratio) if ratio is not None else None,
         "cpu_wait_pct": timing.cpu_wait_pct,
     }
