@@ -21,6 +21,7 @@ bar (--min-agreement, 99% by default) and, when a labelled file is given, no met
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ class AgreementReport:
     groups: dict[str, Group] = field(default_factory=dict)
     metric_drops: dict[str, float] = field(default_factory=dict)   # eval metric: fp32 - int8 (fractions)
     eval_data: str | None = None
+    target: dict = field(default_factory=lambda: {"name": "host"})   # where the file ran (targets/)
 
     @property
     def cases(self) -> int:
@@ -137,6 +139,9 @@ class AgreementReport:
                             f"{errors if i == 0 else ''}{cos}")
         for metric, drop in self.metric_drops.items():
             rows.append(f"{'eval':<10} {metric:<26} drop {drop * 100:+.2f} points (bar {self.max_metric_drop * 100:g})")
+        if self.target.get("emulated"):
+            from .verify import emulated_line
+            rows.insert(0, emulated_line(self.target))
         verdict = "PASS" if self.passed else "FAIL"
         rows.append(f"{verdict}: int8 judged by agreement with fp32 PyTorch, not by the fp32 parity bound: lowest "
                     f"agreement {self.agreement:.2%} on the {self.judged} (bar {self.min_agreement:.0%}); "
@@ -255,39 +260,49 @@ def _concordance(pairs: list[tuple[float, float]]) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 def guard_folder(folder: str | Path, reference: torch.nn.Module, options, threads: int = 0,
-                 log: Callable[[str], None] = print, shown_as: str | Path | None = None) -> AgreementReport:
+                 log: Callable[[str], None] = print, shown_as: str | Path | None = None,
+                 target=None) -> AgreementReport:
     """Measure the quantized artifact at `folder` against `reference` (fp32 PyTorch) on verify's
     sweep, the guard sentences and, when `options.eval_data` is set, `sbexport eval`'s metric;
     record the figures in its manifest (`agreement`) and return the report. `options` carries
-    min_agreement, max_metric_drop and eval_data (export.quantize.QuantizeOptions)."""
+    min_agreement, max_metric_drop and eval_data (export.quantize.QuantizeOptions). `target`
+    (targets.open_target; the host when None) is where the file runs: an emulated one caps
+    the sequences (sweep and sentences) at its max_seq and leaves the manifest's figures as
+    they are."""
     from .artifact import open_artifact, update_manifest
     from .errors import SbexportError
     from .export.quantize import encode_texts, exact_int8_file, read_texts
     from .manifest import AgreementFigures
-    from .runtime import open_runner
+    from .targets import HOST
     from .tasks import get_task
     from .verify import _artifact_tokenizer, sweep
 
-    folder = Path(folder)
+    folder, target = Path(folder), HOST if target is None else target
     manifest = open_artifact(folder)
     task = get_task(manifest.task)
-    with exact_int8_file(folder / manifest.model_file, log) as model_file:
-        runner = open_runner(model_file, INPUT_NAMES, threads)
     report = AgreementReport(str(shown_as if shown_as is not None else folder), task.name,
                              options.min_agreement, options.max_metric_drop, eval_data=options.eval_data)
-    cases = sweep(task, manifest.dims, reference.config, folder)
-    report.groups["sweep"] = measure_group(task, reference, runner.run, cases)
-    tokenizer = _artifact_tokenizer(folder)
-    if tokenizer is not None:
-        texts = read_texts(None, GUARD_TEXTS)
-        cases = encode_texts(task, tokenizer, texts.records, manifest.dims.sequence[1])
-        report.groups["sentences"] = measure_group(task, reference, runner.run, cases)
+    max_seq = min(manifest.dims.sequence[1], target.max_seq or manifest.dims.sequence[1])
+    # On the host, the file whose answers are exact on this CPU (exact_int8_file); an emulated
+    # arm64 CPU runs the file itself (its int8 kernels do not saturate).
+    exact = exact_int8_file(folder / manifest.model_file, log) if target is HOST else \
+        contextlib.nullcontext(folder / manifest.model_file)
+    with exact as model_file, target.open_runner(model_file, INPUT_NAMES, threads) as runner:
+        cases = sweep(task, manifest.dims, reference.config, folder, max_seq=max_seq)
+        report.groups["sweep"] = measure_group(task, reference, runner.run, cases)
+        tokenizer = _artifact_tokenizer(folder)
+        if tokenizer is not None:
+            texts = read_texts(None, GUARD_TEXTS)
+            cases = encode_texts(task, tokenizer, texts.records, max_seq)
+            report.groups["sentences"] = measure_group(task, reference, runner.run, cases)
+        report.target = {**target.describe(runner), "max_seq": target.max_seq}
     if options.eval_data:
         report.metric_drops = metric_drops(task, folder, reference, tokenizer, options.eval_data, log)
-    try:
-        update_manifest(folder, agreement=AgreementFigures.from_json(report.to_dict()))
-    except SbexportError as e:   # a read-only artifact can still be verified
-        log(f"note: the figures were not recorded in the manifest ({e})")
+    if target.records_in_manifest:
+        try:
+            update_manifest(folder, agreement=AgreementFigures.from_json(report.to_dict()))
+        except SbexportError as e:   # a read-only artifact can still be verified
+            log(f"note: the figures were not recorded in the manifest ({e})")
     log(report.table())
     return report
 

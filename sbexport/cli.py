@@ -179,7 +179,9 @@ def _run_export(fmt: str, task_name, model, random_init, arch, max_seq_len, out_
 
 
 def _quantize_options(f):
-    """The options of int8 quantization (`onnx --quantize int8` and `quantize`)."""
+    """The options of int8 quantization (`onnx --quantize int8` and `quantize`): ONNX Runtime's
+    recipe choices, then the calibration and guard options every int8 export shares."""
+    f = _guard_options(f)
     for option in reversed([
         click.option("--quantize-mode", type=click.Choice(["static", "dynamic"]), default="static",
                      show_default=True, help="static: calibrated, every Conv a QLinearConv (the fast form); "
@@ -191,6 +193,14 @@ def _quantize_options(f):
         click.option("--int8-embeddings", is_flag=True,
                      help="Static recipe: store the embedding tables int8 too, a file of about a quarter of fp32's "
                      "(MiniLM: 26% against 65%); the guard judges its answers as always."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _guard_options(f):
+    """The calibration and accuracy-guard options of every int8 export (ONNX and ExecuTorch)."""
+    for option in reversed([
         click.option("--calibration", type=click.Path(dir_okay=False), default=None, metavar="FILE",
                      help="Calibration texts: one per line, pairs tab-separated. Default: built-in English sentences."),
         click.option("--min-agreement", type=click.FloatRange(0, 100, min_open=True), default=99.0,
@@ -289,15 +299,41 @@ def quantize(folder, out_dir, overwrite, **kwargs) -> None:
               help="XNNPACK delegate, or ExecuTorch's portable kernels.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fixed batch size of the program (the sequence stays dynamic).")
-def executorch(backend, batch, **kwargs) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Write an int8 program instead (XNNPACK), kept only when it agrees with fp32 PyTorch.")
+@_guard_options
+def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, max_metric_drop, **kwargs) -> None:
     """Export a task to an ExecuTorch program (.pte), then check parity against PyTorch.
+
+    With --quantize int8 the fp32 program is exported and checked first, then the model is
+    quantized with PT2E (static: per-channel int8 weights, int8 activations, calibrated on
+    text) and lowered to XNNPACK, every convolution a quantized one inside the delegate; the
+    int8 program lands only when the accuracy guard passes (--min-agreement, and --eval-data
+    when given).
 
     \b
     Example:
       sbexport executorch --task mnli -o artifacts/mnli-pte
       sbexport executorch --task fill-mask --random-init --backend portable
+      sbexport executorch --task mnli --quantize int8 -o artifacts/mnli-pte-int8
     """
-    _run_export("executorch", backend=backend, batch=batch, **kwargs)
+    if quantize is None:
+        _run_export("executorch", backend=backend, batch=batch, **kwargs)
+        return
+    from .export import ExecuTorchOptions
+    from .export.quantize_executorch import RECIPE, export_int8_executorch
+    from .source import resolve_source
+    from .tasks import get_task
+
+    task = get_task(kwargs["task_name"])
+    source = resolve_source(task, model=kwargs["model"], random_init=kwargs["random_init"], arch=kwargs["arch"],
+                            seed=kwargs["seed"])
+    out_dir = f"artifacts/{task.name}-executorch-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
+    settings = replace(_quantize_settings("static", "s8", False, calibration, min_agreement, eval_data,
+                                          max_metric_drop), recipe=RECIPE)
+    export_int8_executorch(task, source, out_dir, ExecuTorchOptions(backend=backend, batch=batch), settings,
+                           max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"],
+                           verify=not kwargs["no_verify"], log=click.echo)
 
 
 @cli.command()

@@ -100,6 +100,9 @@ class ExecuTorchGraph:
     convolutions_in_delegate: int
     convolutions_outside_delegate: int
     ops_outside_delegate: dict[str, int]
+    # int8 programs only (export/quantize_executorch.py): convolutions inside the delegate whose
+    # input and weights are int8 (dequantized into them); absent from fp32 manifests
+    quantized_convolutions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,9 @@ class ExecuTorchDetails:
     def summary(self) -> str:
         """One line for `sbexport info`."""
         g = self.graph
+        int8 = f" ({g.quantized_convolutions} int8)" if g.quantized_convolutions is not None else ""
         return (f"ExecuTorch {self.executorch_version}, {self.backend}: {g.delegates} delegate(s), "
-                f"convolutions {g.convolutions_in_delegate} inside, {g.convolutions_outside_delegate} outside")
+                f"convolutions {g.convolutions_in_delegate} inside{int8}, {g.convolutions_outside_delegate} outside")
 
 
 # format -> its details class: the only place a format's name picks a type.
@@ -297,6 +301,9 @@ class Manifest:
         for name in ("parity", "quantization", "agreement"):
             if data[name] is None:
                 del data[name]
+        graph = data["details"]["graph"]
+        if graph.get("quantized_convolutions", 0) is None:   # an fp32 program's graph stays as it was
+            del graph["quantized_convolutions"]
         return data
 
     @classmethod

@@ -151,9 +151,7 @@ class ParityReport:
             rows.append(f"{o.name:<18} {o.max_abs:>11.3e} {o.padded_max_abs:>11.3e} {o.scale:>9.3g} "
                         f"{o.bound:>9.3g} {o.fraction:>9.1%} {arg:>13} {top:>12}")
         if self.target.get("emulated"):
-            rows.insert(0, f"ran on {self.target['name']} (qemu -cpu {self.target['cpu']}, emulated), "
-                           f"{self.target.get('runtime', '?')} {self.target.get('arch', '?')}, sequences up to "
-                           f"{self.target.get('max_seq')}")
+            rows.insert(0, emulated_line(self.target))
         verdict = "PASS" if self.passed else "FAIL"
         rows.append(f"{verdict}: {self.cases} cases; each output within atol {self.atol:g} + rtol {self.rtol:g} "
                     f"x scale (max |ref|) at real positions; padded positions are not judged")
@@ -169,6 +167,13 @@ class ParityReport:
                               f"+ rtol {self.rtol:g} x scale {worst.scale:.3g})")
 
 
+def emulated_line(target: dict) -> str:
+    """The report's first line when the file ran on an emulated target (`target`: a report's
+    target record, as targets' describe() gives it plus max_seq)."""
+    return (f"ran on {target['name']} (qemu -cpu {target['cpu']}, emulated), {target.get('runtime', '?')} "
+            f"{target.get('arch', '?')}, sequences up to {target.get('max_seq')}")
+
+
 def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, threads: int = 0,
                   log: Callable[[str], None] = print, shown_as: str | Path | None = None,
                   target=None) -> ParityReport:
@@ -179,7 +184,7 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
     its staging folder and names the destination the user gave). `target`
     (targets.open_target) is where the file runs: the host by default; elsewhere the sweep may
     be shorter and the manifest keeps the host's figures. Raises SbexportError for a tampered
-    or unloadable artifact (or an int8 one on another target), ParityError for an output of
+    or unloadable artifact, ParityError for an output of
     the wrong shape."""
     folder = Path(folder)
     name = str(shown_as if shown_as is not None else folder)
@@ -188,11 +193,9 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
     if reference is None:
         reference = rebuild_reference(folder, manifest, task)
     if manifest.quantization is not None:   # an int8 file is judged by agreement, not by the fp32 bound
-        if target is not None and target is not HOST:
-            raise SbexportError(f"{name}: verifying an int8 artifact on a target other than the host "
-                                f"is not built yet (its accuracy guard runs on the host)")
         from .agreement import guard_folder, manifest_options
-        return guard_folder(folder, reference, manifest_options(manifest), threads, log=log, shown_as=shown_as)
+        return guard_folder(folder, reference, manifest_options(manifest), threads, log=log, shown_as=shown_as,
+                            target=target)
     target = HOST if target is None else target
     report = ParityReport(name, task.name, task.atol, task.rtol)
     with target.open_runner(folder / manifest.model_file, INPUT_NAMES, threads) as runner:

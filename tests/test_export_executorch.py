@@ -29,13 +29,20 @@ PROJECTION_ORDER = ("query", "key", "value", "post_attention", "intermediate", "
 def read_pte(path) -> tuple[list[str], list[str], list[dict]]:
     """(operators run outside delegates, delegate backend ids, every XNNPACK node in order)
     of a .pte file, decoded with executorch's own schema and flatc."""
+    operators, delegates, graphs = read_pte_graphs(path)
+    return operators, delegates, [node for graph in graphs for node in graph["xnodes"]]
+
+
+def read_pte_graphs(path) -> tuple[list[str], list[str], list[dict]]:
+    """read_pte's operators and delegate ids, and each XNNPACK delegate's whole graph (its
+    JSON: "xnodes", "xvalues", ...)."""
     from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader, _get_schema_bytes
     from executorch.exir._serialize._flatbuffer import _get_flatc_path
     from executorch.exir._serialize._program import _extract_delegate_payload, deserialize_pte_binary
 
     data = path.read_bytes()
     plan = deserialize_pte_binary(data).program.execution_plan[0]
-    nodes = []
+    graphs = []
     for index, delegate in enumerate(plan.delegates):
         if delegate.id != "XnnpackBackend":
             continue
@@ -48,8 +55,8 @@ def read_pte(path) -> tuple[list[str], list[str], list[dict]]:
         (folder / "graph.bin").write_bytes(flatbuffer)
         subprocess.run([_get_flatc_path(), "--json", "--strict-json", "--raw-binary", "-o", str(folder),
                         str(folder / "schema.fbs"), "--", str(folder / "graph.bin")], check=True)
-        nodes += json.loads((folder / "graph.json").read_text())["xnodes"]
-    return [op.name for op in plan.operators], [d.id for d in plan.delegates], nodes
+        graphs.append(json.loads((folder / "graph.json").read_text()))
+    return [op.name for op in plan.operators], [d.id for d in plan.delegates], graphs
 
 
 def expected_convs(config) -> list[tuple[int, int, int]]:

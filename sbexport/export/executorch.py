@@ -54,20 +54,26 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options: Options) -
     # transposes around every convolution (export/layout.py); portable has no such layout cost.
     lowered = conv2d_layout(wrapper) if options.backend == "xnnpack" else wrapper
     edge = lower(lowered, example, max_seq, options.backend)
-    summary = graph_summary(edge.exported_program().graph_module)
-    expected = conv_projections(wrapper.model.config)
-    found = summary.convolutions_in_delegate + summary.convolutions_outside_delegate
-    if found != expected:
-        raise ExportError(f"the lowered graph has {found} convolutions where the model has {expected} "
-                          f"grouped projections: they were not kept as native convolutions")
-    if options.backend == "xnnpack" and summary.convolutions_outside_delegate:
-        raise ExportError(f"{summary.convolutions_outside_delegate} convolution(s) fell out of the "
-                          f"XNNPACK delegate")
+    summary = checked_summary(edge, conv_projections(wrapper.model.config), options.backend)
     path.write_bytes(edge.to_executorch().buffer)
     choices = example["input_ids"].shape[1] if example["input_ids"].dim() == 3 else None   # fixed too
     dims = Dims(batch=(options.batch, options.batch), sequence=(1, max_seq),
                 choices=(choices, choices) if choices else None)
     return ExecuTorchDetails(backend=options.backend, executorch_version=_version(executorch), graph=summary), dims
+
+
+def checked_summary(edge, expected: int, backend: str) -> ExecuTorchGraph:
+    """graph_summary of the lowered program `edge` (an EdgeProgramManager); raises ExportError
+    unless it holds `expected` native convolutions, all inside the delegate for "xnnpack"."""
+    summary = graph_summary(edge.exported_program().graph_module)
+    found = summary.convolutions_in_delegate + summary.convolutions_outside_delegate
+    if found != expected:
+        raise ExportError(f"the lowered graph has {found} convolutions where the model has {expected} "
+                          f"grouped projections: they were not kept as native convolutions")
+    if backend == "xnnpack" and summary.convolutions_outside_delegate:
+        raise ExportError(f"{summary.convolutions_outside_delegate} convolution(s) fell out of the "
+                          f"XNNPACK delegate")
+    return summary
 
 
 def lower(module, example: dict, max_seq: int, backend: str):
