@@ -261,7 +261,7 @@ def onnx(opset, quantize, quantize_mode, int8_weights, int8_embeddings, calibrat
     source = resolve_source(task, model=kwargs["model"], random_init=kwargs["random_init"], arch=kwargs["arch"],
                             seed=kwargs["seed"])
     out_dir = f"artifacts/{task.name}-onnx-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
-    export_int8(task, source, out_dir, OnnxOptions(opset=opset),
+    export_int8("onnx", task, source, out_dir, OnnxOptions(opset=opset),
                 _quantize_settings(quantize_mode, int8_weights, int8_embeddings, calibration, min_agreement,
                                    eval_data, max_metric_drop),
                 max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"], verify=not kwargs["no_verify"],
@@ -321,7 +321,7 @@ def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, 
         _run_export("executorch", backend=backend, batch=batch, **kwargs)
         return
     from .export import ExecuTorchOptions
-    from .export.quantize_executorch import RECIPE, export_int8_executorch
+    from .export.quantize import export_int8
     from .source import resolve_source
     from .tasks import get_task
 
@@ -329,11 +329,10 @@ def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, 
     source = resolve_source(task, model=kwargs["model"], random_init=kwargs["random_init"], arch=kwargs["arch"],
                             seed=kwargs["seed"])
     out_dir = f"artifacts/{task.name}-executorch-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
-    settings = replace(_quantize_settings("static", "s8", False, calibration, min_agreement, eval_data,
-                                          max_metric_drop), recipe=RECIPE)
-    export_int8_executorch(task, source, out_dir, ExecuTorchOptions(backend=backend, batch=batch), settings,
-                           max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"],
-                           verify=not kwargs["no_verify"], log=click.echo)
+    settings = _quantize_settings("static", "s8", False, calibration, min_agreement, eval_data, max_metric_drop)
+    export_int8("executorch", task, source, out_dir, ExecuTorchOptions(backend=backend, batch=batch), settings,
+                max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"], verify=not kwargs["no_verify"],
+                log=click.echo)
 
 
 @cli.command()

@@ -395,19 +395,24 @@ def int8_manifest(fp32: Manifest, options: QuantizeOptions, texts: TextSet | Non
                    quantization=quantization)
 
 
-def export_int8(task: Task, source, out_dir: str | Path, options, quantize: QuantizeOptions, *,
+def export_int8(fmt: str, task: Task, source, out_dir: str | Path, options, quantize: QuantizeOptions, *,
                 max_seq_len: int | None = None, overwrite: bool = False, verify: bool = True, config=None,
                 log: Callable[[str], None] = print) -> Path:
-    """`sbexport onnx --quantize int8`: export the fp32 ONNX artifact (`options`: export.OnnxOptions;
-    `max_seq_len`, `config` as export_artifact takes them) into a temporary folder
-    (its parity checked unless not `verify`), then quantize_artifact it into `out_dir`; the
-    fp32 folder is removed either way. Bad options, calibration text or destination fail
-    before the export. Returns `out_dir`; raises as export_artifact and quantize_artifact do."""
-    import tempfile
-
+    """`sbexport onnx|executorch --quantize int8`: export the fp32 artifact of format `fmt`
+    (`options`: its export.OnnxOptions or ExecuTorchOptions; `max_seq_len`, `config` as
+    export_artifact takes them) into a temporary folder (its parity checked unless not
+    `verify`), then quantize it into `out_dir` (quantize_artifact, or for ExecuTorch
+    quantize_executorch.quantize_pte_artifact); the fp32 folder is removed either way. Bad
+    options, calibration text or destination fail before the export. Returns `out_dir`; raises
+    as export_artifact and the quantizer do."""
     from ..artifact import check_destination, output_folder
     from . import export_artifact
 
+    quantize_folder = quantize_artifact
+    if fmt == "executorch":
+        from .quantize_executorch import check_int8_export, quantize_pte_artifact
+
+        quantize, quantize_folder = check_int8_export(options, quantize), quantize_pte_artifact
     out_dir = output_folder(out_dir)
     quantize.check()
     check_destination(out_dir, overwrite)
@@ -416,6 +421,6 @@ def export_int8(task: Task, source, out_dir: str | Path, options, quantize: Quan
     with tempfile.TemporaryDirectory(prefix="sbexport-fp32-") as scratch:
         def fp32_log(line: str) -> None:   # the fp32 folder is scratch: do not announce it as written
             log("fp32 export done; quantizing it" if line.startswith("wrote ") else line)
-        fp32 = export_artifact("onnx", task, source, Path(scratch) / "fp32", options, max_seq_len=max_seq_len,
+        fp32 = export_artifact(fmt, task, source, Path(scratch) / "fp32", options, max_seq_len=max_seq_len,
                                verify=verify, config=config, log=fp32_log)
-        return quantize_artifact(fp32, out_dir, quantize, overwrite=overwrite, log=log)
+        return quantize_folder(fp32, out_dir, quantize, overwrite=overwrite, log=log)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -208,27 +207,10 @@ def int8_pte_manifest(fp32: Manifest, options: QuantizeOptions, texts, graph: Ex
     return replace(int8_manifest(fp32, options, texts, graph, examples), description=DESCRIPTION)
 
 
-def export_int8_executorch(task, source, out_dir: str | Path, options, quantize: QuantizeOptions, *,
-                           max_seq_len: int | None = None, overwrite: bool = False, verify: bool = True,
-                           config=None, log: Callable[[str], None] = print) -> Path:
-    """`sbexport executorch --quantize int8`: export the fp32 XNNPACK program (`options`:
-    export.ExecuTorchOptions; `max_seq_len`, `config` as export_artifact takes them) into a
-    temporary folder (its parity checked unless not `verify`), then quantize_pte_artifact it
-    into `out_dir`; the fp32 folder is removed either way. Bad options, calibration text or
-    destination fail before the export. Returns `out_dir`; raises as export_artifact and
-    quantize_pte_artifact do."""
-    from ..artifact import check_destination, output_folder
-    from . import export_artifact
-
-    out_dir = output_folder(out_dir)
-    replace(quantize, recipe=RECIPE).check()
+def check_int8_export(options, quantize: QuantizeOptions) -> QuantizeOptions:
+    """`quantize` with this module's RECIPE (the one form that keeps every convolution quantized
+    in the delegate), for an export with export.ExecuTorchOptions `options`; raises
+    SbexportError for a backend other than XNNPACK."""
     if options.backend != "xnnpack":
         raise SbexportError(f"--quantize int8 runs on the XNNPACK backend, not {options.backend!r}")
-    check_destination(out_dir, overwrite)
-    read_texts(quantize.calibration)          # a bad calibration file fails now, not after the export
-    with tempfile.TemporaryDirectory(prefix="sbexport-fp32-") as scratch:
-        def fp32_log(line: str) -> None:   # the fp32 folder is scratch: do not announce it as written
-            log("fp32 export done; quantizing it" if line.startswith("wrote ") else line)
-        fp32 = export_artifact("executorch", task, source, Path(scratch) / "fp32", options, max_seq_len=max_seq_len,
-                               verify=verify, config=config, log=fp32_log)
-        return quantize_pte_artifact(fp32, out_dir, quantize, overwrite=overwrite, log=log)
+    return replace(quantize, recipe=RECIPE)
