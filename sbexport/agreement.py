@@ -269,13 +269,12 @@ def guard_folder(folder: str | Path, reference: torch.nn.Module, options, thread
     (targets.open_target; the host when None) is where the file runs: an emulated one caps
     the sequences (sweep and sentences) at its max_seq and leaves the manifest's figures as
     they are."""
-    from .artifact import open_artifact, update_manifest
-    from .errors import SbexportError
+    from .artifact import open_artifact
     from .export.quantize import encode_texts, exact_int8_file, read_texts
     from .manifest import AgreementFigures
     from .targets import HOST
     from .tasks import get_task
-    from .verify import _artifact_tokenizer, sweep
+    from .verify import _artifact_tokenizer, record_figures, sweep
 
     folder, target = Path(folder), HOST if target is None else target
     manifest = open_artifact(folder)
@@ -298,11 +297,7 @@ def guard_folder(folder: str | Path, reference: torch.nn.Module, options, thread
         report.target = {**target.describe(runner), "max_seq": target.max_seq}
     if options.eval_data:
         report.metric_drops = metric_drops(task, folder, reference, tokenizer, options.eval_data, log)
-    if target.records_in_manifest:
-        try:
-            update_manifest(folder, agreement=AgreementFigures.from_json(report.to_dict()))
-        except SbexportError as e:   # a read-only artifact can still be verified
-            log(f"note: the figures were not recorded in the manifest ({e})")
+    record_figures(folder, target, log, agreement=AgreementFigures.from_json(report.to_dict()))
     log(report.table())
     return report
 

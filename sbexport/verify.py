@@ -214,13 +214,21 @@ def verify_folder(folder: str | Path, reference: torch.nn.Module | None = None, 
                     task.class_axis(output))
             report.cases += 1
         report.target = {**target.describe(runner), "max_seq": target.max_seq}
-    if target.records_in_manifest:
-        try:
-            update_manifest(folder, parity=ParityFigures.from_json(report.to_dict()))
-        except SbexportError as e:   # a read-only artifact can still be verified
-            log(f"note: the figures were not recorded in the manifest ({e})")
+    record_figures(folder, target, log, parity=ParityFigures.from_json(report.to_dict()))
     log(report.table())
     return report
+
+
+def record_figures(folder: Path, target, log: Callable[[str], None], **figures) -> None:
+    """Write `figures` (manifest fields: parity, or agreement for int8) into the artifact's
+    manifest when `target` keeps its figures there (the host does; an emulated CPU's shorter
+    sweep does not replace them). A read-only artifact is still verified: a note says so."""
+    if not target.records_in_manifest:
+        return
+    try:
+        update_manifest(folder, **figures)
+    except SbexportError as e:
+        log(f"note: the figures were not recorded in the manifest ({e})")
 
 
 def rebuild_reference(folder: Path, manifest: Manifest, task: Task) -> torch.nn.Module:

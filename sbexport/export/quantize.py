@@ -356,9 +356,9 @@ def _check_source(folder: Path, manifest: Manifest, recipe: Recipe) -> None:
 
 
 def _tokenizer(folder: Path):
-    from ..tokenizer import SqueezeBertTokenizer
+    from ..tokenizer import SqueezeBertTokenizer, has_tokenizer
 
-    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()):
+    if not has_tokenizer(folder):
         raise SbexportError(f"{folder}: the artifact has no tokenizer, so calibration text cannot be encoded; "
                             f"export it from a checkpoint that has one")
     return SqueezeBertTokenizer.from_pretrained(folder)
