@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import warnings
 from importlib import resources
 
@@ -22,7 +21,7 @@ import pytest
 from conftest import HEAD_TASKS
 from test_cli import run_main
 from test_export_executorch import expected_convs, read_pte_graphs
-from test_verify_arm64 import arm64_setup  # noqa: F401  (a fixture)
+from test_verify_arm64 import arm64_setup, tampering_setup  # noqa: F401  (arm64_setup: a fixture)
 
 from sbexport.artifact import read_manifest, sha256_file
 from sbexport.errors import ExportError, ParityError, SbexportError
@@ -275,16 +274,8 @@ def test_int8_program_is_judged_by_agreement_on_emulated_arm64(arm64_setup, int8
 def test_a_wrong_arm64_int8_output_fails(arm64_setup, int8_pte, tmp_path, monkeypatch, capsys):  # noqa: F811
     """A setup whose runner runs the real one and then negates its first output: every argmax
     moves, the guard on arm64 fails through the CLI in one line."""
-    fake = tmp_path / "setup"
-    (fake / "runner").mkdir(parents=True)
-    (fake / "python").symlink_to(arm64_setup.prefix)
     negate = "import sys, numpy; p = sys.argv[1] + '/output_0.npy'; numpy.save(p, -numpy.load(p))"
-    script = fake / "runner" / "run"
-    script.write_text(f'#!/bin/sh\n"{arm64_setup.runner}" "$@" || exit $?\n'
-                      f'while [ $# -gt 0 ]; do [ "$1" = --output-dir ] && out=$2; shift; done\n'
-                      f'exec "{sys.executable}" -c "{negate}" "$out"\n')
-    script.chmod(0o755)
-    monkeypatch.setenv(SETUP_ENV, str(fake))
+    monkeypatch.setenv(SETUP_ENV, str(tampering_setup(tmp_path, arm64_setup, negate)))
     code, out, err = run_main(monkeypatch, capsys, "verify", int8_pte("mnli"), "--target", "arm64-qemu")
     assert code == 1 and "FAIL: int8 judged by agreement" in out and out.startswith("ran on arm64-qemu"), out
     assert err.startswith("error: ") and "int8 accuracy guard FAILED for mnli: labels argmax agrees" in err, err

@@ -142,20 +142,26 @@ def test_a_perturbed_onnx_output_fails_on_arm64(arm64_setup, onnx_artifact, tmp_
     assert err.startswith("error: ") and "parity FAILED for mnli: logits differs from PyTorch" in err, err
 
 
-def test_a_wrong_arm64_runner_output_fails(arm64_setup, et_artifact, tmp_path, monkeypatch):
-    """A setup (SBEXPORT_ARM64_DIR, made here) whose runner runs the real one and then adds
-    PERTURBATION to its first output file."""
+def tampering_setup(tmp_path: Path, arm64_setup: Arm64Setup, code: str) -> Path:
+    """A setup folder (for SBEXPORT_ARM64_DIR) with the real arm64 Python and a runner that runs
+    the real one, then `code` on its output folder (argv[1]): a runner whose outputs are wrong."""
     fake = tmp_path / "setup"
     (fake / "runner").mkdir(parents=True)
     (fake / "python").symlink_to(arm64_setup.prefix)
-    perturb = (f"import sys, numpy; p = sys.argv[1] + '/output_0.npy'; "
-               f"numpy.save(p, numpy.load(p) + numpy.float32({PERTURBATION}))")
     script = fake / "runner" / "run"
     script.write_text(f'#!/bin/sh\n"{arm64_setup.runner}" "$@" || exit $?\n'
                       f'while [ $# -gt 0 ]; do [ "$1" = --output-dir ] && out=$2; shift; done\n'
-                      f'exec "{sys.executable}" -c "{perturb}" "$out"\n')
+                      f'exec "{sys.executable}" -c "{code}" "$out"\n')
     script.chmod(0o755)
-    monkeypatch.setenv(SETUP_ENV, str(fake))
+    return fake
+
+
+def test_a_wrong_arm64_runner_output_fails(arm64_setup, et_artifact, tmp_path, monkeypatch):
+    """A setup (SBEXPORT_ARM64_DIR, made here) whose runner runs the real one and then adds
+    PERTURBATION to its first output file."""
+    perturb = (f"import sys, numpy; p = sys.argv[1] + '/output_0.npy'; "
+               f"numpy.save(p, numpy.load(p) + numpy.float32({PERTURBATION}))")
+    monkeypatch.setenv(SETUP_ENV, str(tampering_setup(tmp_path, arm64_setup, perturb)))
     report = verify_folder(et_artifact("ner"), target=QemuArm64Target.open("cortex-a53"), log=lambda _: None)
     assert not report.passed and report.outputs["logits"].fraction > 1, report.table()
     with pytest.raises(SbexportError, match="parity FAILED for ner: logits differs"):
