@@ -205,6 +205,29 @@ def test_exact_gelu_is_one_node(task_name, onnx_artifact):
     assert manifest.parity.passed
 
 
+def test_opset_20_writes_the_standard_gelu(tmp_path):
+    """From opset 20, where ONNX defines Gelu, each exact GELU is one ai.onnx Gelu (approximate
+    "none", the default) and the file imports no com.microsoft domain: it runs on any runtime
+    with opset 20. The export's parity sweep (against the reference, at the fp32 bound) passed."""
+    from conftest import tiny_random_config
+
+    from sbexport.export import FORMATS, export_artifact
+    from sbexport.source import resolve_source
+
+    task = TASKS["mnli"]
+    out = tmp_path / "mnli-opset20"
+    export_artifact("onnx", task, resolve_source(task, random_init=True), out,
+                    FORMATS["onnx"].Options(opset=20), config=tiny_random_config(task))
+    model, manifest = _load(out)
+    gelus = [n for n in model.graph.node if n.op_type == "Gelu"]
+    assert len(gelus) == tiny_random_config(task).num_hidden_layers
+    approximate = {onnx.helper.get_attribute_value(a) for n in gelus for a in n.attribute if a.name == "approximate"}
+    assert {n.domain for n in gelus} == {""} and approximate <= {b"none"}, (approximate, gelus[0])
+    assert {o.domain for o in model.opset_import} == {""} and manifest.details.opset == 20
+    assert not {"Erf", "FastGelu"} & {n.op_type for n in model.graph.node}
+    assert manifest.parity.passed
+
+
 def test_graph_check_counts_the_projections(onnx_artifact):
     from sbexport.errors import ExportError
     from sbexport.export.onnx import graph_summary
