@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,26 @@ def test_pool_runs_every_index_once_on_its_threads(lib):
     assert lib.lib.sbk_pool_create(0) is None
     with pytest.raises(SbexportError, match="at least 1 thread"):
         lib.pool(0)
+
+
+def test_pool_returns_only_when_every_task_has_finished(lib):
+    """Tasks of 20 ms (sleeping, so the GIL is free for the other thread's task): the caller
+    runs out of indices while a worker is still inside its last task, and must wait for it."""
+    finished: list[int] = []
+
+    def slow(ctx, i):
+        time.sleep(0.02)
+        finished.append(i)
+
+    task = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)(slow)
+    pool = lib.lib.sbk_pool_create(2)
+    try:
+        for _ in range(3):
+            finished.clear()
+            lib.lib.sbk_pool_parallel(pool, 5, ctypes.cast(task, ctypes.c_void_p), None)
+            assert sorted(finished) == list(range(5))
+    finally:
+        lib.lib.sbk_pool_destroy(pool)
 
 
 def test_wrapper_refuses_arrays_that_do_not_fit(lib):
