@@ -35,8 +35,8 @@ TOLERANCE = 1e-5
 
 # (batch, cin, cout, groups, seq, bias). M = cout/groups rows per group and K = cin/groups:
 # seq 1, 7, 33, 127 (tails of every vector width), 128 (none), 300 (two 256-column blocks);
-# M 3, 5, 50 (a 6-row tile's tails; 50 spans two 48-row blocks), K up to 150 (three 64-deep
-# slices of the sum).
+# M 2, 3, 5, 50 (a 6-row tile's tails; 50 spans two 48-row blocks), K up to 150 (three 64-deep
+# slices of the sum) and 130 at seq 260 (AVX-512 slices by 128 from seq 256).
 CASES = [
     (1, 8, 12, 4, 1, True),
     (2, 96, 96, 1, 7, False),
@@ -45,6 +45,7 @@ CASES = [
     (1, 64, 64, 4, 128, False),
     (1, 40, 20, 4, 300, True),
     (2, 150, 150, 1, 17, True),
+    (1, 520, 8, 4, 260, False),
 ]
 X86_ISAS = ("avx2", "avx512")
 QEMU_AARCH64_CPU = "cortex-a53"   # ARMv8.0, the oldest NEON the project's arm64 tests use
