@@ -229,13 +229,16 @@ def test_pool_returns_only_when_every_task_has_finished(lib):
 
 def test_wrapper_refuses_arrays_that_do_not_fit(lib):
     x, w, bias = case_data(CASES[2])                         # cin 96, cout 192, groups 4
-    for args, message in [((x, w, bias, 3), "does not fit"), ((x, w[:, :5], bias, 4), "does not fit"),
+    for args, message in [((x, w, bias, 5), "does not fit"), ((x, w, bias, 3), "expected x"),
+                          ((x, w[:, :5], bias, 4), "expected x"),
                           ((x, w, bias[:-1], 4), "bias"), ((x[0], w, bias, 4), "expected x"),
-                          ((x[:, :, :0], w, bias, 4), "a size is zero")]:
+                          ((x, w[None], bias, 4), "expected weight"), ((x[:, :, :0], w, bias, 4), "a size is zero")]:
         with pytest.raises(SbexportError, match=message):
             lib.grouped_pointwise(*args)
     with pytest.raises(SbexportError, match="unknown ISA 'sse'"):
         lib.grouped_pointwise(x, w, bias, 4, isa="sse")
+    with pytest.raises(SbexportError, match="out must be"):
+        lib.grouped_pointwise(x, w, bias, 4, out=np.empty((2, 192, 32), np.float32))
 
 
 def test_missing_library_says_to_run_make_kernels(tmp_path, monkeypatch):
