@@ -3,6 +3,8 @@
     lib = load()                                   # build/kernels-host's library, or $SBEXPORT_KERNELS_LIB
     with lib.pool(2) as pool:
         y = lib.grouped_pointwise(x, weight, bias, groups, pool=pool)    # isa="auto"
+        conv = lib.conv(weight, bias, groups, pool=pool)                # weights checked once
+        y = conv(x)
 
 The C ABI is kernels/include/sbexport/grouped_pointwise.h; `make kernels` builds the library
 (kernels/build.sh, cached in build/kernels-host/). Layouts are PyTorch's: x [batch, cin, seq],
