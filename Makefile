@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench roofline mutate clean toolchain runner runner-arm64 arm64
+.PHONY: install demo test lint bench roofline mutate clean toolchain runner runner-arm64 arm64 kernels kernels-arm64
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -25,7 +25,7 @@ demo: install
 # e.g. the adb bench's export cache, stay in one process). The emulated-arm64 and export tests are
 # single-threaded, so two workers on two cores halve the wall time; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-test: install toolchain arm64
+test: install toolchain arm64 kernels kernels-arm64
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ruff, pinned in pyproject's test extra; its rules are pyproject's [tool.ruff].
@@ -52,6 +52,15 @@ runner: install
 
 runner-arm64: install
 	PYTHON=$(BIN)/python bash android_demo/build.sh arm64
+
+# kernels/ (the native grouped 1x1 convolution): build/kernels-host/ (the shared library that
+# sbexport/kernels.py loads, the static one for the runner, the test driver) and
+# build/kernels-arm64/ (cross-compiled, run under qemu-aarch64). Cached: a second call compiles nothing.
+kernels:
+	PYTHON=$(BIN)/python bash kernels/build.sh host
+
+kernels-arm64: toolchain
+	PYTHON=$(BIN)/python bash kernels/build.sh arm64
 
 # `sbexport verify --target arm64-qemu`'s setup in build/arm64/: runner/ (the arm64 runner's
 # bundle) and python/ (Debian's arm64 Python 3.11 with the aarch64 onnxruntime and numpy wheels,
