@@ -56,10 +56,10 @@ runner-arm64: install
 # kernels/ (the native grouped 1x1 convolution): build/kernels-host/ (the shared library that
 # sbexport/kernels.py loads, the static one for the runner, the test driver) and
 # build/kernels-arm64/ (cross-compiled, run under qemu-aarch64). Cached: a second call compiles nothing.
-kernels:
+kernels: install
 	PYTHON=$(BIN)/python bash kernels/build.sh host
 
-kernels-arm64: toolchain
+kernels-arm64: install toolchain
 	PYTHON=$(BIN)/python bash kernels/build.sh arm64
 
 # `sbexport verify --target arm64-qemu`'s setup in build/arm64/: runner/ (the arm64 runner's
