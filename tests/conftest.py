@@ -150,10 +150,10 @@ def tiny_checkpoint(tmp_path_factory, tiny_vocab_dir):
 
 @pytest.fixture(scope="session")
 def export_cache(tmp_path_factory, tiny_checkpoint):
-    """artifact(fmt, task_name, local=False, backend="xnnpack") -> an exported, verified
-    artifact folder, made once per session. local=False: random init at EXPORT_TINY's size
-    (tiny_random_config); local=True: from tiny_checkpoint(task_name). The export's log is in
-    `<folder>.log`."""
+    """artifact(fmt, task_name, local=False, backend="xnnpack", grouped_conv="xnnpack") -> an
+    exported, verified artifact folder, made once per session. local=False: random init at
+    EXPORT_TINY's size (tiny_random_config); local=True: from tiny_checkpoint(task_name). The
+    export's log is in `<folder>.log`."""
     from sbexport.export import FORMATS, export_artifact
     from sbexport.source import resolve_source
     from sbexport.tasks import TASKS
@@ -161,13 +161,15 @@ def export_cache(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("artifacts")
     made: dict[tuple, Path | Exception] = {}
 
-    def get(fmt: str, task_name: str, local: bool = False, backend: str = "xnnpack") -> Path:
-        key = (fmt, task_name, local, backend)
+    def get(fmt: str, task_name: str, local: bool = False, backend: str = "xnnpack",
+            grouped_conv: str = "xnnpack") -> Path:
+        key = (fmt, task_name, local, backend, grouped_conv)
         if key not in made:
             task = TASKS[task_name]
-            out = root / f"{task_name}-{fmt}{'-' + backend if fmt == 'executorch' else ''}{'-local' if local else ''}"
+            kind = f"-{backend}{'-' + grouped_conv if grouped_conv != 'xnnpack' else ''}" if fmt == "executorch" else ""
+            out = root / f"{task_name}-{fmt}{kind}{'-local' if local else ''}"
             lines: list[str] = []
-            options = FORMATS[fmt].Options(backend=backend) if fmt == "executorch" else None
+            options = FORMATS[fmt].Options(backend=backend, grouped_conv=grouped_conv) if fmt == "executorch" else None
             try:
                 if local:
                     source = resolve_source(task, model=str(tiny_checkpoint(task_name)))
@@ -194,6 +196,7 @@ def onnx_artifact(export_cache):
 
 @pytest.fixture(scope="session")
 def et_artifact(export_cache):
-    """et_artifact(task_name, backend="xnnpack") -> the shared ExecuTorch artifact folder,
-    exported from the task's tiny local checkpoint."""
-    return lambda task_name, backend="xnnpack": export_cache("executorch", task_name, True, backend)
+    """et_artifact(task_name, backend="xnnpack", grouped_conv="xnnpack") -> the shared
+    ExecuTorch artifact folder, exported from the task's tiny local checkpoint."""
+    return lambda task_name, backend="xnnpack", grouped_conv="xnnpack": \
+        export_cache("executorch", task_name, True, backend, grouped_conv)
