@@ -25,7 +25,7 @@ demo: install
 # e.g. the adb bench's export cache, stay in one process). The emulated-arm64 and export tests are
 # single-threaded, so two workers on two cores halve the wall time; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-test: install toolchain arm64
+test: install toolchain arm64 kernels kernels-arm64
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ruff, pinned in pyproject's test extra; its rules are pyproject's [tool.ruff].

@@ -648,7 +648,9 @@ def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> N
 @cli.command()
 @_threads_option("all cores")
 @click.option("--seq-lens", default=None, help="Sequence lengths, comma-separated. Default: 8,16,...,512.")
-@click.option("--runtimes", default=None, help="Runtimes, comma-separated. Default: torch,onnx,executorch.")
+@click.option("--runtimes", default=None,
+              help="Runtimes, comma-separated: torch, onnx, executorch, kernels (kernels/, after `make kernels`). "
+                   "Default: torch,onnx,executorch.")
 @click.option("--repeats", type=int, default=None, help="Timed calls per shape, runtime and length. Default: 20.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON (schema sbexport.roofline/1).")
@@ -659,7 +661,7 @@ def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> N
 def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) -> None:
     """Measure this CPU's fp32 ceilings and the GFLOP/s of every SqueezeBERT projection shape
     (grouped 1x1 convolutions, batch 1) in each runtime: torch conv1d, ONNX Runtime's Conv,
-    ExecuTorch XNNPACK.
+    ExecuTorch XNNPACK, and on request sbexport's own kernel (--runtimes kernels).
 
     Ceilings: a large sgemm in torch (the measured sgemm ceiling) and a large copy (memory
     bandwidth), on one core and on all. Each runtime's output is checked against a float64
@@ -669,6 +671,7 @@ def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) 
     Example:
       sbexport roofline --json roofline.json --plot roofline.png
       sbexport roofline --quick --runtimes onnx,executorch --threads 1
+      sbexport roofline --seq-lens 128 --runtimes kernels,onnx,executorch
     """
     from .roofline import RooflineConfig, quick_config, run_roofline, table
 

@@ -31,7 +31,7 @@ from ..reportfile import check_report_path
 from ..threads import thread_settings
 from . import report
 from .ceilings import better, ceilings
-from .runtimes import RUNTIMES, ConvWeights, Run
+from .runtimes import DEFAULT_RUNTIMES, RUNTIMES, ConvWeights, Run
 from .shapes import FORMULA, Projection, dense_reference, projections
 
 # A runtime's output may differ from the float64 reference by this much relative to the
@@ -48,7 +48,7 @@ class RooflineConfig:
     """What to measure. threads None: every core this process may use."""
 
     seq_lens: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
-    runtimes: tuple[str, ...] = tuple(RUNTIMES)
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
     threads: int | None = None
     repeats: int = 20
     warmup: int = 3

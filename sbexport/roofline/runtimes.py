@@ -8,9 +8,9 @@ A runtime is an object with
                                      a loaded program) for the weights `conv` and sequences
                                      1..max_seq; `run(x)` takes x [1, cin, seq] float32 numpy
                                      and returns [1, cout, seq] float32 numpy
-and RUNTIMES is the table of them. A native kernel of kernels/ plugs in as one more entry: its
-prepare loads the built kernel (ctypes, or a torch custom op) and returns a callable of the
-same form; nothing else changes (run.run_roofline takes the table as an argument, so a test
+and RUNTIMES is the table of them. The native kernel of kernels/ is one more entry
+(KernelsConv, "kernels"): its prepare loads the built library through ctypes and returns a
+callable of the same form; nothing else changes (run.run_roofline takes the table as an argument, so a test
 can pass one with a stand-in kernel). Every runtime's output is checked against a float64
 reference before it is timed.
 
@@ -166,4 +166,41 @@ def _one_conv_module(conv: ConvWeights):
     return OneConv()
 
 
-RUNTIMES = {r.name: r for r in (TorchConv(), OnnxConv(), ExecuTorchConv())}
+class KernelsConv:
+    """sbexport's own grouped 1x1 convolution (kernels/, loaded by sbexport.kernels through
+    ctypes) at the ISA its CPUID dispatch picks, on a kernels thread pool of the run's threads.
+    Not in the default sweep: it needs `make kernels` first."""
+
+    name = "kernels"
+
+    @property
+    def label(self) -> str:
+        """"sbexport kernels (<isa>)", the ISA the library runs on this CPU."""
+        from ..kernels import load
+
+        try:
+            return f"sbexport kernels ({load().selected()})"
+        except SbexportError:
+            return "sbexport kernels (not built)"
+
+    def unavailable(self) -> str | None:
+        from ..kernels import load
+
+        try:
+            load()
+        except SbexportError as e:
+            return str(e)
+        return None
+
+    def prepare(self, conv: ConvWeights, max_seq: int, folder: Path, threads: int) -> Run:
+        from ..kernels import load
+
+        lib = load()
+        pool = lib.pool(threads) if threads > 1 else None     # closed when `run` is dropped
+        weight, bias, groups = conv.weight[:, :, 0].copy(), conv.bias, conv.shape.groups
+        return lambda x: lib.grouped_pointwise(x, weight, bias, groups, pool=pool)
+
+
+RUNTIMES = {r.name: r for r in (TorchConv(), OnnxConv(), ExecuTorchConv(), KernelsConv())}
+# `sbexport roofline` without --runtimes: the runtimes that need no build step of their own.
+DEFAULT_RUNTIMES = ("torch", "onnx", "executorch")
