@@ -145,7 +145,7 @@ def test_arm64_runner_runs_grouped_convolutions_with_sbexports_kernel(arm64_bund
     assert max(worst.values()) <= RUNNER_ATOL, worst
     config = rebuild_reference(kernel_artifact, read_manifest(kernel_artifact), TASKS[TASK]).config
     report, stats = kernel_stats(runner, kernel_artifact / "model.pte", "--seq-len", 16, "--threads", 1)
-    assert report["arch"] == "aarch64" and report["kernels"]["isa"] in ("neon", "scalar")
+    assert report["arch"] == "aarch64" and report["kernels"]["isa"] == "neon"
     assert (stats["sbexport"]["calls"], stats["fallback"]["calls"]) == (2 * grouped_count(config), 0), stats
 
 
