@@ -3,13 +3,15 @@
 registered in the native runner), both timed by the native host runner (issue 10).
 
 Interleaved A/B: each round starts the runner once per file (the order reversed every other
-round), each start loading the program, running it once, --warmup more times, then --runs timed
-runs at batch 1 and --seq-len; the figure per file is the median over every timed run. The
-opt-in runs report --kernel-stats: the time sbexport's kernel spent per forward in the grouped
-convolutions. With --etdump, both files are profiled with ETDump in Python's runtime
-(benchmarks/et_profile.py): the default file's grouped convolutions inside XNNPACK, for the
-per-op comparison, and what each file spends besides them (transposes, the delegate calls' own
-overhead, the ops outside a delegate), which is where a split graph pays.
+round), each start loading the program, running it once, then --runs timed runs at batch 1 and
+--seq-len; the figures per file are the median and the fastest of every timed run (the fastest:
+the run least disturbed by a shared machine), and the CPU time per forward (the difference of
+two starts, of 1 + --runs and of 2 forwards, over --runs): at one thread the work of a forward,
+which the other processes' load barely moves, where it moves wall time most. The opt-in runs
+report --kernel-stats: the share
+of their time spent in sbexport's kernel, in the grouped convolutions. With --etdump the default
+file is profiled with ETDump in Python's runtime (benchmarks/et_profile.py): its grouped
+convolutions inside XNNPACK, for the per-op comparison, and what it spends besides them.
 
     sbexport executorch --task mnli --random-init -o /tmp/pte-default
     sbexport executorch --task mnli --random-init --grouped-conv runner-kernel -o /tmp/pte-kernel
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -37,37 +40,51 @@ from sbexport.targets.runner import NativeRunner, build_runner
 
 
 def run(runner: NativeRunner, pte: Path, threads: int, seq: int, warmup: int, runs: int, out: Path | None = None):
-    """One start of the runner on `pte` with --kernel-stats: its JSON report."""
+    """One start of the runner on `pte` with --kernel-stats: its JSON report, with "cpu_s" added:
+    the CPU time (user + system, every thread) the start took."""
     extra = ["--output-dir", out] if out else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = runner.run("--model", pte, "--seq-len", seq, "--threads", threads, "--warmup", warmup, "--runs", runs,
                       "--kernel-stats", *extra, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"error: {pte}: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    report["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return report
 
 
-def kernel_ms_per_forward(report: dict, warmup: int) -> tuple[float, int]:
-    """(ms sbexport's kernel spent per forward, its calls per forward) over every forward of the
-    start (first run, warm-up, timed runs)."""
-    forwards = 1 + warmup + report["runs"]
+def kernel_share(report: dict) -> tuple[float, int]:
+    """(the share of a start's time spent in sbexport's kernel, its calls per forward). The
+    counters cover every forward of the start; the bench starts the runner without warm-up, so
+    those are the first run and the timed runs."""
     ours = report["kernels"]["ops"]["aten::convolution.out"]["sbexport"]
-    return ours["ms"] / forwards, ours["calls"] // forwards
+    return ours["ms"] / (report["first_run_ms"] + sum(report["run_ms"])), ours["calls"] // (1 + report["runs"])
 
 
 def interleaved(runner, ptes: dict[str, Path], threads: int, args) -> dict:
     """Median timed run per file, the kernel's share, over args.rounds interleaved rounds."""
     times = {name: [] for name in ptes}
+    cpu = {name: [] for name in ptes}
     kernel = []
     for r in range(args.rounds):
         for name in (list(ptes) if r % 2 == 0 else list(ptes)[::-1]):
-            report = run(runner, ptes[name], threads, args.seq_len, args.warmup, args.runs)
+            # CPU ms per forward: a start of 1 + runs forwards minus one of 2 (same load, same first run).
+            short = run(runner, ptes[name], threads, args.seq_len, 0, 1)
+            report = run(runner, ptes[name], threads, args.seq_len, 0, 1 + args.runs)
+            cpu[name].append(1000 * (report["cpu_s"] - short["cpu_s"]) / args.runs)
             times[name] += report["run_ms"]
             if name == "runner-kernel":
-                kernel.append(kernel_ms_per_forward(report, args.warmup))
+                kernel.append(kernel_share(report))
+    cpu_ms = {name: statistics.median(c) for name, c in cpu.items()}
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return {"threads": threads, "median_ms": medians, "runs": {n: len(t) for n, t in times.items()},
+    # The fastest run: the least disturbed by the other sessions of a shared machine.
+    fastest = {name: min(t) for name, t in times.items()}
+    return {"threads": threads, "median_ms": medians, "min_ms": fastest, "runs": {n: len(t) for n, t in times.items()},
             "ratio_default_over_kernel": medians["default"] / medians["runner-kernel"],
-            "kernel_ms_per_forward": statistics.median(k for k, _ in kernel),
+            "ratio_of_min": fastest["default"] / fastest["runner-kernel"],
+            "cpu_ms_per_forward": cpu_ms, "ratio_of_cpu": cpu_ms["default"] / cpu_ms["runner-kernel"],
+            "kernel_share": statistics.median(k for k, _ in kernel),
             "kernel_calls_per_forward": kernel[0][1]}
 
 
@@ -82,12 +99,12 @@ def outputs_agree(runner, ptes: dict[str, Path], seq: int) -> float:
 
 
 def etdump_split(folder: Path, threads: int, seq: int, runs: int) -> dict:
-    """ETDump of a file in Python's runtime (which lacks sbexport's kernel: the opt-in file's
-    grouped convolutions run there on ExecuTorch's portable kernel, so they are split off): ms
-    per forward of the whole method, of the grouped convolutions (XNNPACK's IGEMM convolutions,
-    or the convolutions outside a delegate), of the rest, and of the rest's parts: XNNPACK's
-    transposes, the delegate calls' own overhead (a DELEGATE_CALL minus the XNNPACK operators in
-    it) and the ops outside any delegate but the convolutions."""
+    """ETDump of the default file in Python's runtime: ms per forward of the whole method, of
+    XNNPACK's grouped convolutions (its IGEMM convolutions; the ungrouped projection runs as a
+    fully-connected GEMM), of the rest, and of the rest's parts: XNNPACK's transposes, the
+    delegate calls' own overhead (a DELEGATE_CALL minus the XNNPACK operators in it) and the
+    ops outside a delegate. (The opt-in file cannot be profiled this way: Python's runtime
+    lacks sbexport's kernel and runs its grouped convolutions on the portable one, seconds each.)"""
     import torch
     from et_profile import per_op, run_with_etdump
 
@@ -105,9 +122,8 @@ def etdump_split(folder: Path, threads: int, seq: int, runs: int) -> dict:
     def summed(test) -> float:
         return sum(ms for name, (_, ms) in ops.items() if test(name))
     delegated = summed(lambda n: not n.startswith("outside:"))
-    grouped = summed(lambda n: n.startswith("Convolution") or n == "outside:native_call_convolution.out")
-    outside = summed(lambda n: n.startswith("outside:") and n not in (
-        "outside:DELEGATE_CALL", "outside:OPERATOR_CALL", "outside:native_call_convolution.out"))
+    grouped = summed(lambda n: n.startswith("Convolution"))
+    outside = summed(lambda n: n.startswith("outside:") and n not in ("outside:DELEGATE_CALL", "outside:OPERATOR_CALL"))
     return {"threads": threads, "method_ms": total, "grouped_convolutions_ms": grouped, "rest_ms": total - grouped,
             "delegate_calls": ops.get("outside:DELEGATE_CALL", [0, 0])[0],
             "delegate_overhead_ms": ops.get("outside:DELEGATE_CALL", [0, 0.0])[1] - delegated,
@@ -122,9 +138,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per start")
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--etdump", action="store_true", help="also profile both files with ETDump")
+    parser.add_argument("--etdump", action="store_true", help="also profile the default file with ETDump")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -138,14 +153,19 @@ def main() -> None:
     for threads in args.threads:
         t = interleaved(runner, ptes, threads, args)
         result["timings"].append(t)
-        print(f"{threads} thread(s): default {t['median_ms']['default']:.1f} ms, runner-kernel "
-              f"{t['median_ms']['runner-kernel']:.1f} ms (default / kernel {t['ratio_default_over_kernel']:.2f}x); "
-              f"sbexport's kernel {t['kernel_ms_per_forward']:.1f} ms per forward in "
+        print(f"{threads} thread(s), median (min): default {t['median_ms']['default']:.1f} "
+              f"({t['min_ms']['default']:.1f}) ms, runner-kernel {t['median_ms']['runner-kernel']:.1f} "
+              f"({t['min_ms']['runner-kernel']:.1f}) ms, default / kernel {t['ratio_default_over_kernel']:.2f}x "
+              f"({t['ratio_of_min']:.2f}x); sbexport's kernel {t['kernel_share']:.0%} of the opt-in's time "
+              f"(about {t['kernel_share'] * t['min_ms']['runner-kernel']:.1f} ms of its fastest run) in "
               f"{t['kernel_calls_per_forward']} grouped convolutions")
-        for name, folder in ((("default", args.default), ("runner-kernel", args.kernel)) if args.etdump else ()):
-            e = {"file": name, **etdump_split(folder, threads, args.seq_len, args.runs * 2)}
+        cpu = t["cpu_ms_per_forward"]
+        print(f"  CPU time per forward (every thread, median over rounds): default {cpu['default']:.1f} ms, "
+              f"runner-kernel {cpu['runner-kernel']:.1f} ms (default / kernel {t['ratio_of_cpu']:.2f}x)")
+        if args.etdump:
+            e = etdump_split(args.default, threads, args.seq_len, args.runs * 2)
             result["etdump"].append(e)
-            print(f"  ETDump {name}: method {e['method_ms']:.1f} ms = grouped convolutions "
+            print(f"  ETDump of the default file: method {e['method_ms']:.1f} ms = grouped convolutions "
                   f"{e['grouped_convolutions_ms']:.1f} + rest {e['rest_ms']:.1f} (transposes {e['transposes_ms']:.1f}, "
                   f"{e['delegate_calls']} delegate calls' overhead {e['delegate_overhead_ms']:.1f}, other ops outside "
                   f"{e['outside_ops_ms']:.1f}, dense GEMMs {e['dense_gemm_ms']:.1f})")
