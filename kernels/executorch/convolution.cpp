@@ -110,7 +110,9 @@ bool as_pointwise(et::Span<et::EValue*> stack, Pointwise& p) {
     return false;
   const int64_t groups = stack[kGroups]->toInt();
   const int64_t cin = in.size(1), cout = w.size(0);
-  if (groups < 1 || cin % groups != 0 || cout % groups != 0 || w.size(1) * groups != cin) return false;
+  // Empty channels go on too (the kernel refuses zero sizes; ExecuTorch's kernel writes the bias).
+  if (cin < 1 || cout < 1 || groups < 1 || cin % groups != 0 || cout % groups != 0 || w.size(1) * groups != cin)
+    return false;
   int64_t seq = 1;
   for (ssize_t d = 2; d < rank; ++d) {
     if (w.size(d) != 1) return false;
