@@ -325,7 +325,6 @@ def executorch(backend, batch, quantize, grouped_conv, calibration, min_agreemen
       sbexport executorch --task mnli -o artifacts/mnli-pte
       sbexport executorch --task fill-mask --random-init --backend portable
       sbexport executorch --task mnli --quantize int8 -o artifacts/mnli-pte-int8
-      sbexport executorch --task mnli --grouped-conv runner-kernel -o artifacts/mnli-pte-kernel
     """
     if quantize is None:
         _run_export("executorch", backend=backend, batch=batch, grouped_conv=grouped_conv, **kwargs)
