@@ -7,7 +7,8 @@ that the native runner's registered kernel (kernels/executorch/) runs them. The 
 plain .pte: a runtime without that kernel (Python's, which verify uses) runs them with its
 portable convolution. Exported in the [B, C, S] form (no conv2d_layout): the layout saves the
 delegate's transposes around convolutions inside it, and here those convolutions are outside,
-where [B, C, S] keeps every tensor they see contiguous (the kernel's registered dim order).
+where [B, C, S] keeps every tensor they see contiguous (the kernel's registered dim order); with
+them outside, XNNPACK's lowering refuses the layout anyway (a delegate output passed through).
 
 The batch is fixed (Options.batch, 1 by default, as on a phone): XNNPACK's reshape
 accepts one dynamic dimension, and the attention's head split reshapes [B, C, S] into
