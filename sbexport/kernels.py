@@ -3,6 +3,8 @@
     lib = load()                                   # build/kernels-host's library, or $SBEXPORT_KERNELS_LIB
     with lib.pool(2) as pool:
         y = lib.grouped_pointwise(x, weight, bias, groups, pool=pool)    # isa="auto"
+        conv = lib.conv(weight, bias, groups, pool=pool)                # weights checked once
+        y = conv(x)
 
 The C ABI is kernels/include/sbexport/grouped_pointwise.h; `make kernels` builds the library
 (kernels/build.sh, cached in build/kernels-host/). Layouts are PyTorch's: x [batch, cin, seq],
@@ -94,30 +96,59 @@ class KernelLibrary:
         for threads < 1 or when the threads cannot be made."""
         return ThreadPool(self, threads)
 
+    def conv(self, weight: np.ndarray, bias: np.ndarray | None, groups: int, isa: str = "auto",
+             pool: ThreadPool | None = None) -> PointwiseConv:
+        """The convolution with these weights (module docstring's layouts), checked once;
+        call it with x. Raises SbexportError for a weight and bias that do not fit `groups`
+        and for an unknown ISA name."""
+        return PointwiseConv(self, weight, bias, groups, isa, pool)
+
     def grouped_pointwise(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int,
                           isa: str = "auto", pool: ThreadPool | None = None,
                           out: np.ndarray | None = None) -> np.ndarray:
-        """y [batch, cout, seq] float32 of the grouped 1x1 convolution (module docstring's
-        layouts), written into `out` when given (C-contiguous float32 of that shape), serial
-        without a pool. Raises SbexportError for arrays that do not fit together, for sizes the
-        kernel refuses (a zero size) and for an ISA this build or CPU cannot run."""
-        x, w, b = _checked(x, weight, bias, groups)
-        (batch, cin, seq), cout = x.shape, w.shape[0]
+        """y [batch, cout, seq] float32 of the grouped 1x1 convolution, in one call:
+        conv(weight, bias, groups, isa, pool)(x, out)."""
+        return self.conv(weight, bias, groups, isa, pool)(x, out)
+
+
+class PointwiseConv:
+    """One grouped 1x1 convolution bound to its weights, ISA and pool (KernelLibrary.conv): the
+    weights are checked and their addresses taken once, so a call costs the kernel, a check
+    of x and one ctypes call."""
+
+    def __init__(self, library: KernelLibrary, weight, bias, groups: int, isa: str, pool: ThreadPool | None):
+        self.library, self.isa, self.groups, self.pool = library, isa, groups, pool
+        self.weight, self.bias = _weights(weight, bias, groups)     # kept alive: the kernel reads them
+        self._isa = _isa_code(isa)
+        self._w, self._b = self.weight.ctypes.data, None if self.bias is None else self.bias.ctypes.data
+        lib = library.lib
+        self._parallel = ctypes.cast(lib.sbk_pool_parallel, ctypes.c_void_p) if pool is not None else None
+        self._handle = pool.handle if pool is not None else None
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """y [batch, cout, seq] float32 for x [batch, cin, seq], written into `out` when given
+        (C-contiguous float32 of that shape); serial without a pool. Raises SbexportError for an
+        x or out that does not fit, for sizes the kernel refuses (a zero size) and for an ISA
+        this build or CPU cannot run."""
+        cout, fan_in = self.weight.shape
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 3 or x.shape[1] != fan_in * self.groups:
+            raise SbexportError(f"expected x [batch, {fan_in * self.groups}, seq] for weight "
+                                f"{list(self.weight.shape)} in {self.groups} groups; got {list(x.shape)}")
+        batch, cin, seq = x.shape
         y = np.empty((batch, cout, seq), np.float32) if out is None else out
         if y.shape != (batch, cout, seq) or y.dtype != np.float32 or not y.flags.c_contiguous:
             raise SbexportError(f"out must be a C-contiguous float32 array of shape {[batch, cout, seq]}; "
                                 f"got {y.dtype} {list(y.shape)}")
-        parallel, handle = (self.lib.sbk_pool_parallel, pool.handle) if pool is not None else (None, None)
-        parallel = ctypes.cast(parallel, ctypes.c_void_p) if parallel is not None else None
-        code = self.lib.sbk_grouped_pointwise_f32(
-            x.ctypes.data, w.ctypes.data, b.ctypes.data if b is not None else None, y.ctypes.data,
-            batch, cin, cout, groups, seq, _isa_code(isa), parallel, handle)
+        code = self.library.lib.sbk_grouped_pointwise_f32(x.ctypes.data, self._w, self._b, y.ctypes.data, batch, cin,
+                                                          cout, self.groups, seq, self._isa, self._parallel,
+                                                          self._handle)
         if code == EISA:
-            raise SbexportError(f"the kernels library {self.path} cannot run {isa} on this CPU "
-                                f"(it runs {self.selected()})")
+            raise SbexportError(f"the kernels library {self.library.path} cannot run {self.isa} on this CPU "
+                                f"(it runs {self.library.selected()})")
         if code != 0:
-            raise SbexportError(f"the grouped pointwise kernel refused x {list(x.shape)}, weight {list(w.shape)}, "
-                                f"groups {groups} (code {code}): a size is zero")
+            raise SbexportError(f"the grouped pointwise kernel refused x {list(x.shape)}, weight "
+                                f"{list(self.weight.shape)}, groups {self.groups} (code {code}): a size is zero")
         return y
 
 
@@ -154,21 +185,20 @@ def _isa_code(isa: str) -> int:
     return ISAS[isa]
 
 
-def _checked(x, weight, bias, groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """x, weight [cout, cin/groups] and bias as C-contiguous float32 arrays, after checking that
-    their shapes fit together (a mismatch would make the kernel read past an array)."""
-    x = np.ascontiguousarray(x, np.float32)
+def _weights(weight, bias, groups: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """weight as a C-contiguous float32 [cout, cin/groups] (PyTorch's trailing 1s dropped) and
+    bias as float32 [cout] or None, after checking that they fit `groups` (a mismatch would make
+    the kernel read past an array)."""
     w = np.asarray(weight)
     while w.ndim > 2 and w.shape[-1] == 1:            # PyTorch's [cout, cin/g, 1] or [cout, cin/g, 1, 1]
         w = w[..., 0]
     w = np.ascontiguousarray(w, np.float32)
-    if x.ndim != 3 or w.ndim != 2:
-        raise SbexportError(f"expected x [batch, cin, seq] and weight [cout, cin/groups]; got {list(x.shape)} "
-                            f"and {list(np.shape(weight))}")
-    if not isinstance(groups, int) or groups < 1 or w.shape[1] * groups != x.shape[1] or w.shape[0] % groups:
-        raise SbexportError(f"weight {list(np.shape(weight))} with groups {groups!r} does not fit x's "
-                            f"{x.shape[1]} channels (cin and cout must be groups x the weight's sizes)")
+    if w.ndim != 2:
+        raise SbexportError(f"expected weight [cout, cin/groups]; got {list(np.shape(weight))}")
+    if not isinstance(groups, int) or groups < 1 or w.shape[0] % groups:
+        raise SbexportError(f"weight {list(np.shape(weight))} does not fit {groups!r} groups "
+                            f"(cout must be a multiple of groups)")
     b = None if bias is None else np.ascontiguousarray(bias, np.float32)
     if b is not None and b.shape != (w.shape[0],):
         raise SbexportError(f"bias {list(b.shape)} does not fit weight's {w.shape[0]} output channels")
-    return x, w, b
+    return w, b

@@ -25,6 +25,6 @@ struct Avx2 {
 
 }  // namespace
 
-void block_avx2(const Block& b) { tiles::block<Avx2, 2, tiles::kDepth>(b); }
+void block_avx2(const Block& b) { tiles::block<Avx2, 2>(b, tiles::kDepth); }
 
 }  // namespace sbk

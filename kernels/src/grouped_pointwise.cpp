@@ -46,11 +46,26 @@ void run_task(void* ctx, size_t index) {
     p.fn(blk);
 }
 
+#if defined(SBK_HAVE_X86)
+struct X86Features {
+    bool avx2, avx512;
+};
+
+// CPUID once (a thread-safe static; the answer never changes while the process runs).
+const X86Features& x86_features() {
+    static const X86Features features = [] {
+        __builtin_cpu_init();   // needed when called before libgcc's own constructor ran
+        return X86Features{__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                           bool(__builtin_cpu_supports("avx512f"))};
+    }();
+    return features;
+}
+#endif
+
 bool cpu_has(int isa) {
 #if defined(SBK_HAVE_X86)
-    __builtin_cpu_init();   // needed when called before libgcc's own constructor ran
-    if (isa == SBK_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == SBK_ISA_AVX512) return __builtin_cpu_supports("avx512f");
+    if (isa == SBK_ISA_AVX2) return x86_features().avx2;
+    if (isa == SBK_ISA_AVX512) return x86_features().avx512;
 #endif
 #if defined(SBK_HAVE_NEON)
     if (isa == SBK_ISA_NEON) return true;   // Advanced SIMD is part of every AArch64 CPU

@@ -35,6 +35,6 @@ struct Neon {
 
 }  // namespace
 
-void block_neon(const Block& b) { tiles::block<Neon, 4, tiles::kDepth>(b); }
+void block_neon(const Block& b) { tiles::block<Neon, 4>(b, tiles::kDepth); }
 
 }  // namespace sbk

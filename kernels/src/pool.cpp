@@ -1,13 +1,17 @@
 // sbk_pool_*: a std::thread pool for callers without one (Python ctypes, the test driver).
+//
 // `threads` counts the caller: a pool of n runs tasks on the caller and n - 1 workers. One job
-// at a time: the caller's thread takes task indices from a shared counter alongside the
-// workers, then waits until every worker has left the job (so ctx outlives every use).
+// at a time. Task indices are claimed from one atomic word holding (job tag << 32 | next index),
+// so a worker that wakes late, after its job is over, claims nothing (the tag has moved on) and
+// never touches a finished job's ctx. The caller claims indices like any worker and returns when
+// every task has finished, not when every worker has woken: on a loaded machine a descheduled
+// worker costs at most the task it is running, never a wait for it to be scheduled at all.
 #include "sbexport/grouped_pointwise.h"
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
-#include <new>
 #include <thread>
 #include <vector>
 
@@ -16,6 +20,8 @@ namespace {
 // Set on pool workers and on a caller while it runs a job: a parallel call made from inside a
 // task runs serially instead of waiting for a pool that is busy with the outer job.
 thread_local bool inside_pool = false;
+
+constexpr uint64_t kIndexMask = 0xffffffffu;
 
 class Pool {
 public:
@@ -31,26 +37,29 @@ public:
     ~Pool() { stop(); }
 
     void parallel(size_t count, sbk_task_fn task, void* ctx) {
-        if (workers_.empty() || count <= 1 || inside_pool) {
+        if (workers_.empty() || count <= 1 || count > kIndexMask || inside_pool) {
             for (size_t i = 0; i < count; ++i) task(ctx, i);
             return;
         }
         std::lock_guard<std::mutex> one_job(submit_);   // concurrent callers take turns
+        uint32_t tag;
         {
             std::lock_guard<std::mutex> lock(mutex_);
             task_ = task;
             ctx_ = ctx;
             count_ = count;
-            next_.store(0, std::memory_order_relaxed);
-            busy_ = workers_.size();
-            ++generation_;
+            finished_.store(0, std::memory_order_relaxed);
+            tag = uint32_t(++generation_);
+            next_.store(uint64_t(tag) << 32, std::memory_order_release);
         }
         wake_.notify_all();
         inside_pool = true;
-        drain();
+        run(tag, task, ctx, count);
         inside_pool = false;
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return busy_ == 0; });
+        if (finished_.load(std::memory_order_acquire) != count) {
+            std::unique_lock<std::mutex> lock(mutex_);
+            done_.wait(lock, [&] { return finished_.load(std::memory_order_acquire) == count; });
+        }
     }
 
 private:
@@ -63,37 +72,52 @@ private:
         for (auto& t : workers_) t.join();
     }
 
-    void drain() {
-        for (size_t i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < count_;) task_(ctx_, i);
+    // Claim and run indices of job `tag` until none is left or the job is no longer current.
+    void run(uint32_t tag, sbk_task_fn task, void* ctx, size_t count) {
+        for (;;) {
+            uint64_t word = next_.load(std::memory_order_acquire);
+            do {
+                if (uint32_t(word >> 32) != tag || (word & kIndexMask) >= count) return;
+            } while (!next_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                                  std::memory_order_acquire));
+            task(ctx, size_t(word & kIndexMask));
+            if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == count) {
+                std::lock_guard<std::mutex> lock(mutex_);   // the caller tests finished_ under it
+                done_.notify_all();
+            }
+        }
     }
 
     void work() {
         inside_pool = true;
         size_t seen = 0;
         for (;;) {
+            sbk_task_fn task;
+            void* ctx;
+            size_t count;
             {
                 std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
                 if (stop_) return;
                 seen = generation_;
+                task = task_;
+                ctx = ctx_;
+                count = count_;
             }
-            drain();
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (--busy_ == 0) done_.notify_one();
+            run(uint32_t(seen), task, ctx, count);
         }
     }
 
     std::vector<std::thread> workers_;
     std::mutex submit_, mutex_;
     std::condition_variable wake_, done_;
-    // The current job, written under mutex_ before generation_ moves (workers read it after
-    // seeing the new generation under the same mutex).
+    // The current job, written under mutex_ with generation_ (workers copy it under mutex_).
     sbk_task_fn task_ = nullptr;
     void* ctx_ = nullptr;
-    size_t count_ = 0;
-    std::atomic<size_t> next_{0};
-    size_t busy_ = 0, generation_ = 0;
+    size_t count_ = 0, generation_ = 0;
     bool stop_ = false;
+    std::atomic<uint64_t> next_{0};      // (uint32 tag of generation_) << 32 | next unclaimed index
+    std::atomic<size_t> finished_{0};    // tasks of the current job that have returned
 };
 
 }  // namespace

@@ -8,7 +8,7 @@
 //   load(p), load_tail(p, t)      lanes floats at p; the first n (others 0), touching no others
 //   store(p, v), store_tail(p, v, t)
 //   set1(s), fma(a, b, c)         broadcast; a * b + c
-// and then calls block<Ops, MaxV, Depth>(Block) from its block_<isa>.
+// and then calls block<Ops, MaxV>(Block, slice depth) from its block_<isa>.
 //
 // The micro-kernel broadcasts one weight per row and multiplies it with vectors of one input row,
 // which is contiguous along the sequence: X needs no packing, and a tile of R rows x V vectors
@@ -82,6 +82,7 @@ constexpr int kMaxRows = 6;   // register tile height of every SIMD path (Path::
 // 48: 144/139/121/128, 64: 148/143/124/131, 128: 142/133/121/123, whole K: 144/142/121/131.
 // Rows 512 bytes apart fall in 1/8 (AVX2's 64-byte panel) to 1/2 (AVX-512's 256-byte panel)
 // of L1's 64 sets, so a deep panel evicts itself; AVX2 measured flat within the noise.
+// Longer sequences favour deeper slices (fewer passes over the output): avx512.cpp.
 constexpr size_t kDepth = 64;
 
 // The tile function for r rows (1..6), v vectors (1..MaxV), a partial last vector or not.
@@ -98,17 +99,17 @@ TileFn<Ops> pick(int r, int v, bool tail) {
 }
 
 // The block (block.h): column tiles of MaxV vectors, each swept over the depth in slices of
-// Depth (an input panel of Depth x MaxV vectors stays in L1 while every row tile of the block
+// `slice` (an input panel of slice x MaxV vectors stays in L1 while every row tile of the block
 // reads it; the partial sums go through y between slices), rows in tiles of 6.
-template <class Ops, int MaxV, size_t Depth>
-void block(const Block& b) {
+template <class Ops, int MaxV>
+void block(const Block& b, size_t slice) {
     constexpr size_t width = MaxV * Ops::lanes;
     for (size_t n = b.n0; n < b.n1; n += width) {
         const size_t cols = smaller(width, b.n1 - n);
         const size_t vectors = (cols + Ops::lanes - 1) / Ops::lanes, rest = cols % Ops::lanes;
         const typename Ops::Tail tail = Ops::tail(rest ? rest : Ops::lanes);
-        for (size_t p = 0; p < b.k; p += Depth) {
-            const size_t depth = smaller(Depth, b.k - p);
+        for (size_t p = 0; p < b.k; p += slice) {
+            const size_t depth = smaller(slice, b.k - p);
             for (size_t m = b.m0; m < b.m1; m += kMaxRows) {
                 const size_t rows = smaller(kMaxRows, b.m1 - m);
                 const TileFn<Ops> fn = pick<Ops, MaxV>(int(rows), int(vectors), rest != 0);

@@ -197,8 +197,7 @@ class KernelsConv:
 
         lib = load()
         pool = lib.pool(threads) if threads > 1 else None     # closed when `run` is dropped
-        weight, bias, groups = conv.weight[:, :, 0].copy(), conv.bias, conv.shape.groups
-        return lambda x: lib.grouped_pointwise(x, weight, bias, groups, pool=pool)
+        return lib.conv(conv.weight, conv.bias, conv.shape.groups, pool=pool)
 
 
 RUNTIMES = {r.name: r for r in (TorchConv(), OnnxConv(), ExecuTorchConv(), KernelsConv())}
