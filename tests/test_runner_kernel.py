@@ -151,7 +151,8 @@ def test_arm64_runner_runs_grouped_convolutions_with_sbexports_kernel(arm64_bund
 
 class Convolutions(torch.nn.Module):
     """Convolutions the kernel runs (NATIVE) and those it must hand to ExecuTorch's own kernel
-    (HANDED_ON), on x [1, 8, S]; one output each."""
+    (HANDED_ON), on x [2, 8, S] (a batch of 2: the sbexport programs' fixed batch is 1); one
+    output each."""
 
     NATIVE = ("grouped", "no_bias", "dense", "conv2d_h1", "conv2d_h2")
     HANDED_ON = ("wide", "strided", "padded", "transposed")
@@ -170,7 +171,7 @@ class Convolutions(torch.nn.Module):
         self.float64 = nn.Conv1d(8, 8, 1, groups=2).double()   # another kernel key: never reaches the kernel
 
     def forward(self, x):
-        h2 = torch.stack([x, -x], 2)                                # [1, 8, 2, S]
+        h2 = torch.stack([x, -x], 2)                                # [2, 8, 2, S]
         return (self.grouped(x), self.no_bias(x), self.dense(x), self.conv2d(x.unsqueeze(2)), self.conv2d(h2),
                 self.wide(x), self.strided(x), self.padded(x), self.transposed(x), self.float64(x.double()).float())
 
@@ -180,7 +181,7 @@ def test_other_convolutions_go_to_executorchs_own_kernel(host_runner, tmp_path):
 
     torch.manual_seed(0)
     module = Convolutions().eval()
-    x = torch.randn(1, 8, 12)
+    x = torch.randn(2, 8, 12)
     pte = tmp_path / "convs.pte"
     pte.write_bytes(to_edge(torch.export.export(module, (x,))).to_executorch().buffer)   # no delegate
     assert len(outside_convolutions(pte)) == 10
