@@ -7,6 +7,11 @@
 #                                    against the manylinux aarch64 executorch wheel, fetched once
 #                                    into build/cache/ with pip download
 #
+# Both link sbexport's kernels in (through the runner's SBEXPORT_EXTRA_KERNEL_LIBS hook): kernels/
+# (kernels/build.sh, build/kernels-<kind>) and their ExecuTorch registration, kernels/executorch
+# (build/et-kernels-<kind>), which makes the runner run float32 pointwise convolutions left
+# outside the delegate (export --grouped-conv runner-kernel) with sbexport's kernel.
+#
 # Both are idempotent: a second call rebuilds only what changed (CMake's own dependency check)
 # and fetches nothing. Environment: PYTHON (default .venv/bin/python; CMake >= 3.28 is taken
 # from beside it, pinned as cmake in pyproject's test extra), BUILD_ROOT (default build/).
@@ -34,18 +39,30 @@ mkdir -p "$BUILD_ROOT"
 exec 9>"$BUILD_ROOT/.runner-build.lock"
 flock 9
 
-configure_and_build() {   # configure_and_build BUILD_DIR CMAKE_ARGS...
-    local dir=$1; shift
-    "$CMAKE" -S "$ROOT/android_demo" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir.configure.log" 2>&1 \
+configure_and_build() {   # configure_and_build SOURCE_DIR BUILD_DIR CMAKE_ARGS...
+    local src=$1 dir=$2; shift 2
+    "$CMAKE" -S "$src" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir.configure.log" 2>&1 \
         || die "CMake configure failed, see $dir.configure.log"
     "$CMAKE" --build "$dir" -j "$(nproc)" >"$dir.build.log" 2>&1 || die "build failed, see $dir.build.log"
 }
 
+# The static libraries of sbexport's kernels for the runner of KIND, as SBEXPORT_EXTRA_KERNEL_LIBS
+# takes them ("registration.a;kernels.a"): kernels/ by its own script, then kernels/executorch
+# against the same ExecuTorch as the runner.
+kernel_libs() {   # kernel_libs KIND CMAKE_ARGS...
+    local kind=$1 kernels; shift
+    kernels=$(PYTHON=$PYTHON BUILD_ROOT=$BUILD_ROOT bash "$ROOT/kernels/build.sh" "$kind") || exit 1   # its one error line
+    configure_and_build "$ROOT/kernels/executorch" "$BUILD_ROOT/et-kernels-$kind" "$@"
+    echo "$BUILD_ROOT/et-kernels-$kind/libsbexport_et_kernels.a;$kernels/libsbexport_kernels_static.a"
+}
+
 build_host() {
-    local et
+    local et libs
     et=$("$PYTHON" -c "import importlib.util as u; s = u.find_spec('executorch'); print(s.submodule_search_locations[0] if s else '')")
     [[ -n $et ]] || die "executorch is not installed in $PYTHON's environment; run make install"
-    configure_and_build "$BUILD_ROOT/runner-host" -Dexecutorch_DIR="$et/share/cmake"
+    libs=$(kernel_libs host -Dexecutorch_DIR="$et/share/cmake")
+    configure_and_build "$ROOT/android_demo" "$BUILD_ROOT/runner-host" -Dexecutorch_DIR="$et/share/cmake" \
+        -DSBEXPORT_EXTRA_KERNEL_LIBS="$libs"
     echo "$BUILD_ROOT/runner-host/sbexport_runner"
 }
 
@@ -91,11 +108,13 @@ bundle_needed() {   # bundle_needed FILE DIR WHEEL_LIB
 build_arm64() {
     command -v aarch64-linux-gnu-g++ >/dev/null || die "no aarch64-linux-gnu-g++; run make toolchain"
     [[ -d $AARCH64_SYSROOT/lib ]] || die "no arm64 glibc in $AARCH64_SYSROOT; run make toolchain"
-    local et out=$BUILD_ROOT/runner-arm64
+    local et libs out=$BUILD_ROOT/runner-arm64
+    local toolchain=-DCMAKE_TOOLCHAIN_FILE="$ROOT/android_demo/aarch64-linux-gnu.cmake"
     et=$(fetch_aarch64_wheel)
     mkdir -p "$out"
-    configure_and_build "$out/cmake" -DCMAKE_TOOLCHAIN_FILE="$ROOT/android_demo/aarch64-linux-gnu.cmake" \
-        -Dexecutorch_DIR="$et/share/cmake"
+    libs=$(kernel_libs arm64 "$toolchain" -Dexecutorch_DIR="$et/share/cmake")
+    configure_and_build "$ROOT/android_demo" "$out/cmake" "$toolchain" -Dexecutorch_DIR="$et/share/cmake" \
+        -DSBEXPORT_EXTRA_KERNEL_LIBS="$libs"
     # The bundle is remade from the build each time (a few MB of copies): never stale.
     local bundle=$out/bundle
     rm -rf "$bundle.partial" && mkdir -p "$bundle.partial/lib"

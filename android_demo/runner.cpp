@@ -14,7 +14,8 @@
  * Order of work: command line, .npy files and --output-dir are checked before the program is
  * loaded (cheap checks first); then load (program and method), one first run, --warmup runs,
  * --runs timed runs; outputs of the last run are summarised (shape, checksum) and optionally
- * written as .npy files.
+ * written as .npy files. With --kernel-stats the report ends with "kernels": the call counts
+ * of sbexport's registered kernels (kernels/executorch, linked in by build.sh).
  *
  * Exit status: 0 success; 1 a bad input, file or program (one "error: ..." line on stderr);
  * 2 a bad command line (one "error: ... (see --help)" line).
@@ -68,6 +69,11 @@ ThreadPool* get_threadpool();
 }  // namespace executorch::extension::threadpool
 #endif
 
+// Defined by kernels/executorch (sbexport's registered kernels) when it is linked in, as
+// android_demo/build.sh does: its call counters as one JSON object. Weak, so that the runner
+// also links without it (--kernel-stats then refuses).
+extern "C" const char* sbexport_et_kernel_stats_json(void) __attribute__((weak));
+
 #ifndef SBEXPORT_EXECUTORCH_VERSION
 #define SBEXPORT_EXECUTORCH_VERSION "unknown"
 #endif
@@ -102,7 +108,7 @@ const char* const kUsage =
     "usage: sbexport_runner --model PATH [--input FILE.npy ...]\n"
     "                       [--batch B] [--seq-len S] [--vocab V] [--seed N]\n"
     "                       [--warmup W] [--runs N] [--threads T] [--output-dir DIR]\n"
-    "                       [--method NAME] [--verbose]\n"
+    "                       [--method NAME] [--kernel-stats] [--verbose]\n"
     "\n"
     "Run a method of an ExecuTorch program and print one JSON object (schema sbexport.runner/1)\n"
     "on stdout: load time, first run, every timed run, min/p50/p90/p99, peak RSS, and the shape\n"
@@ -124,6 +130,9 @@ const char* const kUsage =
     "  --output-dir DIR   write output i of the last run as DIR/output_<i>.npy (DIR is made\n"
     "                     after a successful run if its parent exists)\n"
     "  --method NAME      the method to run (default forward)\n"
+    "  --kernel-stats     add \"kernels\" to the report: the calls of sbexport's registered\n"
+    "                     kernels (kernels/executorch) over every run, those they ran and those\n"
+    "                     they handed to ExecuTorch's own kernel\n"
     "  --verbose          pass ExecuTorch's log lines through to stderr\n"
     "  --help             this message\n"
     "\n"
@@ -185,6 +194,7 @@ struct Options {
   long threads = 0;   // 0: leave ExecuTorch's pool as it is
   std::string output_dir;
   std::string method = "forward";
+  bool kernel_stats = false;
   bool verbose = false;
 };
 
@@ -213,9 +223,9 @@ Options parse_args(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       std::exit(0);
     }
-    if (arg == "--verbose") {
-      if (has_value) usage_error("--verbose takes no value");
-      o.verbose = true;
+    if (arg == "--verbose" || arg == "--kernel-stats") {
+      if (has_value) usage_error(arg + " takes no value");
+      (arg == "--verbose" ? o.verbose : o.kernel_stats) = true;
       continue;
     }
     static const char* const kValued[] = {"--model", "--input", "--batch", "--seq-len", "--vocab", "--seed",
@@ -588,6 +598,7 @@ struct Report {
   long warmup = 0;
   std::vector<double> run_ms;
   std::vector<OutputSummary> outputs;
+  std::string kernels;   // --kernel-stats: sbexport_et_kernel_stats_json(), else empty
 };
 
 std::string to_json(const Report& r) {
@@ -618,7 +629,9 @@ std::string to_json(const Report& r) {
       << ", \"fnv1a64\": " << json_string(hash) << "}, \"file\": "
       << (o.file.empty() ? std::string("null") : json_string(o.file)) << "}";
   }
-  j << "\n  ]\n}\n";
+  j << "\n  ]";
+  if (!r.kernels.empty()) j << ",\n  \"kernels\": " << r.kernels;
+  j << "\n}\n";
   return j.str();
 }
 
@@ -733,6 +746,8 @@ int run(const Options& o) {
   for (const std::string& path : o.inputs) arrays.push_back(read_npy(path));
   if (!o.output_dir.empty()) check_output_dir(o.output_dir);
   check_regular_file(o.model, "model file");
+  if (o.kernel_stats && sbexport_et_kernel_stats_json == nullptr)
+    fail("--kernel-stats: this runner was built without sbexport's kernels (kernels/executorch)");
 
   // The pool is sized before the method loads: XNNPACK takes the pool when it builds its
   // runtime, and resizing it under a loaded delegate would leave that pointer dangling.
@@ -747,6 +762,7 @@ int run(const Options& o) {
   std::vector<std::unique_ptr<TensorView>> views;
   std::vector<EValue> inputs = prepare_inputs(module, o, arrays, views, report);
   save_outputs(time_runs(module, o, inputs, report), o, report);
+  if (o.kernel_stats) report.kernels = sbexport_et_kernel_stats_json();
 
   std::string json = to_json(report);
   std::fwrite(json.data(), 1, json.size(), stdout);

@@ -301,8 +301,13 @@ def quantize(folder, out_dir, overwrite, **kwargs) -> None:
               help="Fixed batch size of the program (the sequence stays dynamic).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Write an int8 program instead (XNNPACK), kept only when it agrees with fp32 PyTorch.")
+@click.option("--grouped-conv", type=click.Choice(["xnnpack", "runner-kernel"]), default="xnnpack",
+              show_default=True, help="Where the grouped 1x1 convolutions run: inside the XNNPACK delegate, or "
+              "left as native convolutions for the kernel registered in android_demo's runner (kernels/executorch; "
+              "other runtimes run them with their portable kernel). fp32 only.")
 @_guard_options
-def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, max_metric_drop, **kwargs) -> None:
+def executorch(backend, batch, quantize, grouped_conv, calibration, min_agreement, eval_data, max_metric_drop,
+               **kwargs) -> None:
     """Export a task to an ExecuTorch program (.pte), then check parity against PyTorch.
 
     With --quantize int8 the fp32 program is exported and checked first, then the model is
@@ -311,6 +316,10 @@ def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, 
     int8 program lands only when the accuracy guard passes (--min-agreement, and --eval-data
     when given).
 
+    With --grouped-conv runner-kernel (opt-in) the grouped convolutions stay out of the
+    XNNPACK delegate as native convolutions, which android_demo's runner runs with sbexport's
+    registered kernel (kernels/executorch/); the manifest records it (`sbexport info`).
+
     \b
     Example:
       sbexport executorch --task mnli -o artifacts/mnli-pte
@@ -318,7 +327,7 @@ def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, 
       sbexport executorch --task mnli --quantize int8 -o artifacts/mnli-pte-int8
     """
     if quantize is None:
-        _run_export("executorch", backend=backend, batch=batch, **kwargs)
+        _run_export("executorch", backend=backend, batch=batch, grouped_conv=grouped_conv, **kwargs)
         return
     from .export import ExecuTorchOptions
     from .export.quantize import export_int8
@@ -330,7 +339,8 @@ def executorch(backend, batch, quantize, calibration, min_agreement, eval_data, 
                             seed=kwargs["seed"])
     out_dir = f"artifacts/{task.name}-executorch-int8" if kwargs["out_dir"] is None else kwargs["out_dir"]
     settings = _quantize_settings("static", "s8", False, calibration, min_agreement, eval_data, max_metric_drop)
-    export_int8("executorch", task, source, out_dir, ExecuTorchOptions(backend=backend, batch=batch), settings,
+    export_int8("executorch", task, source, out_dir,
+                ExecuTorchOptions(backend=backend, batch=batch, grouped_conv=grouped_conv), settings,
                 max_seq_len=kwargs["max_seq_len"], overwrite=kwargs["overwrite"], verify=not kwargs["no_verify"],
                 log=click.echo)
 

@@ -112,14 +112,19 @@ class ExecuTorchDetails:
     backend: str                      # "xnnpack" or "portable"
     executorch_version: str
     graph: ExecuTorchGraph
+    # "runner-kernel" (export --grouped-conv, opt-in): the grouped convolutions were left outside
+    # the delegate for the native runner's registered kernel; absent (None) from default programs
+    grouped_conv: str | None = None
 
     @property
     def summary(self) -> str:
         """One line for `sbexport info`."""
         g = self.graph
         int8 = f" ({g.quantized_convolutions} int8)" if g.quantized_convolutions is not None else ""
+        kernel = " (grouped, for the runner's kernel)" if self.grouped_conv == "runner-kernel" else ""
         return (f"ExecuTorch {self.executorch_version}, {self.backend}: {g.delegates} delegate(s), "
-                f"convolutions {g.convolutions_in_delegate} inside{int8}, {g.convolutions_outside_delegate} outside")
+                f"convolutions {g.convolutions_in_delegate} inside{int8}, "
+                f"{g.convolutions_outside_delegate} outside{kernel}")
 
 
 # format -> its details class: the only place a format's name picks a type.
@@ -304,6 +309,8 @@ class Manifest:
         graph = data["details"]["graph"]
         if graph.get("quantized_convolutions", 0) is None:   # an fp32 program's graph stays as it was
             del graph["quantized_convolutions"]
+        if data["details"].get("grouped_conv", 0) is None:   # so does a default program's details
+            del data["details"]["grouped_conv"]
         return data
 
     @classmethod

@@ -208,20 +208,20 @@ def made_once(folder: Path, make: Callable[[Path], object]) -> Path:
 
 @pytest.fixture(scope="session")
 def export_cache(tmp_path_factory, tiny_checkpoint):
-    """artifact(fmt, task_name, local=False, backend="xnnpack") -> an exported, verified
-    artifact folder, made once per test run (shared by the xdist workers, made_once). local=False:
-    random init at EXPORT_TINY's size (tiny_random_config); local=True: from
-    tiny_checkpoint(task_name). The export's log is in `<folder>.log`."""
+    """artifact(fmt, task_name, local=False, backend="xnnpack", grouped_conv="xnnpack") -> an
+    exported, verified artifact folder, made once per test run (shared by the xdist workers,
+    made_once). local=False: random init at EXPORT_TINY's size (tiny_random_config); local=True:
+    from tiny_checkpoint(task_name). The export's log is in `<folder>.log`."""
     from sbexport.export import FORMATS, export_artifact
     from sbexport.source import resolve_source
     from sbexport.tasks import TASKS
 
     root = shared_root(tmp_path_factory) / "shared-artifacts"
 
-    def export(fmt: str, task_name: str, local: bool, backend: str, out: Path) -> None:
+    def export(fmt: str, task_name: str, local: bool, backend: str, grouped_conv: str, out: Path) -> None:
         task = TASKS[task_name]
         lines: list[str] = []
-        options = FORMATS[fmt].Options(backend=backend) if fmt == "executorch" else None
+        options = FORMATS[fmt].Options(backend=backend, grouped_conv=grouped_conv) if fmt == "executorch" else None
         try:
             if local:
                 source = resolve_source(task, model=str(tiny_checkpoint(task_name)))
@@ -232,9 +232,11 @@ def export_cache(tmp_path_factory, tiny_checkpoint):
         finally:
             out.with_suffix(".log").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def get(fmt: str, task_name: str, local: bool = False, backend: str = "xnnpack") -> Path:
-        name = f"{task_name}-{fmt}{'-' + backend if fmt == 'executorch' else ''}{'-local' if local else ''}"
-        return made_once(root / name, lambda out: export(fmt, task_name, local, backend, out))
+    def get(fmt: str, task_name: str, local: bool = False, backend: str = "xnnpack",
+            grouped_conv: str = "xnnpack") -> Path:
+        kind = f"-{backend}{'-' + grouped_conv if grouped_conv != 'xnnpack' else ''}" if fmt == "executorch" else ""
+        name = f"{task_name}-{fmt}{kind}{'-local' if local else ''}"
+        return made_once(root / name, lambda out: export(fmt, task_name, local, backend, grouped_conv, out))
     return get
 
 

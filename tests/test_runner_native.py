@@ -352,7 +352,7 @@ def test_help_is_the_usage_and_exit_zero(host_runner):
     proc = host_runner.run("--help")
     assert proc.returncode == 0 and proc.stdout.startswith("usage: sbexport_runner --model PATH")
     for flag in ("--input", "--batch", "--seq-len", "--vocab", "--seed", "--warmup", "--runs", "--threads",
-                 "--output-dir", "--method", "--verbose"):
+                 "--output-dir", "--method", "--kernel-stats", "--verbose"):
         assert f"  {flag} " in proc.stdout, flag
 
 

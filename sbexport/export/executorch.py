@@ -1,6 +1,15 @@
 """ExecuTorch: torch.export with a dynamic sequence, lowered to XNNPACK (every convolution
 inside the delegate, checked here) or left on the portable kernels, saved as a .pte.
 
+Opt-in (Options.grouped_conv "runner-kernel"): the grouped projections (groups > 1) are kept
+out of the XNNPACK delegate as native aten convolutions, everything else delegated as usual, so
+that the native runner's registered kernel (kernels/executorch/) runs them. The file stays a
+plain .pte: a runtime without that kernel (Python's, which verify uses) runs them with its
+portable convolution. Exported in the [B, C, S] form (no conv2d_layout): the layout saves the
+delegate's transposes around convolutions inside it, and here those convolutions are outside,
+where [B, C, S] keeps every tensor they see contiguous (the kernel's registered dim order); with
+them outside, XNNPACK's lowering refuses the layout anyway (a delegate output passed through).
+
 The batch is fixed (Options.batch, 1 by default, as on a phone): XNNPACK's reshape
 accepts one dynamic dimension, and the attention's head split reshapes [B, C, S] into
 [B, heads, head_size, S], which with a dynamic batch would have two.
@@ -22,6 +31,7 @@ from .layout import conv2d_layout
 FILE_NAME = "model.pte"
 DESCRIPTION = "ExecuTorch program (fp32)"
 BACKENDS = ("xnnpack", "portable")
+GROUPED_CONV = ("xnnpack", "runner-kernel")    # where the grouped projections run
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,7 @@ class Options:
 
     backend: str = "xnnpack"          # "xnnpack" or "portable"
     batch: int = 1                    # the program's fixed batch (see the module docstring)
+    grouped_conv: str = "xnnpack"     # or "runner-kernel" (opt-in; see the module docstring)
 
 
 def example_batch(options: Options) -> int:
@@ -38,9 +49,15 @@ def example_batch(options: Options) -> int:
 
 
 def check_options(options: Options) -> None:
-    """Raise ExportError for a backend this exporter does not know."""
+    """Raise ExportError for a backend or grouped_conv this exporter does not know, and for
+    runner-kernel on the portable backend (which leaves every convolution native already)."""
     if options.backend not in BACKENDS:
         raise ExportError(f"unknown ExecuTorch backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+    if options.grouped_conv not in GROUPED_CONV:
+        raise ExportError(f"unknown --grouped-conv {options.grouped_conv!r}; expected one of {', '.join(GROUPED_CONV)}")
+    if options.grouped_conv == "runner-kernel" and options.backend != "xnnpack":
+        raise ExportError(f"--grouped-conv runner-kernel keeps grouped convolutions out of the XNNPACK delegate; "
+                          f"the {options.backend} backend has no delegate (every convolution is native already)")
 
 
 def export(wrapper, example: dict, max_seq: int, path: Path, options: Options) -> tuple[ExecuTorchDetails, Dims]:
@@ -50,43 +67,79 @@ def export(wrapper, example: dict, max_seq: int, path: Path, options: Options) -
     import executorch
 
     check_options(options)
+    runner_kernel = options.grouped_conv == "runner-kernel"
     # XNNPACK: the encoder on [B, C, 1, S] with Conv2d projections saves the delegate's
-    # transposes around every convolution (export/layout.py); portable has no such layout cost.
-    lowered = conv2d_layout(wrapper) if options.backend == "xnnpack" else wrapper
-    edge = lower(lowered, example, max_seq, options.backend)
-    summary = checked_summary(edge, conv_projections(wrapper.model.config), options.backend)
+    # transposes around every convolution (export/layout.py); portable has no such layout cost,
+    # nor runner-kernel (see the module docstring).
+    lowered = conv2d_layout(wrapper) if options.backend == "xnnpack" and not runner_kernel else wrapper
+    edge = lower(lowered, example, max_seq, options.backend, grouped_conv=options.grouped_conv)
+    config = wrapper.model.config
+    summary = checked_summary(edge, conv_projections(config), options.backend,
+                              outside=grouped_projections(config) if runner_kernel else 0)
     path.write_bytes(edge.to_executorch().buffer)
     choices = example["input_ids"].shape[1] if example["input_ids"].dim() == 3 else None   # fixed too
     dims = Dims(batch=(options.batch, options.batch), sequence=(1, max_seq),
                 choices=(choices, choices) if choices else None)
-    return ExecuTorchDetails(backend=options.backend, executorch_version=_version(executorch), graph=summary), dims
+    return ExecuTorchDetails(backend=options.backend, executorch_version=_version(executorch), graph=summary,
+                             grouped_conv=options.grouped_conv if runner_kernel else None), dims
 
 
-def checked_summary(edge, expected: int, backend: str) -> ExecuTorchGraph:
+def grouped_projections(config) -> int:
+    """How many of the model's projections (modeling.conv_projections) have groups > 1: those
+    runner-kernel leaves outside the delegate."""
+    if not conv_projections(config):
+        return 0
+    return config.num_hidden_layers * sum(g > 1 for g in config.groups.values())
+
+
+def checked_summary(edge, expected: int, backend: str, outside: int = 0) -> ExecuTorchGraph:
     """graph_summary of the lowered program `edge` (an EdgeProgramManager); raises ExportError
-    unless it holds `expected` native convolutions, all inside the delegate for "xnnpack"."""
-    summary = graph_summary(edge.exported_program().graph_module)
+    unless it holds `expected` native convolutions, for "xnnpack" all inside the delegate but
+    `outside` of them, which must be grouped (runner-kernel's)."""
+    graph_module = edge.exported_program().graph_module
+    summary = graph_summary(graph_module)
     found = summary.convolutions_in_delegate + summary.convolutions_outside_delegate
     if found != expected:
         raise ExportError(f"the lowered graph has {found} convolutions where the model has {expected} "
                           f"grouped projections: they were not kept as native convolutions")
-    if backend == "xnnpack" and summary.convolutions_outside_delegate:
-        raise ExportError(f"{summary.convolutions_outside_delegate} convolution(s) fell out of the "
-                          f"XNNPACK delegate")
+    if backend == "xnnpack" and summary.convolutions_outside_delegate != outside:
+        left = "fell out of the XNNPACK delegate" if not outside else f"are outside the delegate, not {outside}"
+        raise ExportError(f"{summary.convolutions_outside_delegate} convolution(s) {left}")
+    if outside and min(_outside_conv_groups(graph_module)) < 2:
+        raise ExportError("an ungrouped convolution was left outside the XNNPACK delegate")
     return summary
 
 
-def lower(module, example: dict, max_seq: int, backend: str):
+def lower(module, example: dict, max_seq: int, backend: str, grouped_conv: str = "xnnpack"):
     """torch.export `module` on `example` (name -> tensor, the sequence last, dynamic from 1
-    to `max_seq`), then lower it to `backend`: the EdgeProgramManager. The roofline lowers its
-    one-convolution modules through here too, so that they run as the model's do."""
+    to `max_seq`), then lower it to `backend`: the EdgeProgramManager. `grouped_conv`
+    "runner-kernel" keeps convolutions with groups > 1 out of the XNNPACK delegate. The
+    roofline lowers its one-convolution modules through here too, so that they run as the
+    model's do."""
     from executorch.exir import to_edge, to_edge_transform_and_lower
 
     program = torch.export.export(module, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, max_seq))
     if backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        return to_edge_transform_and_lower(program, partitioner=[_xnnpack_partitioner(grouped_conv)])
     return to_edge(program)
+
+
+def _xnnpack_partitioner(grouped_conv: str):
+    """XNNPACK's partitioner with every op config; for "runner-kernel" its convolution config
+    refuses grouped convolutions, which then stay native aten convolutions in the program."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.gemm_configs import ConvolutionConfig
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    if grouped_conv == "xnnpack":
+        return XnnpackPartitioner()
+
+    class UngroupedConvolutionConfig(ConvolutionConfig):
+        def check_constraints(self, node, ep) -> bool:
+            return node.args[8] == 1 and super().check_constraints(node, ep)   # args[8]: groups
+
+    return XnnpackPartitioner(configs=[UngroupedConvolutionConfig if c is ConvolutionConfig else c
+                                       for c in ALL_PARTITIONER_CONFIGS])
 
 
 def _dynamic_shapes(example: dict, max_seq: int) -> dict:
@@ -111,6 +164,12 @@ def graph_summary(graph_module) -> ExecuTorchGraph:
         delegates=sum(1 for n, _ in graph_module.named_children() if n.startswith("lowered_module")),
         convolutions_in_delegate=inside_convs, convolutions_outside_delegate=outside.get("convolution", 0),
         ops_outside_delegate=dict(outside.most_common()))
+
+
+def _outside_conv_groups(graph_module) -> list[int]:
+    """The group count of every convolution outside a delegate (its args[8])."""
+    return [n.args[8] for n in graph_module.graph.nodes
+            if n.op == "call_function" and _op_name(n.target) == "convolution"]
 
 
 def _count_convs(graph_module) -> int:

@@ -210,7 +210,10 @@ def int8_pte_manifest(fp32: Manifest, options: QuantizeOptions, texts, graph: Ex
 def check_int8_export(options, quantize: QuantizeOptions) -> QuantizeOptions:
     """`quantize` with this module's RECIPE (the one form that keeps every convolution quantized
     in the delegate), for an export with export.ExecuTorchOptions `options`; raises
-    SbexportError for a backend other than XNNPACK."""
+    SbexportError for a backend other than XNNPACK, or grouped convolutions left outside it."""
     if options.backend != "xnnpack":
         raise SbexportError(f"--quantize int8 runs on the XNNPACK backend, not {options.backend!r}")
+    if options.grouped_conv != "xnnpack":
+        raise SbexportError(f"--quantize int8 puts every convolution in the XNNPACK delegate; "
+                            f"--grouped-conv {options.grouped_conv} is for fp32 programs")
     return replace(quantize, recipe=RECIPE)
