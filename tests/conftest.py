@@ -59,7 +59,8 @@ def minilm_squeezebert(minilm_dir, tmp_path_factory) -> Path:
     run (made_once)."""
     from sbexport.convert import convert_bert_to_squeezebert
 
-    return made_once(shared_root(tmp_path_factory) / "minilm-sq",
+    # Its own folder: test_convert checks that conversion leaves nothing else beside it.
+    return made_once(shared_root(tmp_path_factory) / "convert" / "minilm-sq",
                      lambda out: convert_bert_to_squeezebert(minilm_dir, out))
 
 
@@ -248,6 +249,7 @@ def onnx_artifact(export_cache):
 
 @pytest.fixture(scope="session")
 def et_artifact(export_cache):
-    """et_artifact(task_name, backend="xnnpack") -> the shared ExecuTorch artifact folder,
-    exported from the task's tiny local checkpoint."""
-    return lambda task_name, backend="xnnpack": export_cache("executorch", task_name, True, backend)
+    """et_artifact(task_name, backend="xnnpack", grouped_conv="xnnpack") -> the shared
+    ExecuTorch artifact folder, exported from the task's tiny local checkpoint."""
+    return lambda task_name, backend="xnnpack", grouped_conv="xnnpack": \
+        export_cache("executorch", task_name, True, backend, grouped_conv)
