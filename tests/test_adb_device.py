@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 import shutil
 import signal
@@ -39,9 +40,19 @@ ADB_TIMEOUT = 30   # seconds for any one adb call; the slowest here (3 MB push) 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below Linux's ephemeral range (32768-60999 by default). A port the
+    kernel hands out for bind(0) was once taken, between this check and adb's own bind, by a
+    device stand-in of the other xdist worker: the client then spoke to the stand-in
+    ("protocol fault"). Ports below the range are never handed out that way."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 class Adb:
