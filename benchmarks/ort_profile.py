@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=25)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=str(RESULTS), help="folder of the result file (made if missing)")
     parser.add_argument("--tag", default="", help="suffix of the result file of a variant run (e.g. 1t)")
     args = parser.parse_args(argv)
     import onnx
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
                   "transposes_exported": transposes(exported), "transposes_optimized": transposes(optimized),
                   "load_average": [round(x, 2) for x in os.getloadavg()]}
     out = Path(args.out) / f"ort_profile_{date.today().isoformat()}{'_' + args.tag if args.tag else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)   # --out is a folder: make it, not fail after the run
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wall {result['wall_ms_median']} ms median, {result['wall_ms_min']} min; kernels {total:.1f} ms per run")
     for op, v in ops.items():
