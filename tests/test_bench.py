@@ -161,8 +161,9 @@ def test_table_markdown_and_plot(bench_run):
     result, _, plot_path, _ = bench_run
     text = table(result)
     assert "p50 ms" in text and "sgemm ceiling" in text and "squeezebert" in text
-    assert sgemm.libraries_text(result["ceiling"]).startswith("set by ")
-    assert f"threads; {sgemm.libraries_text(result['ceiling'])});" in text      # which library set it
+    c = result["ceiling"]
+    assert c["op"].startswith(sgemm.LABELS[c["library"]] + " fp32 ")     # which library set it
+    assert f"threads; each library: {sgemm.libraries_text(c)});" in text and "torch.mm" in text
     md = markdown_table(result)
     assert "| runtime | SqueezeBERT | BERT-base | ratio |" in md and "PyTorch eager" in md
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -78,14 +78,11 @@ def method(n: int, repeats: int = 5) -> str:
 
 
 def libraries_text(ceiling: dict) -> str:
-    """"set by ONNX Runtime MatMul; torch.mm 93.6, ONNX Runtime MatMul 189.0, ExecuTorch XNNPACK
-    Linear failed" for the terminal reports; "" for a ceiling without per-library figures (a
-    device's, a file written before they were kept)."""
-    if not ceiling.get("libraries"):
-        return ""
-    rates = ", ".join(f"{LABELS.get(name, name)} " + (f"{m['gflops']:.1f}" if m["gflops"] is not None else "failed")
-                      for name, m in ceiling["libraries"].items())
-    return f"set by {LABELS.get(ceiling['library'], ceiling['library'])}; {rates}"
+    """"torch.mm 93.6, ONNX Runtime MatMul 189.0, ExecuTorch XNNPACK Linear failed" (GFLOP/s)
+    for the terminal reports; "" for a ceiling without per-library figures (a device's, a file
+    written before they were kept)."""
+    return ", ".join(f"{LABELS.get(name, name)} " + (f"{m['gflops']:.1f}" if m["gflops"] is not None else "failed")
+                     for name, m in ceiling.get("libraries", {}).items())
 
 
 def _best_seconds(call: Callable[[], object], repeats: int) -> tuple[float, float | None]:
