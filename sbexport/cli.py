@@ -547,7 +547,8 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probes (one subprocess per model and runtime).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--sgemm-size", type=click.IntRange(min=8), default=2048, show_default=True,
-              help="n of the n x n fp32 matrix product that measures the ceiling.")
+              help="n of the n x n fp32 matrix product that measures the ceiling (on the host: the fastest of "
+                   "torch, ONNX Runtime and ExecuTorch XNNPACK).")
 @click.option("--device", type=click.Choice(["adb"]), default=None,
               help="Time on an Android device over adb (ExecuTorch in android_demo's native runner) instead of "
                    "this CPU. See README: Benchmark on a phone.")
@@ -662,9 +663,9 @@ def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) 
     (grouped 1x1 convolutions, batch 1) in each runtime: torch conv1d, ONNX Runtime's Conv,
     ExecuTorch XNNPACK, and on request sbexport's own kernel (--runtimes kernels).
 
-    Ceilings: a large sgemm in torch (the measured sgemm ceiling) and a large copy (memory
-    bandwidth), on one core and on all. Each runtime's output is checked against a float64
-    reference before it is timed.
+    Ceilings: a large sgemm in torch, ONNX Runtime and ExecuTorch XNNPACK, the fastest setting
+    the measured sgemm ceiling, and a large copy (memory bandwidth), on one core and on all.
+    Each runtime's output is checked against a float64 reference before it is timed.
 
     \b
     Example:

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_bert_config, tiny_squeezebert_config
 
 from sbexport import cli
-from sbexport.bench import BenchConfig, Loaded, Peak, Timing, machine, markdown_table, pipeline, run_bench, table
+from sbexport.bench import BenchConfig, Loaded, Peak, Timing, machine, markdown_table, pipeline, run_bench, sgemm, table
 from sbexport.errors import SbexportError
 from sbexport.tasks import get_task
 
@@ -65,6 +65,8 @@ def test_json_output_conforms_to_the_pinned_schema(bench_run):
     assert {r["runs"] for r in data["rows"]} == {2}
     ceiling = data["ceiling"]
     assert ceiling["gflops"] == max(ceiling["start_gflops"], ceiling["end_gflops"])
+    # the host's ceiling is its fastest library's (tests/test_sgemm.py: how it is chosen)
+    assert ceiling["gflops"] == ceiling["libraries"][ceiling["library"]]["gflops"]
     from sbexport.bench.report import json_schema
     assert json_schema() == _pinned_schema()
 
@@ -159,6 +161,9 @@ def test_table_markdown_and_plot(bench_run):
     result, _, plot_path, _ = bench_run
     text = table(result)
     assert "p50 ms" in text and "sgemm ceiling" in text and "squeezebert" in text
+    c = result["ceiling"]
+    assert c["op"].startswith(sgemm.LABELS[c["library"]] + " fp32 ")     # which library set it
+    assert f"threads; each library: {sgemm.libraries_text(c)});" in text and "torch.mm" in text
     md = markdown_table(result)
     assert "| runtime | SqueezeBERT | BERT-base | ratio |" in md and "PyTorch eager" in md
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -215,7 +220,8 @@ def test_failed_export_is_one_line_and_exit_1_from_the_cli(monkeypatch, capsys, 
     from sbexport import export
 
     monkeypatch.setattr(export, "export_artifact", _failing_export("squeezebert"))
-    monkeypatch.setattr(machine, "sgemm_ceiling", lambda threads, size: {"gflops": 1.0, "cpu_wait_pct": 0, "op": "x"})
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", lambda threads, size, folder: {"gflops": 1.0, "cpu_wait_pct": 0,
+                                                                                  "op": "x"})
     monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "onnx", "--seq-lens", "8", "--runs", "1",
                                       "--json", str(tmp_path / "bench.json")])
     with pytest.raises(SystemExit) as exit_info:
@@ -247,7 +253,7 @@ def no_work(monkeypatch):
     """Fail loudly if the benchmark gets past its checks."""
     def started(*args, **kwargs):
         raise AssertionError("the benchmark started working before refusing")
-    monkeypatch.setattr(machine, "sgemm_ceiling", started)
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", started)
 
 
 @pytest.mark.parametrize("config, message", [
@@ -427,7 +433,7 @@ class FakeDevice:
     def unavailable(self, runtime):
         return None if runtime == "executorch" else f"no {runtime} runner on the device"
 
-    def ceiling(self, threads, size):
+    def ceiling(self, threads, size, workdir):
         self.calls.append("ceiling")
         return {"gflops": 40.0, "size": size, "repeats": 5, "threads": threads, "best_ms": 1.0,
                 "cpu_wait_pct": None, "op": "fake sgemm"}
@@ -540,7 +546,7 @@ def test_cli_benchmarks_a_custom_size_from_config_files(monkeypatch, capsys, tmp
     the fields that differ from the public architecture and counts the FLOPs of that size."""
     for arch, cfg in TINY_CONFIGS.items():
         cfg.to_json_file(tmp_path / f"{arch}.json")
-    monkeypatch.setattr(machine, "sgemm_ceiling", lambda threads, size: {
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", lambda threads, size, folder: {
         "gflops": 1.0, "size": size, "repeats": 1, "threads": threads, "best_ms": 1.0, "cpu_wait_pct": 0, "op": "x"})
     monkeypatch.setattr(sys, "argv", ["sbexport", "bench", "--formats", "eager", "--seq-lens", "8", "--runs", "1",
                                       "--no-memory", "--config-squeezebert", str(tmp_path / "squeezebert.json"),

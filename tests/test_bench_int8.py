@@ -14,7 +14,7 @@ import pytest
 from test_bench import SEQ_LENS, TINY_CONFIGS, _validate, tiny
 
 from sbexport import cli
-from sbexport.bench import machine, run_bench, table
+from sbexport.bench import run_bench, sgemm, table
 
 # The int8 op of each model's recipe, and the fp32 op it replaces wherever that op reads a weight
 # (the heads' Gemm stays fp32 in both; attention's activation products stay fp32 in BERT-base).
@@ -78,7 +78,7 @@ def test_cli_quantize_adds_the_int8_runtime_after_its_fp32_one(monkeypatch, caps
     says so); on eager alone it refuses in one line, before any work."""
     for arch, cfg in TINY_CONFIGS.items():
         cfg.to_json_file(tmp_path / f"{arch}.json")
-    monkeypatch.setattr(machine, "sgemm_ceiling", lambda threads, size: {
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", lambda threads, size, folder: {
         "gflops": 1.0, "size": size, "repeats": 1, "threads": threads, "best_ms": 1.0, "cpu_wait_pct": 0, "op": "x"})
     base = ["sbexport", "bench", "--seq-lens", "8", "--runs", "1", "--no-memory", "--quantize", "int8",
             "--config-squeezebert", str(tmp_path / "squeezebert.json"), "--config-bert", str(tmp_path / "bert.json")]

@@ -16,9 +16,10 @@ import torch
 from conftest import EXPORT_TINY
 
 from sbexport import cli
+from sbexport.bench.sgemm import LABELS, libraries_text
 from sbexport.config import SqueezeBertConfig
 from sbexport.errors import SbexportError
-from sbexport.roofline import RUNTIMES, json_schema, projections, quick_config, run, run_roofline
+from sbexport.roofline import RUNTIMES, json_schema, projections, quick_config, run, run_roofline, table
 from sbexport.roofline.runtimes import ConvWeights
 
 # The four shapes issue 10 names: q/k/v 768->768 in 4 groups, post-attention 768->768 dense,
@@ -174,6 +175,11 @@ def test_ceilings_on_one_core_and_all(quick_run):
         assert c["sgemm"]["threads"] == c["bandwidth"]["threads"] == c["threads"]
         # measured before and after the sweep, the better kept
         assert c["sgemm"]["gflops"] == max(c["sgemm"]["start_gflops"], c["sgemm"]["end_gflops"])
+        # the fastest library's rate, every library's kept (tests/test_sgemm.py: how it is chosen)
+        assert c["sgemm"]["gflops"] == c["sgemm"]["libraries"][c["sgemm"]["library"]]["gflops"]
+        # the terminal line says which library set it
+        assert (f"sgemm {c['sgemm']['gflops']:.1f} GFLOP/s (set by {LABELS[c['sgemm']['library']]}; "
+                f"{libraries_text(c['sgemm'])})," in table(data))
         assert c["bandwidth"]["gbytes_per_s"] == max(c["bandwidth"]["start_gbytes_per_s"],
                                                      c["bandwidth"]["end_gbytes_per_s"])
 

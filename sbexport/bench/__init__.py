@@ -6,7 +6,8 @@ CPU (host.py) or a device implementing the same runner interface (target.py).
     flops.py     FLOPs counted on the eager model
     target.py    the runner interface a host or a device implements; the inputs every runtime gets
     host.py      the host target: runners.py loads, timing.py times, memory.py probes peak memory
-    machine.py   the host's CPU, its sgemm ceiling, which runtimes import
+    machine.py   the host's CPU, its load and scheduler clocks, which runtimes import
+    sgemm.py     the measured sgemm ceiling: the fastest library's fp32 matrix product
     progress.py  the plan (list of steps) and the progress bar walking it
     rows.py      one row per runtime x model x length; notes.py says how each figure was measured
     report.py    the table, markdown, versioned JSON and PNG plot

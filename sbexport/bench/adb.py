@@ -28,6 +28,7 @@ import numpy as np
 from ..device import AdbClient, DeviceInfo, DeviceRun
 from ..device.probe import THERMAL_STATUS, read_thermal_status
 from .machine import INTERESTING_FLAGS
+from .sgemm import matmul_program
 from .target import Loaded, Peak, Timing
 
 DEVICE_RUNTIMES = ("executorch",)
@@ -37,11 +38,9 @@ CEILING_REPEATS = 5
 @dataclass(frozen=True)
 class DeviceOptions:
     """How to run on a device. runner: the native runner (android_demo/README.md: the Android
-    build's executable, or the arm64 Linux bundle folder); workdir: where the ceiling's program
-    is exported and kept (shared by the devices of one command); run_timeout_s bounds one runner
+    build's executable, or the arm64 Linux bundle folder); run_timeout_s bounds one runner
     process."""
     runner: Path
-    workdir: Path
     cooldown_s: float = 5.0
     thermal_wait_s: float = 120.0
     rounds: int = 2
@@ -95,10 +94,11 @@ class AdbTarget:
             return None
         return "runs on the host only: a device runs ExecuTorch .pte files through android_demo's native runner"
 
-    def ceiling(self, threads: int, size: int) -> dict:
+    def ceiling(self, threads: int, size: int, workdir: Path) -> dict:
         """The device's fp32 matrix-multiply rate: best of CEILING_REPEATS runs of an [n, n] x [n, n]
-        product lowered to XNNPACK, in the native runner on `threads` threads."""
-        pte = matmul_program(size, self.options.workdir)
+        product lowered to XNNPACK (sgemm.matmul_program, kept in `workdir`: the host's ceiling
+        runs the same file), in the native runner on `threads` threads."""
+        pte = matmul_program(size, workdir)
         model = self.push_once(pte, f"matmul-{size}.pte")
         a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
         inputs = self.push_inputs({"a": a}, f"matmul-{size}")
@@ -238,28 +238,6 @@ class AdbSession:
                         by_arch[arch].load_s = report["load_ms"] / 1e3
                 times[arch] += [t / 1e3 for t in report["run_ms"]]
         return {arch: Timing(first[arch], times[arch], None) for arch in order}
-
-
-def matmul_program(n: int, folder: Path) -> Path:
-    """An ExecuTorch program computing x @ W for x [n, n] (W a constant [n, n]), lowered to
-    XNNPACK: the ceiling's workload. Exported once per n into `folder`."""
-    path = folder / f"matmul-{n}.pte"
-    if path.is_file():
-        return path
-    import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    # A Linear without bias: XNNPACK takes it as a fully-connected op (a bare mm of two inputs
-    # stays on the portable kernel: 2x slower at n=256, measured under qemu cortex-a53).
-    layer = torch.nn.Linear(n, n, bias=False).eval()
-    program = torch.export.export(layer, (torch.zeros(n, n),))
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(edge.to_executorch().buffer)
-    tmp.replace(path)
-    return path
 
 
 def _status_name(status: int | None) -> str:

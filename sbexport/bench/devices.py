@@ -58,7 +58,7 @@ def bench_devices(config: BenchConfig, serials: list[str] | tuple[str, ...], run
     results = []
     with _shared_workdir(config) as workdir:
         for info, (json_out, plot_out) in zip(infos, paths):
-            options = DeviceOptions(runner=Path(runner), workdir=Path(workdir) / "device", cooldown_s=cooldown_s)
+            options = DeviceOptions(runner=Path(runner), cooldown_s=cooldown_s)
             target = AdbTarget(client, info, options, log)
             device_config = replace(config, workdir=workdir)    # threads: the target's cores() by default
             log(f"benchmarking on {info.label}")

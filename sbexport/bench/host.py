@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..threads import thread_settings
-from . import machine, memory, notes
+from . import machine, memory, notes, sgemm
 from .inputs import fp32_runtime
 from .models import open_model
 from .target import Loaded, Peak, Timing
@@ -63,8 +63,9 @@ class HostTarget:
     def unavailable(self, runtime: str) -> str | None:
         return machine.runtime_unavailable(fp32_runtime(runtime))
 
-    def ceiling(self, threads: int, size: int) -> dict:
-        return machine.sgemm_ceiling(threads, size)
+    def ceiling(self, threads: int, size: int, workdir: Path) -> dict:
+        """The fastest library's fp32 product (sgemm.sgemm_ceiling), its files kept in `workdir`."""
+        return sgemm.sgemm_ceiling(threads, size, workdir)
 
     def notes(self, config) -> dict:
         return notes.host_notes(config)

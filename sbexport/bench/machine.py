@@ -1,5 +1,6 @@
-"""The machine under the benchmark: its CPU, its fp32 matrix-multiply ceiling and which runtimes
-import. Thread counts are set by the entry point (sbexport/threads.py)."""
+"""The machine under the benchmark: its CPU, the clocks a measurement reads (scheduler wait,
+load average) and which runtimes import. Its fp32 matrix-multiply ceiling is sgemm.py's;
+thread counts are set by the entry point (sbexport/threads.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import re
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-import torch
 
 from ..errors import first_line
 
@@ -26,29 +25,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def sgemm_ceiling(threads: int, n: int = 2048, repeats: int = 5) -> dict:
-    """The machine's fp32 matrix-multiply rate: best of `repeats` n^3 torch.mm on `threads`."""
-    torch_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        out = torch.empty(n, n)
-        torch.mm(a, b, out=out)                  # first call: pack buffers, wake the pool
-        best = float("inf")
-        sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
-        for _ in range(repeats):
-            started = time.perf_counter_ns()
-            torch.mm(a, b, out=out)
-            best = min(best, (time.perf_counter_ns() - started) / 1e9)
-        wait = cpu_wait_pct(sched_before, wall_before)
-    finally:
-        torch.set_num_threads(torch_before)
-    return {"gflops": round(2 * n**3 / best / 1e9, 2), "size": n, "repeats": repeats, "threads": threads,
-            "best_ms": round(best * 1e3, 3), "cpu_wait_pct": wait,
-            "op": f"torch.mm fp32 {n}x{n} @ {n}x{n}, best of {repeats}"}
 
 
 def cpu_wait_pct(sched_before: tuple[int, int] | None, wall_before_ns: int) -> float | None:

@@ -27,7 +27,7 @@ def method_notes(config, target_notes: dict) -> dict:
 
 def host_notes(config) -> dict:
     """The host target's notes (host.HostTarget.notes)."""
-    from . import memory
+    from . import memory, sgemm
 
     return {
         "timing": "wall time (perf_counter_ns) around one call of the runtime on fixed [batch, seq] int64 "
@@ -39,7 +39,7 @@ def host_notes(config) -> dict:
         "threads": "torch.set_num_threads (eager), ONNX Runtime intra_op_num_threads with spinning off, "
                    "ExecuTorch's threadpool reset to the same count (XNNPACK runs on it)",
         "memory": memory.__doc__.strip().split("\n\n")[0].replace("\n", " "),
-        "ceiling": f"best of 5 torch.mm fp32 {config.sgemm_size}^3 on the same threads",
+        "ceiling": sgemm.method(config.sgemm_size),
         "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the timed runs "
                         "(Linux schedstat), as % of wall time, summed over threads: near 0 on a quiet "
                         "machine; above a few %, other work took the cores and the latencies are inflated",

@@ -73,7 +73,7 @@ def _measure(config: BenchConfig, inputs: Inputs, target: Target, progress_bar: 
     with open_progress(plan(config, models, runtimes), progress_bar) as bar, work_folder(config.workdir) as workdir:
         say = log or bar.write
         for _ in bar.steps("ceiling_start"):
-            first_ceiling = target.ceiling(threads, config.sgemm_size)
+            first_ceiling = target.ceiling(threads, config.sgemm_size, workdir)
         artifacts = {(s.model.arch, s.runtime): export_cached(s.runtime, task, s.model, config, workdir, say)
                      for s in bar.steps("export")}
         flops = {s.model.arch: model_flops(task, s.model, config.batch, config.seq_lens) for s in bar.steps("flops")}
@@ -85,7 +85,7 @@ def _measure(config: BenchConfig, inputs: Inputs, target: Target, progress_bar: 
                                                                config.seq_lens, config.batch, threads)
                  for s in bar.steps("memory")}
         for _ in bar.steps("ceiling_end"):
-            ceiling = best_ceiling(first_ceiling, target.ceiling(threads, config.sgemm_size))
+            ceiling = best_ceiling(first_ceiling, target.ceiling(threads, config.sgemm_size, workdir))
         artifact_facts = {f"{arch}/{rt}": artifact_info(folder) for (arch, rt), folder in artifacts.items()}
     return {
         "schema": report.SCHEMA,

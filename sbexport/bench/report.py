@@ -15,6 +15,7 @@ import os
 
 from ..reportfile import write_report
 from .inputs import INT8_RUNTIMES
+from .sgemm import libraries_text
 
 SCHEMA = "sbexport.bench/1"
 SCHEMA_FILE = "schema/bench-1.json"      # inside this package; its "schema" property is SCHEMA
@@ -58,7 +59,8 @@ def table(result: dict) -> str:
     lines.append("ratio = BERT-base p50 / SqueezeBERT p50 at the same runtime and shape; first and load in ms; "
                  "+RSS = peak RSS increase of a fresh process loading that model; wait% = time our threads "
                  "waited for a CPU during the timed runs (near 0 on a quiet machine)")
-    lines.append(f"sgemm ceiling {c['gflops']:.1f} GFLOP/s ({c['op']}, {c['threads']} threads); "
+    each = f"; each library: {libraries_text(c)}" if libraries_text(c) else ""
+    lines.append(f"sgemm ceiling {c['gflops']:.1f} GFLOP/s ({c['op']}, {c['threads']} threads{each}); "
                  f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}; "
                  f"batch {result['config']['batch']}, {result['config']['runs']} runs")
     lines.append(result["method"]["verified"])
@@ -101,7 +103,8 @@ def markdown_table(result: dict, seq_lens=None) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     c = result["ceiling"]
-    lines.append(f"sgemm ceiling: {c['gflops']:.0f} GFLOP/s ({c['op']}, {c['threads']} threads).")
+    each = f"; each library: {libraries_text(c)}" if libraries_text(c) else ""
+    lines.append(f"sgemm ceiling: {c['gflops']:.0f} GFLOP/s ({c['op']}, {c['threads']} threads{each}).")
     waits = [r["cpu_wait_pct"] for r in result["rows"] if r["cpu_wait_pct"] is not None]
     if waits:
         lines.append(f"CPU wait during the timed runs (time our threads waited for a core, % of wall time): "

@@ -17,9 +17,12 @@ whatever the target; only what is listed here runs on the target. A target provi
     load_average() -> list | None          1/5/15-minute load, read again after the run
     unavailable(runtime) -> str | None     why `runtime` cannot run there (not installed, no
                                            runner binary), or None; such runtimes are skipped
-    ceiling(threads, size) -> dict         the fp32 matrix-multiply rate on `threads` (keys of
+    ceiling(threads, size, workdir) -> dict
+                                           the fp32 matrix-multiply rate on `threads` (keys of
                                            the report's "ceiling": gflops, size, repeats,
-                                           threads, best_ms, cpu_wait_pct, op)
+                                           threads, best_ms, cpu_wait_pct, op; the host adds
+                                           library and libraries); the models it runs are
+                                           kept in `workdir`, the run's work folder
     notes(config) -> dict                  how it measures: "timing", "load", "threads",
                                            "memory", "ceiling", "cpu_wait_pct" (a sentence each)
     session(task, runtime, threads)        context manager -> Session: sets the runtime's
@@ -108,7 +111,7 @@ class Target(Protocol):
 
     def unavailable(self, runtime: str) -> str | None: ...
 
-    def ceiling(self, threads: int, size: int) -> dict: ...
+    def ceiling(self, threads: int, size: int, workdir: Path) -> dict: ...
 
     def notes(self, config) -> dict: ...
 

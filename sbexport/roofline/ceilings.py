@@ -1,25 +1,29 @@
 """The machine's measured ceilings, the roofline's two roofs, at a given thread count.
 
 - Compute: the "measured sgemm ceiling", the best rate of a large square fp32 matrix product
-  in torch (bench.machine.sgemm_ceiling: torch.mm of n x n by n x n, best of 5). It is what a
-  tuned dense GEMM reaches on these cores, not the datasheet peak (cores x FMA width x clock),
+  n x n by n x n among the libraries the roofline runs (bench.sgemm.sgemm_ceiling: torch.mm,
+  ONNX Runtime's MatMul, ExecuTorch XNNPACK; best of 5 each, the fastest library's). It is what
+  a tuned dense GEMM reaches on these cores, not the datasheet peak (cores x FMA width x clock),
   which no kernel reaches.
 - Memory: the best rate of a large fp32 copy in torch (dst.copy_(src)), counted as bytes read
   plus bytes written (STREAM's "copy" convention), on buffers far larger than the caches:
   the DRAM roof. A projection's weights (0.6 to 2.4 MB) and short activations fit in the
   caches, so a point may sit above the slanted part of that roof.
 
-Both run on torch's intra-op pool, whose size the caller sets (threads.thread_settings, owned
-by the entry point); the figures are labelled with that size.
+The copy runs on torch's intra-op pool, whose size the caller sets (threads.thread_settings,
+owned by the entry point); the sgemm ceiling sets each library's pool to the same size for its
+own measurement. The figures are labelled with that size.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
-from ..bench.machine import cpu_wait_pct, scheduler_times, sgemm_ceiling
+from ..bench import sgemm
+from ..bench.machine import cpu_wait_pct, scheduler_times
 
 
 def bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> dict:
@@ -40,10 +44,11 @@ def bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> dict:
             "op": f"torch copy_ of {megabytes} MB fp32 (read + write counted), best of {repeats}"}
 
 
-def ceilings(threads: int, sgemm_size: int, bandwidth_mb: int) -> dict:
-    """Both roofs on `threads`: {"threads", "sgemm": sgemm_ceiling's dict, "bandwidth": bandwidth's dict}.
-    The caller has torch's pool at `threads`."""
-    return {"threads": threads, "sgemm": sgemm_ceiling(threads, sgemm_size),
+def ceilings(threads: int, sgemm_size: int, bandwidth_mb: int, folder: Path) -> dict:
+    """Both roofs on `threads`: {"threads", "sgemm": sgemm.sgemm_ceiling's dict, "bandwidth":
+    bandwidth's dict}. The caller has torch's pool at `threads` and no .pte program loaded;
+    `folder` keeps the sgemm's models between calls."""
+    return {"threads": threads, "sgemm": sgemm.sgemm_ceiling(threads, sgemm_size, folder),
             "bandwidth": bandwidth(threads, bandwidth_mb)}
 
 

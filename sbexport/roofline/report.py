@@ -13,6 +13,7 @@ import io
 import json
 import os
 
+from ..bench.sgemm import LABELS, libraries_text
 from ..reportfile import write_report
 
 SCHEMA = "sbexport.roofline/1"
@@ -54,7 +55,10 @@ def table(result: dict) -> str:
     threads = result["config"]["threads"]
     for roof in result["ceilings"]:
         mark = "  <- the run's threads" if roof["threads"] == threads else ""
-        lines.append(f"ceiling on {roof['threads']} thread(s): sgemm {roof['sgemm']['gflops']:.1f} GFLOP/s, "
+        sgemm = roof["sgemm"]
+        by = (f" (set by {LABELS.get(sgemm['library'], sgemm['library'])}; {libraries_text(sgemm)})"
+              if libraries_text(sgemm) else "")
+        lines.append(f"ceiling on {roof['threads']} thread(s): sgemm {sgemm['gflops']:.1f} GFLOP/s{by}, "
                      f"copy {roof['bandwidth']['gbytes_per_s']:.1f} GB/s{mark}")
     waits = [r["cpu_wait_pct"] for r in result["rows"] if r["cpu_wait_pct"] is not None]
     if waits:

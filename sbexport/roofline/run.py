@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..bench import sgemm
 from ..bench.machine import available_cores, cpu_wait_pct, load_average, machine_info, scheduler_times
 from ..errors import SbexportError
 from ..reportfile import check_report_path
@@ -82,13 +83,14 @@ def run_roofline(config: RooflineConfig, *, runtimes: dict | None = None, json_p
     chosen = [table[n] for n in config.runtimes if not any(s["runtime"] == n for s in skipped)]
     shapes, machine = projections(), machine_info(threads)
     roof_threads = sorted({1, threads, available_cores()})
-    with _progress(config, len(roof_threads), len(shapes), len(chosen), progress) as bar:
-        first = measure_roofs(roof_threads, config, bar)
+    with _progress(config, len(roof_threads), len(shapes), len(chosen), progress) as bar, \
+            tempfile.TemporaryDirectory(prefix="sbexport-roofline-") as tmp:
+        folder = Path(tmp)
+        first = measure_roofs(roof_threads, config, folder, bar)
         uses_executorch = any(rt.name == "executorch" for rt in chosen)
-        with thread_settings(threads, executorch=uses_executorch), tempfile.TemporaryDirectory(
-                prefix="sbexport-roofline-") as tmp:
-            measured = {s.key: measure_shape(s, chosen, config, threads, Path(tmp), bar) for s in shapes}
-        roofs = [better(a, b) for a, b in zip(first, measure_roofs(roof_threads, config, bar))]
+        with thread_settings(threads, executorch=uses_executorch):
+            measured = {s.key: measure_shape(s, chosen, config, threads, folder, bar) for s in shapes}
+        roofs = [better(a, b) for a, b in zip(first, measure_roofs(roof_threads, config, folder, bar))]
     result = {
         "schema": report.SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -130,13 +132,14 @@ def check_config(config: RooflineConfig, table: dict) -> int:
     return threads
 
 
-def measure_roofs(roof_threads: list[int], config: RooflineConfig, bar) -> list[dict]:
-    """ceilings() on each of `roof_threads`, torch's pool set to it for the measurement."""
+def measure_roofs(roof_threads: list[int], config: RooflineConfig, folder: Path, bar) -> list[dict]:
+    """ceilings() on each of `roof_threads`, torch's pool set to it for the measurement; the
+    sgemm's models kept in `folder` (lowered once, timed on every thread count)."""
     roofs = []
     for t in roof_threads:
         bar.set_description(f"ceilings on {t} thread{'s' if t > 1 else ''}")
         with thread_settings(t):
-            roofs.append(ceilings(t, config.sgemm_size, config.bandwidth_mb))
+            roofs.append(ceilings(t, config.sgemm_size, config.bandwidth_mb, folder))
         bar.update(1)
     return roofs
 
@@ -243,11 +246,10 @@ def method_notes(config: RooflineConfig) -> dict:
                   f"numpy; {config.warmup} untimed then {config.repeats} timed rounds, the runtimes interleaved "
                   f"call by call, order reversed every other round; gflops at the median call, gflops_best at "
                   f"the fastest",
-        "ceilings": f"compute: torch.mm fp32 {config.sgemm_size}^3, best of 5 (the measured sgemm ceiling, not the "
-                    f"datasheet peak); memory: torch copy_ of {config.bandwidth_mb} MB fp32, read + write counted, "
-                    f"best of 5; each on one thread, on the run's threads and on every core, before and after the "
-                    f"sweep, the better kept; attainable = "
-                    f"min(sgemm, bandwidth x intensity) on the run's threads",
+        "ceilings": f"compute: {sgemm.method(config.sgemm_size)}; memory: torch copy_ of {config.bandwidth_mb} MB "
+                    f"fp32, read + write counted, best of 5; each on one thread, on the run's threads and on every "
+                    f"core, before and after the sweep, the better kept; attainable = min(sgemm, bandwidth x "
+                    f"intensity) on the run's threads",
         "threads": "torch's intra-op pool and ExecuTorch's pool set by the entry point; ONNX Runtime "
                    "intra_op_num_threads per session with spinning off (runtime.OnnxRunner)",
         "check": f"each runtime's output compared with a float64 numpy reference at the shortest and longest "
