@@ -19,48 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from sbexport.artifact import read_manifest
-from sbexport.bench.machine import cpu_wait_pct, load_average, scheduler_times
+from sbexport.bench.etdump import per_op, run_with_etdump
+from sbexport.bench.machine import load_average
 from sbexport.threads import thread_settings
-
-
-def run_with_etdump(pte: Path, inputs: list, runs: int, dump: Path) -> float | None:
-    """Run `forward` `runs` times with ETDump on, write the dump to `dump`; the wait %."""
-    from executorch.extension.pybindings import portable_lib
-
-    module = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
-    module.run_method("forward", inputs)
-    sched, wall = scheduler_times(), time.perf_counter_ns()
-    for _ in range(runs):
-        module.run_method("forward", inputs)
-    wait = cpu_wait_pct(sched, wall)
-    module.write_etdump_result_to_file(str(dump))
-    return wait
-
-
-def per_op(dump: Path) -> tuple[float | None, dict]:
-    """(median ms of Method::execute, {event name: [count, summed median ms]}) of the dump."""
-    from executorch.devtools import Inspector
-
-    total, ops = None, defaultdict(lambda: [0, 0.0])
-    for block in Inspector(etdump_path=str(dump)).event_blocks:
-        for event in block.events:
-            if event.perf_data is None or event.name in ("Program::load_method", "Method::init"):
-                continue
-            median = float(np.median(event.perf_data.raw))
-            if event.name == "Method::execute":
-                total = median
-                continue
-            name = event.name if event.is_delegated_op else f"outside:{event.name}"
-            ops[name][0] += 1
-            ops[name][1] += median
-    return total, dict(ops)
 
 
 def main() -> None:

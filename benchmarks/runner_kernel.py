@@ -106,8 +106,8 @@ def etdump_split(folder: Path, threads: int, seq: int, runs: int) -> dict:
     ops outside a delegate. (The opt-in file cannot be profiled this way: Python's runtime
     lacks sbexport's kernel and runs its grouped convolutions on the portable one, seconds each.)"""
     import torch
-    from et_profile import per_op, run_with_etdump
 
+    from sbexport.bench.etdump import per_op, run_with_etdump
     from sbexport.threads import thread_settings
 
     manifest = read_manifest(folder)

@@ -166,6 +166,42 @@ def test_rows_carry_the_formulas_flops_and_consistent_rates(quick_run):
             assert r["pct_of_dense"] == pytest.approx(100 * r["gflops"] / dense["gflops"], rel=1e-4)
 
 
+def test_executorch_rows_carry_the_convolution_events_own_time(quick_run):
+    """ExecuTorch's rows (and only theirs) carry XNNPACK's convolution event from ETDump: above 0
+    and below the whole Method::execute of the same calls (it is one event inside it, beside the
+    transposes and the delegate call's own work, several us per call; the event's 1 us
+    resolution cannot close that gap), and its rate and share recomputed from its own times."""
+    data = quick_run[1]
+    by_key = {(r["shape"], r["runtime"], r["seq_len"]): r for r in data["rows"]}
+    for r in data["rows"]:
+        assert ("op_median_ms" in r) == (r["runtime"] == "executorch"), r
+        if r["runtime"] != "executorch":
+            continue
+        assert 0 < r["op_median_ms"] < r["op_call_median_ms"], r
+        assert r["op_gflops"] == pytest.approx(r["flops"] / (r["op_median_ms"] * 1e6), rel=1e-4)
+        if r["groups"] == 1:
+            assert r["pct_of_dense_op"] is None
+        else:
+            dense = by_key["768x768/g1", "executorch", r["seq_len"]]
+            assert r["pct_of_dense_op"] == pytest.approx(100 * r["op_gflops"] / dense["op_gflops"], rel=1e-4)
+
+
+def test_table_shows_executorchs_op_based_share(quick_run):
+    """The share table gives ExecuTorch's operator-based share (row "executorch*"), not the whole
+    call's, and the legend says what it is; the rate table shows both rates."""
+    data = quick_run[1]
+    text = table(data)
+    rates, _, shares = text.partition("% of the dense shape's GFLOP/s")
+    by_key = {(r["shape"], r["runtime"], r["seq_len"]): r for r in data["rows"]}
+    for shape in ("768x768/g4", "768x3072/g4", "3072x768/g4"):
+        cells = "".join(f"{by_key[shape, 'executorch', q]['pct_of_dense_op']:.0f}%".rjust(10) for q in QUICK_SEQS)
+        assert f"{shape:<14}{'executorch*':<12}{cells}" in shares.splitlines()
+        assert not any(line.startswith(f"{shape:<14}executorch ") for line in shares.splitlines())
+        op_rates = "".join(f"{by_key[shape, 'executorch', q]['op_gflops']:.1f}".rjust(10) for q in QUICK_SEQS)
+        assert f"{shape:<14}{'executorch*':<12}{op_rates}" in rates.splitlines()
+    assert "executorch*: XNNPACK's convolution event alone (ETDump), without the transposes" in text
+
+
 def test_ceilings_on_one_core_and_all(quick_run):
     data = quick_run[1]
     from sbexport.bench.machine import available_cores
@@ -192,7 +228,7 @@ def test_outputs_were_checked_and_pools_restored(quick_run):
 
 
 @pytest.mark.parametrize("breakage", ["row key renamed", "row key dropped", "negative time", "bad shape name",
-                                      "top key dropped", "schema version", "ceiling dropped"])
+                                      "top key dropped", "schema version", "ceiling dropped", "op time alone"])
 def test_pinned_schema_refuses_a_changed_output(quick_run, breakage):
     import jsonschema
 
@@ -210,6 +246,8 @@ def test_pinned_schema_refuses_a_changed_output(quick_run, breakage):
         del data["ceilings"]
     elif breakage == "ceiling dropped":
         del data["ceilings"][0]["bandwidth"]
+    elif breakage == "op time alone":    # an op time without the whole call's beside it
+        del next(r for r in data["rows"] if "op_median_ms" in r)["op_call_median_ms"]
     else:
         data["schema"] = "sbexport.roofline/2"
     with pytest.raises(jsonschema.ValidationError):
@@ -327,3 +365,46 @@ def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+# -- the convolution event picked out of ETDump ------------------------------------------------
+
+
+def _event(name: str, times: list[float], delegated: bool = True):
+    """An Inspector event as etdump reads it: name, is_delegated_op, perf_data.raw (ms per call)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, is_delegated_op=delegated, perf_data=SimpleNamespace(raw=times))
+
+
+def _one_conv_events(conv_name: str) -> list:
+    """The events of one call pair of the one-convolution program (the order ETDump gives them):
+    the layout changes are each as long as the convolution or longer, so a wrong pick shows."""
+    return [_event("Static Reshape (NC) #1", [0.001, 0.002, 0.003]),
+            _event("Transpose (ND, X32) #1", [0.5, 0.6, 0.7]),
+            _event(conv_name, [0.4, 0.3, 0.2]),
+            _event("Transpose (ND, X32) #2", [0.45, 0.55, 0.65]),
+            _event("Static Reshape (NC) #2", [0.001, 0.001, 0.001]),
+            _event("DELEGATE_CALL", [1.5, 1.6, 1.7], delegated=False),
+            _event("Method::execute", [1.6, 1.7, 1.8], delegated=False)]
+
+
+@pytest.mark.parametrize("conv_name", ["Convolution (NHWC, F32) IGEMM #1", "Fully Connected (NC, F32) GEMM #1"])
+def test_the_convolution_event_is_picked_not_the_layout_changes(monkeypatch, conv_name):
+    """convolution_times gives the convolution (grouped: IGEMM; dense: XNNPACK's fully-connected
+    GEMM) and the whole execute per call, the first `skip` calls (untimed) left out."""
+    from sbexport.bench import etdump
+
+    events = _one_conv_events(conv_name)
+    monkeypatch.setattr(etdump, "_execute_events", lambda dump: iter(events))
+    assert etdump.pick_convolution(events).name == conv_name
+    assert etdump.convolution_times("unused.etdp", skip=1) == ([0.3, 0.2], [1.7, 1.8])
+
+
+@pytest.mark.parametrize("names", [[], ["Convolution (NHWC, F32) IGEMM #1", "Convolution (NHWC, F32) IGEMM #2"]])
+def test_no_or_two_convolution_events_refused(names):
+    from sbexport.bench.etdump import pick_convolution
+
+    events = [_event("Transpose (ND, X32) #1", [0.5])] + [_event(n, [0.3]) for n in names]
+    with pytest.raises(SbexportError, match="expected one XNNPACK convolution event"):
+        pick_convolution(events)

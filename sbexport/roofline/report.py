@@ -18,6 +18,9 @@ from ..reportfile import write_report
 
 SCHEMA = "sbexport.roofline/1"
 SCHEMA_FILE = "schema/roofline-1.json"     # inside this package; its "schema" property is SCHEMA
+# What a row's op_* figures are (runtimes.XnnpackConvRun), for the table's legend.
+OP_LEGEND = ("XNNPACK's convolution event alone (ETDump), without the transposes and reshapes the delegate "
+             "puts around a lone convolution, which the model's [B, C, 1, S] layout does not pay")
 
 
 def json_schema() -> dict:
@@ -35,22 +38,38 @@ def write_json(result: dict, path: str | os.PathLike) -> None:
 def table(result: dict) -> str:
     """GFLOP/s at the median and at the fastest call per shape x runtime (rows) and length
     (columns), then the share of the dense shape's rate for grouped shapes, then the ceilings
-    and skipped runtimes."""
+    and skipped runtimes. A runtime whose rows carry op_* fields (ExecuTorch) gets a row "<name>*"
+    of its operator's own rate in the first table, and that operator's share in place of the
+    whole call's in the third, with a legend line."""
     seqs = result["config"]["seq_lens"]
     by_key = {(r["shape"], r["runtime"], r["seq_len"]): r for r in result["rows"]}
     pairs = list(dict.fromkeys((r["shape"], r["runtime"]) for r in result["rows"]))
+    timed_op = {rt for s, rt in pairs if "op_gflops" in by_key[s, rt, seqs[0]]}
     lines = []
-    for title, field, fmt in (("GFLOP/s (median call)", "gflops", "{:.1f}"),
-                              ("GFLOP/s (fastest call: nearer the capability on a busy machine)", "gflops_best",
-                               "{:.1f}"),
-                              ("% of the dense shape's GFLOP/s, same runtime and length", "pct_of_dense", "{:.0f}%")):
-        rows = [(s, rt) for s, rt in pairs if by_key[s, rt, seqs[0]][field] is not None]
-        if not rows:
+    # (title, field, the op-timed runtimes' field, whether it replaces the whole call's row, format)
+    for title, field, op_field, replaces, fmt in (
+            ("GFLOP/s (median call)", "gflops", "op_gflops", False, "{:.1f}"),
+            ("GFLOP/s (fastest call: nearer the capability on a busy machine)", "gflops_best", None, False, "{:.1f}"),
+            ("% of the dense shape's GFLOP/s, same runtime and length", "pct_of_dense", "pct_of_dense_op", True,
+             "{:.0f}%")):
+        shown = []     # (shape, label, runtime, field)
+        for s, rt in pairs:
+            op = op_field is not None and rt in timed_op
+            if not (op and replaces):
+                shown.append((s, rt, rt, field))
+            if op:
+                shown.append((s, f"{rt}*", rt, op_field))
+        shown = [row for row in shown if by_key[row[0], row[2], seqs[0]][row[3]] is not None]
+        if not shown:
             continue
         head = f"{'shape':<14}{'runtime':<12}" + "".join(f"{'seq ' + str(s):>10}" for s in seqs)
         lines += [title, head, "-" * len(head)]
-        lines += [f"{s:<14}{rt:<12}" + "".join(f"{fmt.format(by_key[s, rt, q][field]):>10}" for q in seqs)
-                  for s, rt in rows]
+        lines += [f"{s:<14}{label:<12}" + "".join(f"{fmt.format(by_key[s, rt, q][f]):>10}" for q in seqs)
+                  for s, label, rt, f in shown]
+        lines.append("")
+    for rt in sorted(timed_op):
+        lines.append(f"{rt}*: {OP_LEGEND} (the whole call's share: pct_of_dense in the JSON)")
+    if timed_op:
         lines.append("")
     threads = result["config"]["threads"]
     for roof in result["ceilings"]:

@@ -9,7 +9,9 @@ float64 reference, then at each sequence length the runtimes are timed interleav
 (the order reversed every other round) so that a drift of the machine hits them alike.
 
 Timing of one call: wall time (perf_counter_ns) around run(x) on a fixed x [1, cin, seq]
-float32, output returned as numpy; `warmup` untimed rounds, then `repeats` timed ones.
+float32, output returned as numpy; `warmup` untimed rounds, then `repeats` timed ones. A runtime
+whose run also times its convolution operator alone (runtimes.OpTimed: ExecuTorch, from ETDump)
+is then run again, `warmup` + `repeats` calls on the same x, for the op_* fields of its rows.
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def measure_roofs(roof_threads: list[int], config: RooflineConfig, folder: Path,
 def measure_shape(shape: Projection, chosen: list, config: RooflineConfig, threads: int, folder: Path,
                   bar) -> dict:
     """Prepare and check every runtime for `shape`, then time them interleaved at each length.
-    Returns {runtime: {"max_abs_error": float, seq: {"times_s": [...], "cpu_wait_pct": float | None}}}."""
+    Returns {runtime: {"max_abs_error": float, seq: {"times_s": [...], "cpu_wait_pct": float | None}}},
+    with "op_times_s" and "op_call_times_s" beside "times_s" for a runtime that times its operator."""
     conv = ConvWeights.random(shape, config.seed)
     rng = np.random.default_rng(config.seed + 1)
     runs, out = {}, {}
@@ -172,6 +175,10 @@ def measure_shape(shape: Projection, chosen: list, config: RooflineConfig, threa
         wait = cpu_wait_pct(sched_before, wall_before)
         for name in order:
             out[name][seq] = {"times_s": times[name], "cpu_wait_pct": wait}
+            if hasattr(runs[name], "op_times"):     # after the wall-time calls: the profiler costs them nothing
+                bar.set_description(f"{shape.key} seq {seq}: {name}'s operator alone")
+                op, call = runs[name].op_times(x, config.warmup, config.repeats)
+                out[name][seq].update(op_times_s=op, op_call_times_s=call)
     return out
 
 
@@ -215,6 +222,8 @@ def build_rows(shapes: list[Projection], chosen: list, config: RooflineConfig, t
         peer = by_key.get((dense.key, r["runtime"], r["seq_len"])) if dense else None
         r["dense_shape"] = dense.key if dense else None
         r["pct_of_dense"] = _r(100 * r["gflops"] / peer["gflops"]) if peer else None
+        if "op_gflops" in r:
+            r["pct_of_dense_op"] = _r(100 * r["op_gflops"] / peer["op_gflops"]) if peer else None
     return rows
 
 
@@ -225,7 +234,7 @@ def _row(shape: Projection, rt, seq: int, threads: int, measured: dict, roof: di
     gflops = flops / median / 1e9
     sgemm, bandwidth = roof["sgemm"]["gflops"], roof["bandwidth"]["gbytes_per_s"]
     attainable = min(sgemm, bandwidth * shape.intensity(seq))    # the roofline at this intensity
-    return {
+    row = {
         "shape": shape.key, "cin": shape.cin, "cout": shape.cout, "groups": shape.groups, "runtime": rt.name,
         "seq_len": seq, "batch": 1, "threads": threads, "flops": flops, "bytes": moved,
         "intensity": _r(shape.intensity(seq)), "repeats": len(times),
@@ -235,6 +244,11 @@ def _row(shape: Projection, rt, seq: int, threads: int, measured: dict, roof: di
         "pct_of_attainable": _r(100 * gflops / attainable),
         "max_abs_error": measured["max_abs_error"], "cpu_wait_pct": measured[seq]["cpu_wait_pct"],
     }
+    if "op_times_s" in measured[seq]:
+        op = float(np.median(measured[seq]["op_times_s"]))
+        row.update(op_median_ms=_r(op * 1e3), op_call_median_ms=_r(np.median(measured[seq]["op_call_times_s"]) * 1e3),
+                   op_gflops=_r(flops / op / 1e9))
+    return row
 
 
 def method_notes(config: RooflineConfig) -> dict:
@@ -246,6 +260,13 @@ def method_notes(config: RooflineConfig) -> dict:
                   f"numpy; {config.warmup} untimed then {config.repeats} timed rounds, the runtimes interleaved "
                   f"call by call, order reversed every other round; gflops at the median call, gflops_best at "
                   f"the fastest",
+        "op_time": f"ExecuTorch only (op_* fields): the program run again with ETDump on, {config.warmup} untimed "
+                   f"then {config.repeats} calls on the same input after the wall-time ones; op_median_ms is the "
+                   f"median of XNNPACK's convolution event (\"Convolution ...\", or \"Fully Connected ...\" for "
+                   f"the dense shape, 1 us resolution), excluding the transposes and static reshapes the delegate "
+                   f"puts around a lone convolution fed [1, cin, seq], which the model's [B, C, 1, S] layout "
+                   f"(export/layout.py) does not pay per convolution; op_call_median_ms the median of "
+                   f"Method::execute in the same calls; pct_of_dense_op compares op_gflops",
         "ceilings": f"compute: {sgemm.method(config.sgemm_size)}; memory: torch copy_ of {config.bandwidth_mb} MB "
                     f"fp32, read + write counted, best of 5; each on one thread, on the run's threads and on every "
                     f"core, before and after the sweep, the better kept; attainable = min(sgemm, bandwidth x "

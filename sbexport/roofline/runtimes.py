@@ -8,6 +8,10 @@ A runtime is an object with
                                      a loaded program) for the weights `conv` and sequences
                                      1..max_seq; `run(x)` takes x [1, cin, seq] float32 numpy
                                      and returns [1, cout, seq] float32 numpy
+A run may also have `op_times(x, warmup, repeats) -> (op_s, call_s)`: the runtime's own time of
+the convolution operator in each of `repeats` calls after `warmup` untimed ones, and of the
+whole call it sat in, from the runtime's profiler (OpTimed; ExecuTorch's ETDump). run.py times
+those calls after the wall-time ones, so that the profiler costs the wall figures nothing.
 and RUNTIMES is the table of them. The native kernel of kernels/ is one more entry
 (KernelsConv, "kernels"): its prepare loads the built library through ctypes and returns a
 callable of the same form; nothing else changes (run.run_roofline takes the table as an argument, so a test
@@ -23,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -31,6 +36,14 @@ from ..errors import SbexportError
 from .shapes import Projection
 
 Run = Callable[[np.ndarray], np.ndarray]
+
+
+class OpTimed(Protocol):
+    """A Run that can also time its convolution operator alone (see the module docstring)."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+    def op_times(self, x: np.ndarray, warmup: int, repeats: int) -> tuple[list[float], list[float]]: ...
 
 
 @dataclass(frozen=True)
@@ -117,9 +130,15 @@ def conv_model(conv: ConvWeights):
 class ExecuTorchConv:
     """XNNPACK through ExecuTorch: a module of one Conv1d, exported with a dynamic sequence
     (1..max_seq) and lowered by export.executorch.lower as sbexport's exporter does, checked
-    to have its convolution inside the delegate, run through runtime.ExecuTorchRunner. The
-    figure includes the delegate's own layout changes around the convolution (XNNPACK runs
-    conv1d as a channels-last conv2d), as it would for each convolution of the model."""
+    to have its convolution inside the delegate, run through runtime.ExecuTorchRunner.
+
+    Two figures. The wall time of the call includes the layout changes the delegate puts around
+    this lone convolution: XNNPACK runs it channels-last, so x [1, cin, S] is transposed to
+    [1, S, cin] and the output back (with static reshapes), up to a fifth of the call at seq 128.
+    The model does not pay those per convolution (export/layout.py runs the encoder on
+    [B, C, 1, S] so that convolutions feed each other channels-last inside the delegate), so
+    the run's op_times also gives XNNPACK's convolution event alone, read from ETDump (an
+    XnnpackConvRun)."""
 
     name, label = "executorch", "ExecuTorch XNNPACK"
 
@@ -142,8 +161,33 @@ class ExecuTorchConv:
             raise SbexportError(f"the {s.key} convolution was not lowered into the XNNPACK delegate: {summary}")
         path = folder / f"conv-{s.cin}x{s.cout}-g{s.groups}.pte"
         path.write_bytes(edge.to_executorch().buffer)
-        runner = ExecuTorchRunner(path, ("x",))
-        return lambda x: runner.run({"x": x})[0]
+        return XnnpackConvRun(path, ExecuTorchRunner(path, ("x",)))
+
+
+@dataclass(frozen=True)
+class XnnpackConvRun:
+    """The one-convolution program at `path`: called, it runs through `runner` (timed by wall
+    time); op_times runs it again, loaded with ETDump on."""
+
+    path: Path
+    runner: object      # runtime.ExecuTorchRunner of `path`
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.runner.run({"x": x})[0]
+
+    def op_times(self, x: np.ndarray, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+        """Seconds per call, for `repeats` calls on x after `warmup` untimed ones: XNNPACK's
+        convolution event (etdump.pick_convolution: the convolution or fully-connected operator,
+        not the transposes and reshapes around it) and the whole Method::execute around it."""
+        import torch
+
+        from ..bench.etdump import convolution_times, run_with_etdump
+
+        dump = self.path.with_suffix(".etdp")
+        untimed = max(warmup, 1)    # run_with_etdump makes one untimed call of its own, in the dump too
+        run_with_etdump(self.path, [torch.from_numpy(x)], untimed - 1 + repeats, dump)
+        op_ms, call_ms = convolution_times(dump, skip=untimed)
+        return [t / 1e3 for t in op_ms], [t / 1e3 for t in call_ms]
 
 
 def _one_conv_module(conv: ConvWeights):
