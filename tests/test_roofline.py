@@ -408,3 +408,52 @@ def test_no_or_two_convolution_events_refused(names):
     events = [_event("Transpose (ND, X32) #1", [0.5])] + [_event(n, [0.3]) for n in names]
     with pytest.raises(SbexportError, match="expected one XNNPACK convolution event"):
         pick_convolution(events)
+
+
+# -- thread pools: torch's idle OpenMP workers must not run beside the other runtimes ----------
+
+
+class RecordingKernel(NumpyKernel):
+    """NumpyKernel that logs, per call, its name and torch's pool size at that moment."""
+
+    name = "numpy-kernel"
+
+    def __init__(self, log: list):
+        super().__init__()
+        self.log = log
+
+    def prepare(self, conv, max_seq, folder, threads):
+        run = super().prepare(conv, max_seq, folder, threads)
+
+        def logged(x):
+            self.log.append(("kernel", torch.get_num_threads()))
+            return run(x)
+        return logged
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_runs_alone_on_its_pool_when_threaded(monkeypatch, threads):
+    """On more than one thread, the other runtimes are timed with torch's pool at one thread and
+    torch's calls in a block of their own after theirs (its OpenMP workers spin after each call:
+    measured 69-82% of the wall time waiting for a core with them interleaved, 0-3% without);
+    torch's own calls run on the run's threads. On one thread, all interleave call by call."""
+    log = []
+    conv1d = torch.nn.functional.conv1d
+
+    def logged_conv1d(*args, **kwargs):
+        log.append(("torch", torch.get_num_threads()))
+        return conv1d(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv1d", logged_conv1d)
+    table = {**RUNTIMES, "numpy-kernel": RecordingKernel(log)}
+    config = quick_config(runtimes=("torch", "numpy-kernel"), seq_lens=(8,), repeats=3, sgemm_size=64,
+                          bandwidth_mb=1, threads=threads)
+    run_roofline(config, runtimes=table, progress=False)
+    assert {n for name, n in log if name == "kernel"} == {1}
+    assert {n for name, n in log if name == "torch"} == {threads}
+    rounds = config.warmup + config.repeats
+    timed = [name for name, _ in log][-2 * rounds:]          # the last shape's timing at its length
+    if threads > 1:
+        assert timed == ["kernel"] * rounds + ["torch"] * rounds
+    else:   # call by call, the order reversed every other round
+        assert timed == [n for i in range(rounds) for n in (("torch", "kernel") if i % 2 == 0 else ("kernel", "torch"))]

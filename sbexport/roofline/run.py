@@ -6,7 +6,9 @@ Order of work: check every input (before any of it is spent); measure the ceilin
 copy bandwidth) on one core, on the run's threads and on every core; then per projection
 shape: random weights, each runtime prepares its model and has its output checked against a
 float64 reference, then at each sequence length the runtimes are timed interleaved call by call
-(the order reversed every other round) so that a drift of the machine hits them alike.
+(the order reversed every other round) so that a drift of the machine hits them alike. On more
+than one thread, torch's pool stays at one thread but inside torch's own calls, and torch is
+timed in a block after the others (timing_blocks): its OpenMP workers spin after each call.
 
 Timing of one call: wall time (perf_counter_ns) around run(x) on a fixed x [1, cin, seq]
 float32, output returned as numpy; `warmup` untimed rounds, then `repeats` timed ones. A runtime
@@ -90,7 +92,9 @@ def run_roofline(config: RooflineConfig, *, runtimes: dict | None = None, json_p
         folder = Path(tmp)
         first = measure_roofs(roof_threads, config, folder, bar)
         uses_executorch = any(rt.name == "executorch" for rt in chosen)
-        with thread_settings(threads, executorch=uses_executorch):
+        # torch's pool at 1 outside torch's own calls (TorchConv sets it to `threads` for its
+        # call): its idle OpenMP workers would spin beside the other runtimes' pools.
+        with thread_settings(threads, executorch=uses_executorch), thread_settings(1):
             measured = {s.key: measure_shape(s, chosen, config, threads, folder, bar) for s in shapes}
         roofs = [better(a, b) for a, b in zip(first, measure_roofs(roof_threads, config, folder, bar))]
     result = {
@@ -159,21 +163,16 @@ def measure_shape(shape: Projection, chosen: list, config: RooflineConfig, threa
         runs[rt.name] = rt.prepare(conv, max(config.seq_lens), folder, threads)
         out[rt.name] = {"max_abs_error": check_output(rt.label, conv, runs[rt.name], config.seq_lens, rng)}
         bar.update(1)
-    order = list(runs)
+    blocks = timing_blocks(list(runs), threads)
     for seq in config.seq_lens:
         bar.set_description(f"{shape.key} seq {seq}")
         x = rng.standard_normal((1, shape.cin, seq), dtype=np.float32)
-        times = {name: [] for name in order}
-        for i in range(config.warmup + config.repeats):
-            if i == config.warmup:
-                sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
-            for name in order if i % 2 == 0 else order[::-1]:
-                elapsed = _timed(runs[name], x)
-                if i >= config.warmup:
-                    times[name].append(elapsed)
-                bar.update(1)
+        times = {name: [] for name in runs}
+        sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
+        for block in blocks:
+            time_interleaved(block, runs, x, config, times, bar)
         wait = cpu_wait_pct(sched_before, wall_before)
-        for name in order:
+        for name in runs:
             out[name][seq] = {"times_s": times[name], "cpu_wait_pct": wait}
             if hasattr(runs[name], "op_times"):     # after the wall-time calls: the profiler costs them nothing
                 bar.set_description(f"{shape.key} seq {seq}: {name}'s operator alone")
@@ -200,6 +199,29 @@ def check_output(label: str, conv: ConvWeights, run: Run, seq_lens, rng) -> floa
                                 f"max error {error:.3g} > bound {bound:.3g}")
         worst = max(worst, error)
     return worst
+
+
+def timing_blocks(names: list[str], threads: int) -> list[list[str]]:
+    """The runtimes timed call by call together, block after block. On one thread, all in one
+    block. On more, torch's in a block of its own after the others: torch's OpenMP workers spin
+    for milliseconds after each parallel call, taking a core from whichever call comes next
+    (measured on 2 cores, 4 runtimes interleaved: 69-82% of the wall time waiting for a core,
+    0-2% without torch among them; benchmarks/NOTES.md)."""
+    if threads == 1 or "torch" not in names or len(names) == 1:
+        return [names]
+    return [[n for n in names if n != "torch"], ["torch"]]
+
+
+def time_interleaved(names: list[str], runs: dict, x: np.ndarray, config: RooflineConfig, times: dict, bar) -> None:
+    """config.warmup untimed then config.repeats timed calls of each of `names`, one call each
+    in turn, the order reversed every other round (a drift of the machine hits them alike);
+    appends the timed seconds to times[name]."""
+    for i in range(config.warmup + config.repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            elapsed = _timed(runs[name], x)
+            if i >= config.warmup:
+                times[name].append(elapsed)
+            bar.update(1)
 
 
 def _timed(run: Run, x: np.ndarray) -> float:
@@ -258,7 +280,9 @@ def method_notes(config: RooflineConfig) -> dict:
         "bytes": "least traffic of one call: input, weight, bias read once and output written once, fp32",
         "timing": f"wall time (perf_counter_ns) of one call on a fixed [1, cin, seq] float32 input, output as "
                   f"numpy; {config.warmup} untimed then {config.repeats} timed rounds, the runtimes interleaved "
-                  f"call by call, order reversed every other round; gflops at the median call, gflops_best at "
+                  f"call by call, order reversed every other round (on more than one thread torch in a block "
+                  f"of its own after the others, torch's pool at one thread outside its calls: its OpenMP "
+                  f"workers spin after each call); gflops at the median call, gflops_best at "
                   f"the fastest",
         "op_time": f"ExecuTorch only (op_* fields): the program run again with ETDump on, {config.warmup} untimed "
                    f"then {config.repeats} calls on the same input after the wall-time ones; op_median_ms is the "
@@ -275,7 +299,7 @@ def method_notes(config: RooflineConfig) -> dict:
                    "intra_op_num_threads per session with spinning off (runtime.OnnxRunner)",
         "check": f"each runtime's output compared with a float64 numpy reference at the shortest and longest "
                  f"length before timing: max abs error <= {RELATIVE_TOLERANCE} x the reference's largest magnitude",
-        "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the timed rounds "
+        "cpu_wait_pct": "time this process's threads were ready but waiting for a CPU during the rounds "
                         "(Linux schedstat), % of wall time summed over threads: above a few %, other work took "
                         "the cores and the figures are low",
     }

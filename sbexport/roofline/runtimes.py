@@ -33,6 +33,7 @@ import numpy as np
 
 from ..bench.machine import runtime_unavailable
 from ..errors import SbexportError
+from ..threads import thread_settings
 from .shapes import Projection
 
 Run = Callable[[np.ndarray], np.ndarray]
@@ -72,7 +73,8 @@ class ConvWeights:
 
 
 class TorchConv:
-    """torch.nn.functional.conv1d in eager mode, under inference_mode."""
+    """torch.nn.functional.conv1d in eager mode, under inference_mode, on torch's pool at the
+    run's threads for the call only (run.py keeps it at one thread around the other runtimes)."""
 
     name, label = "torch", "torch conv1d"
 
@@ -85,7 +87,7 @@ class TorchConv:
         weight, bias, groups = torch.from_numpy(conv.weight), torch.from_numpy(conv.bias), conv.shape.groups
 
         def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with thread_settings(threads), torch.inference_mode():
                 return torch.nn.functional.conv1d(torch.from_numpy(x), weight, bias, groups=groups).numpy()
         return run
 
