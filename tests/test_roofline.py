@@ -401,6 +401,22 @@ def test_the_convolution_event_is_picked_not_the_layout_changes(monkeypatch, con
     assert etdump.convolution_times("unused.etdp", skip=1) == ([0.3, 0.2], [1.7, 1.8])
 
 
+def test_per_op_leaves_the_untimed_first_call_out(monkeypatch):
+    """per_op's medians are over the timed calls: the untimed first one (cold caches, XNNPACK's
+    first-run setup; 10x the others here) would move a median of few runs."""
+    from sbexport.bench import etdump
+
+    events = [_event("Convolution (NHWC, F32) IGEMM #1", [4.0, 4.0, 0.4, 0.3]),
+              _event("Convolution (NHWC, F32) IGEMM #1", [2.0, 2.0, 0.2, 0.2]),
+              _event("native_layer_norm.out", [1.0, 1.0, 0.1, 0.1], delegated=False),
+              _event("Method::execute", [9.0, 9.0, 0.9, 0.9], delegated=False)]
+    monkeypatch.setattr(etdump, "_execute_events", lambda dump: iter(events))
+    total, ops = etdump.per_op("unused.etdp")
+    assert total == 0.9
+    assert ops == {"Convolution (NHWC, F32) IGEMM #1": [2, pytest.approx(0.6)],
+                   "outside:native_layer_norm.out": [1, pytest.approx(0.1)]}
+
+
 @pytest.mark.parametrize("names", [[], ["Convolution (NHWC, F32) IGEMM #1", "Convolution (NHWC, F32) IGEMM #2"]])
 def test_no_or_two_convolution_events_refused(names):
     from sbexport.bench.etdump import pick_convolution

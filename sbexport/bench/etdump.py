@@ -1,7 +1,7 @@
 """ExecuTorch's ETDump: run a program's `forward` with it on, read the time of each event back.
 
     run_with_etdump(pte, inputs, runs, dump) -> wait %     the dump holds 1 untimed + `runs` calls
-    per_op(dump) -> (Method::execute ms, {name: [count, ms]})   medians, summed per event name
+    per_op(dump, skip) -> (Method::execute ms, {name: [count, ms]})   medians, summed per event name
     convolution_times(dump, skip) -> (conv ms, execute ms)      per call, of a one-convolution program
 
 XNNPACK's delegate reports each of its operators as an event named by kind and position inside
@@ -53,12 +53,13 @@ def _execute_events(dump: Path):
                 yield event
 
 
-def per_op(dump: Path) -> tuple[float | None, dict]:
-    """(median ms of Method::execute, {event name: [count, summed median ms]}) of the dump; an
-    op run outside a delegate is named "outside:<name>"."""
+def per_op(dump: Path, skip: int = 1) -> tuple[float | None, dict]:
+    """(median ms of Method::execute, {event name: [count, summed median ms]}) over the calls
+    after the first `skip` (run_with_etdump's one untimed call: a first call pays cold caches and
+    XNNPACK's first-run setup); an op run outside a delegate is named "outside:<name>"."""
     total, ops = None, defaultdict(lambda: [0, 0.0])
     for event in _execute_events(dump):
-        median = float(np.median(event.perf_data.raw))
+        median = float(np.median(event.perf_data.raw[skip:]))
         if event.name == "Method::execute":
             total = median
             continue
