@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -25,6 +26,19 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def best_seconds(call: Callable[[], object], repeats: int) -> tuple[float, float | None]:
+    """(fastest of `repeats` timed calls in s, cpu_wait_pct over them) after one untimed call
+    (it packs buffers, faults pages in and wakes the pool): the ceilings' timing."""
+    call()
+    best = float("inf")
+    sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        call()
+        best = min(best, (time.perf_counter_ns() - started) / 1e9)
+    return best, cpu_wait_pct(sched_before, wall_before)
 
 
 def cpu_wait_pct(sched_before: tuple[int, int] | None, wall_before_ns: int) -> float | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 
 from ..errors import SbexportError, first_line
 from ..threads import thread_settings
-from .machine import cpu_wait_pct, scheduler_times
+from .machine import best_seconds
 
 LABELS = {"torch": "torch.mm", "onnxruntime": "ONNX Runtime MatMul", "executorch": "ExecuTorch XNNPACK Linear"}
 
@@ -64,7 +63,7 @@ def measure_library(name: str, threads: int, n: int, folder: Path, repeats: int)
     then the best of `repeats`), or {"gflops": None, "error": its one-line reason}."""
     try:
         with LIBRARIES[name](n, threads, folder) as call:
-            best, wait = _best_seconds(call, repeats)
+            best, wait = best_seconds(call, repeats)
     except Exception as e:  # ImportError, a failed lowering, a session that will not open
         return {"gflops": None, "error": f"{type(e).__name__}: {first_line(e, 200)}"}
     return {"gflops": round(2 * n**3 / best / 1e9, 2), "best_ms": round(best * 1e3, 3), "cpu_wait_pct": wait}
@@ -83,19 +82,6 @@ def libraries_text(ceiling: dict) -> str:
     written before they were kept)."""
     return ", ".join(f"{LABELS.get(name, name)} " + (f"{m['gflops']:.1f}" if m["gflops"] is not None else "failed")
                      for name, m in ceiling.get("libraries", {}).items())
-
-
-def _best_seconds(call: Callable[[], object], repeats: int) -> tuple[float, float | None]:
-    """(fastest of `repeats` timed calls in s, cpu_wait_pct over them) after one untimed call
-    (it packs buffers and wakes the pool)."""
-    call()
-    best = float("inf")
-    sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
-    for _ in range(repeats):
-        started = time.perf_counter_ns()
-        call()
-        best = min(best, (time.perf_counter_ns() - started) / 1e9)
-    return best, cpu_wait_pct(sched_before, wall_before)
 
 
 # -- each library's product: a context manager yielding the call to time ------------------------

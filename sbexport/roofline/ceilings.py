@@ -17,13 +17,12 @@ own measurement. The figures are labelled with that size.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
 from ..bench import sgemm
-from ..bench.machine import cpu_wait_pct, scheduler_times
+from ..bench.machine import best_seconds
 
 
 def bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> dict:
@@ -31,14 +30,7 @@ def bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> dict:
     Returns {"gbytes_per_s", "megabytes", "repeats", "threads", "best_ms", "cpu_wait_pct", "op"}."""
     n = megabytes * 2**20 // 4
     src, dst = torch.ones(n), torch.empty(n)
-    dst.copy_(src)                                   # first touch: fault the pages in
-    best = float("inf")
-    sched_before, wall_before = scheduler_times(), time.perf_counter_ns()
-    for _ in range(repeats):
-        started = time.perf_counter_ns()
-        dst.copy_(src)
-        best = min(best, (time.perf_counter_ns() - started) / 1e9)
-    wait = cpu_wait_pct(sched_before, wall_before)
+    best, wait = best_seconds(lambda: dst.copy_(src), repeats)    # the untimed first copy faults the pages in
     return {"gbytes_per_s": round(2 * n * 4 / best / 1e9, 2), "megabytes": megabytes, "repeats": repeats,
             "threads": threads, "best_ms": round(best * 1e3, 3), "cpu_wait_pct": wait,
             "op": f"torch copy_ of {megabytes} MB fp32 (read + write counted), best of {repeats}"}
