@@ -103,6 +103,9 @@ class ExecuTorchGraph:
     # int8 programs only (export/quantize_executorch.py): convolutions inside the delegate whose
     # input and weights are int8 (dequantized into them); absent from fp32 manifests
     quantized_convolutions: int | None = None
+    # fp32 XNNPACK programs: convolutions inside the delegate that compute a LayerNorm's channel
+    # mean or variance (export/layout.py's DelegatedLayerNorm), counted apart from the projections
+    layernorm_convolutions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,10 @@ class ExecuTorchDetails:
         """One line for `sbexport info`."""
         g = self.graph
         int8 = f" ({g.quantized_convolutions} int8)" if g.quantized_convolutions is not None else ""
+        norms = f" (+{g.layernorm_convolutions} for LayerNorms)" if g.layernorm_convolutions else ""
         kernel = " (grouped, for the runner's kernel)" if self.grouped_conv == "runner-kernel" else ""
         return (f"ExecuTorch {self.executorch_version}, {self.backend}: {g.delegates} delegate(s), "
-                f"convolutions {g.convolutions_in_delegate} inside{int8}, "
+                f"convolutions {g.convolutions_in_delegate} inside{int8}{norms}, "
                 f"{g.convolutions_outside_delegate} outside{kernel}")
 
 
@@ -307,8 +311,9 @@ class Manifest:
             if data[name] is None:
                 del data[name]
         graph = data["details"]["graph"]
-        if graph.get("quantized_convolutions", 0) is None:   # an fp32 program's graph stays as it was
-            del graph["quantized_convolutions"]
+        for name in ("quantized_convolutions", "layernorm_convolutions"):   # a program without them
+            if graph.get(name, 0) is None:                                    # stays as it was
+                del graph[name]
         if data["details"].get("grouped_conv", 0) is None:   # so does a default program's details
             del data["details"]["grouped_conv"]
         return data

@@ -59,9 +59,11 @@ def read_pte_graphs(path) -> tuple[list[str], list[str], list[dict]]:
     return [op.name for op in plan.operators], [d.id for d in plan.delegates], graphs
 
 
-def expected_convs(config) -> list[tuple[int, int, int]]:
+def expected_convs(config, layernorms: bool = False) -> list[tuple[int, int, int]]:
     """(groups, input channels per group, output channels per group) of every projection, in
-    graph order: layer by layer, query, key, value, post-attention, intermediate, output."""
+    graph order: layer by layer, query, key, value, post-attention, intermediate, output.
+    `layernorms`: with the three convolutions (mean twice, variance: hidden -> 1 channel) of each
+    LayerNorm the fp32 XNNPACK program computes in the delegate, after post-attention and output."""
     h, i = config.hidden_size, config.intermediate_size
     channels = {"intermediate": (h, i), "output": (i, h)}
     out = []
@@ -70,6 +72,8 @@ def expected_convs(config) -> list[tuple[int, int, int]]:
             g = config.groups[proj]
             cin, cout = channels.get(proj, (h, h))
             out.append((g, cin // g, cout // g))
+            if layernorms and proj in ("post_attention", "output"):
+                out += [(1, h, 1)] * 3
     return out
 
 
@@ -88,16 +92,22 @@ def test_xnnpack_holds_every_convolution(task_name, et_artifact):
     operators, delegates, nodes = read_pte(folder / "model.pte")
     assert delegates and set(delegates) == {"XnnpackBackend"}
     assert not [op for op in operators if "conv" in op], operators
-    config = rebuild_reference(folder, manifest, TASKS[task_name]).config
+    model = rebuild_reference(folder, manifest, TASKS[task_name])
+    config = model.config
     convs = [n["xnode_union"] for n in nodes if "Conv" in n["xnode_union_type"]]
     assert {n["xnode_union_type"] for n in nodes if "Conv" in n["xnode_union_type"]} == {"XNNConv2d"}
     assert [(c["groups"], c["group_input_channels"], c["group_output_channels"]) for c in convs] \
-        == expected_convs(config)
+        == expected_convs(config, layernorms=True)
     assert all(c["kernel_height"] == c["kernel_width"] == 1 for c in convs)
-    # The exporter's own summary (read from the lowered graph) agrees.
+    # The exporter's own summary (read from the lowered graph) agrees, the LayerNorms' apart;
+    # the encoder's LayerNorms run inside the delegate: only those on [B, S, H] (the
+    # embeddings', a fill-mask head's) are left outside.
     graph = manifest.details.graph
     assert graph.convolutions_in_delegate == 6 * config.num_hidden_layers
+    assert graph.layernorm_convolutions == 6 * config.num_hidden_layers
     assert graph.convolutions_outside_delegate == 0
+    outside_encoder = [m for m in model.modules() if type(m) is torch.nn.LayerNorm]
+    assert 1 <= graph.ops_outside_delegate.get("native_layer_norm") == len(outside_encoder)
     assert manifest.details.backend == "xnnpack" and manifest.details.executorch_version
     assert manifest.parity.passed
 
@@ -209,6 +219,30 @@ def test_layout_copy_computes_what_the_reference_computes():
     assert [m.groups for m in convs] == [m.groups for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
     assert not any(isinstance(m, torch.nn.Conv1d) for m in copy.modules())
     assert any(isinstance(m, torch.nn.Conv1d) for m in model.modules())
+
+
+def test_delegated_layernorm_computes_the_layernorm():
+    """export.layout.DelegatedLayerNorm (mean, mean again and variance as 1x1 convolutions)
+    against the reference's ChannelLayerNorm in float64, at full hidden size, on inputs like a
+    residual stream's with a per-token mean of scale 1 to 50. Measured (Zen 4, one thread,
+    torch 2.13.0): 3.9e-6 to 5.2e-6 (torch's own LayerNorm 1.3e-6 to 4.1e-5); without the
+    second mean 1.5e-5, 9.8e-5 and 1.1e-3 at means 1, 10, 50. 2e-5 leaves a 4x margin."""
+    from sbexport.export.layout import DelegatedLayerNorm
+    from sbexport.modeling import ChannelLayerNorm
+
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(768, eps=1e-12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+        exact = ChannelLayerNorm(768, eps=1e-12).double()
+        exact.load_state_dict(norm.state_dict())
+        delegated = DelegatedLayerNorm(norm)
+        for scale, mean in ((1.0, 1.0), (30.0, 1.0), (1.0, 10.0), (1.0, 50.0)):
+            x = torch.randn(2, 768, 128) * scale + torch.randn(2, 1, 128) * mean
+            got = delegated(x.unsqueeze(2))
+            assert got.shape == (2, 768, 1, 128)
+            torch.testing.assert_close(got.squeeze(2).double(), exact(x.double()), rtol=0, atol=2e-5)
 
 
 def test_xnnpack_program_has_fewer_transposes_than_the_conv1d_form(et_artifact, tmp_path):

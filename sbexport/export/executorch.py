@@ -26,7 +26,7 @@ import torch
 from ..errors import ExportError
 from ..manifest import Dims, ExecuTorchDetails, ExecuTorchGraph
 from ..modeling import conv_projections
-from .layout import conv2d_layout
+from .layout import DelegatedLayerNorm, conv2d_layout
 
 FILE_NAME = "model.pte"
 DESCRIPTION = "ExecuTorch program (fp32)"
@@ -148,22 +148,26 @@ def _dynamic_shapes(example: dict, max_seq: int) -> dict:
 
 
 def graph_summary(graph_module) -> ExecuTorchGraph:
-    """Delegate count, ops left outside delegates, and convolutions by where they run."""
+    """Delegate count, ops left outside delegates, and convolutions by where they run; the
+    convolutions of a DelegatedLayerNorm (export/layout.py) are counted apart, not as
+    projections."""
     outside = Counter()
-    inside_convs = 0
+    inside_convs = Counter()   # projection / layernorm -> count
     for node in graph_module.graph.nodes:
         if node.op != "call_function":
             continue
         name = _op_name(node.target)
         if name == "executorch_call_delegate":
             lowered = getattr(graph_module, node.args[0].target)
-            inside_convs += _count_convs(lowered.original_module.graph_module)
+            inside_convs.update(_conv_role(n) for n in _convs(lowered.original_module.graph_module))
         elif name not in ("getitem", "sym_size"):
             outside[name] += 1
     return ExecuTorchGraph(
         delegates=sum(1 for n, _ in graph_module.named_children() if n.startswith("lowered_module")),
-        convolutions_in_delegate=inside_convs, convolutions_outside_delegate=outside.get("convolution", 0),
-        ops_outside_delegate=dict(outside.most_common()))
+        convolutions_in_delegate=inside_convs["projection"],
+        convolutions_outside_delegate=outside.get("convolution", 0),
+        ops_outside_delegate=dict(outside.most_common()),
+        layernorm_convolutions=inside_convs["layernorm"] or None)
 
 
 def _outside_conv_groups(graph_module) -> list[int]:
@@ -172,9 +176,17 @@ def _outside_conv_groups(graph_module) -> list[int]:
             if n.op == "call_function" and _op_name(n.target) == "convolution"]
 
 
-def _count_convs(graph_module) -> int:
-    return sum(1 for n in graph_module.graph.nodes
-               if n.op == "call_function" and _op_name(n.target) == "convolution")
+def _convs(graph_module) -> list:
+    return [n for n in graph_module.graph.nodes if n.op == "call_function" and _op_name(n.target) == "convolution"]
+
+
+def _conv_role(node) -> str:
+    """"layernorm" for a convolution a DelegatedLayerNorm computes (the module that called it,
+    as torch.export records in nn_module_stack), else "projection"."""
+    stack = node.meta.get("nn_module_stack") or {}
+    caller = list(stack.values())[-1][1] if stack else ""   # (path, "package.module.Class")
+    norm = f"{DelegatedLayerNorm.__module__}.{DelegatedLayerNorm.__qualname__}"
+    return "layernorm" if caller == norm else "projection"
 
 
 def _op_name(target) -> str:

@@ -9,6 +9,15 @@ convolution's output feed the residual add, GELU and the next convolution channe
 without those transposes: 0.92-0.96x the model's time at one thread (benchmarks/NOTES.md),
 with bit-identical outputs. The projections stay native grouped convolutions.
 
+XNNPACK has no LayerNorm, and its mean reduces only the spatial dimensions, so a LayerNorm over
+the channels stays outside the delegate and splits the program (29 delegates for 12 layers).
+DelegatedLayerNorm computes the channel mean and variance as 1x1 convolutions to one output
+channel and the rest with elementwise ops XNNPACK takes, channels-last like the convolutions
+around it: 5 delegates, outputs ~2e-7 from the native LayerNorm's, 0.96-0.97x the model's time
+at one thread and 0.90-0.92x at two, for 2-5% more export time (benchmarks/NOTES.md, stop 17).
+The same ops written on a permuted tensor (XNNPACK's spatial mean) were as fast but cost 47%
+more export time: each LayerNorm became eleven nodes, and XNNPACK's passes cost per node.
+
 The reference model (modeling.py) is not changed: `conv2d_layout` returns a copy whose
 encoders run the same modules' forwards on 4-D tensors, so verify still compares the file
 against the unchanged [B, C, S] reference.
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..modeling import ChannelLayerNorm, SqueezeBertEncoder, SqueezeBertModule, run_layers
@@ -58,7 +69,7 @@ class Encoder2d(nn.Module):
 
 class Layer2d(nn.Module):
     """A SqueezeBertModule on [B, H, 1, S]: its own submodules, each Conv1d made a Conv2d and
-    each ChannelLayerNorm a ChannelsLastLayerNorm (same parameters). Changes `layer`'s
+    each ChannelLayerNorm a DelegatedLayerNorm (same parameters). Changes `layer`'s
     submodules in place (conv2d_layout passes a copy)."""
 
     def __init__(self, layer: SqueezeBertModule):
@@ -66,14 +77,14 @@ class Layer2d(nn.Module):
         for owner, name in projection_slots(layer):
             setattr(owner, name, as_conv2d(getattr(owner, name)))
         for norm_owner in (layer.post_attention, layer.output):
-            norm_owner.layernorm = ChannelsLastLayerNorm(norm_owner.layernorm)
+            norm_owner.layernorm = DelegatedLayerNorm(norm_owner.layernorm)
         self.attention, self.post_attention = layer.attention, layer.post_attention
         self.intermediate, self.output = layer.intermediate, layer.output
 
     def forward(self, x, mask=None, head_mask=None):
         """x [B, H, 1, S] -> (y [B, H, 1, S], attention probs [B, heads, S, S])."""
-        # The attention's .view(b * h, d, -1) needs channels-first memory; the LayerNorm and the
-        # encoder's entry leave x channels-last strided (a copy in XNNPACK, not a transpose).
+        # The attention's .view(b * h, d, -1) needs channels-first memory; the encoder's entry
+        # leaves x channels-last strided (a copy in XNNPACK, not a transpose).
         context, probs = self.attention(x.contiguous(), mask, head_mask)  # context [B, H, S]
         b, c = context.shape[:2]   # a view with int sizes stays in the delegate; unsqueeze would not
         x = self.post_attention(context.view(b, c, 1, -1), x)
@@ -87,15 +98,29 @@ def projection_slots(layer: SqueezeBertModule) -> list[tuple[nn.Module, str]]:
             (layer.intermediate, "conv1d"), (layer.output, "conv1d")]
 
 
-class ChannelsLastLayerNorm(nn.LayerNorm):
-    """ChannelLayerNorm's LayerNorm over the channels of a [B, C, 1, S] tensor."""
+class DelegatedLayerNorm(nn.Module):
+    """ChannelLayerNorm's LayerNorm over the channels of a [B, C, 1, S] tensor, written with ops
+    XNNPACK delegates: the channel mean (twice) and variance as 1x1 convolutions to one output
+    channel (weights 1/C), so that no permute is needed (module docstring)."""
 
     def __init__(self, norm: ChannelLayerNorm):
-        super().__init__(norm.normalized_shape, eps=norm.eps, elementwise_affine=True)
-        self.weight, self.bias = norm.weight, norm.bias
+        super().__init__()
+        c = norm.normalized_shape[0]
+        self.register_buffer("average", torch.full((1, c, 1, 1), 1.0 / c))     # [1, C, 1, 1]
+        self.register_buffer("eps", torch.tensor([norm.eps]))                    # the variance conv's bias
+        self.register_buffer("scale", norm.weight.detach().view(1, c, 1, 1))
+        self.register_buffer("shift", norm.bias.detach().view(1, c, 1, 1))
 
     def forward(self, x):
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        """x [B, C, 1, S] -> [B, C, 1, S]."""
+        centred = x - F.conv2d(x, self.average)                                 # mean [B, 1, 1, S]
+        # Again on the centred values: a GEMM sums the C products in order, and the first
+        # mean's rounding grows with the token's mean (output 1.5e-5 from float64 at a mean
+        # of 1, 1e-3 at 50); after this pass it is 4-5e-6, as near as torch's LayerNorm
+        # (1.6e-6 to 4e-5; tests/test_export_executorch.py).
+        centred = centred - F.conv2d(centred, self.average)
+        inverse_std = torch.rsqrt(F.conv2d(centred * centred, self.average, self.eps))
+        return centred * inverse_std * self.scale + self.shift
 
 
 def as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
