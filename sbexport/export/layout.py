@@ -13,9 +13,9 @@ XNNPACK has no LayerNorm, and its mean reduces only the spatial dimensions, so a
 the channels stays outside the delegate and splits the program (29 delegates for 12 layers).
 DelegatedLayerNorm computes the channel mean and variance as 1x1 convolutions to one output
 channel and the rest with elementwise ops XNNPACK takes, channels-last like the convolutions
-around it: 5 delegates, outputs ~2e-7 from the native LayerNorm's, 0.96-0.97x the model's time
-at one thread and 0.90-0.92x at two, for 2-5% more export time (benchmarks/NOTES.md, stop 17).
-The same ops written on a permuted tensor (XNNPACK's spatial mean) were as fast but cost 47%
+around it: 5 delegates, logits ~2e-7 from the native LayerNorm's, 0.97x the model's time at
+one thread and 0.89-0.95x at two, for about 10% more export time (benchmarks/NOTES.md,
+stop 17). The same ops on a permuted tensor (XNNPACK's spatial mean) were as fast but cost 47%
 more export time: each LayerNorm became eleven nodes, and XNNPACK's passes cost per node.
 
 The reference model (modeling.py) is not changed: `conv2d_layout` returns a copy whose
