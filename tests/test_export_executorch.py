@@ -245,29 +245,6 @@ def test_delegated_layernorm_computes_the_layernorm():
             torch.testing.assert_close(got.squeeze(2).double(), exact(x.double()), rtol=0, atol=2e-5)
 
 
-def test_partitioner_without_the_keep_check_writes_the_same_program():
-    """executorch._xnnpack_partitioner hands XNNPACK's ops-to-keep over without their per-node
-    check, which spares two whole-program decompositions (export time): the program must be
-    byte for byte the one the stock XnnpackPartitioner gives, here for a model whose pooler and
-    head are linears (the op kept whole) and whose encoder is in the XNNPACK layout."""
-    from conftest import tiny_squeezebert_config
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    from sbexport.export import ExportWrapper, example_inputs
-    from sbexport.export.executorch import _dynamic_shapes, lower
-    from sbexport.export.layout import conv2d_layout
-
-    task = TASKS["mnli"]
-    model = conv2d_layout(ExportWrapper(task.model_class()(tiny_squeezebert_config()), task).eval())
-    example = example_inputs(task, model.model.config, batch=1, seq_len=8)
-    ours = lower(model, example, 16, "xnnpack")
-    program = torch.export.export(model, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, 16))
-    stock = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    assert "linear" not in ours.exported_program().graph_module.code   # every linear delegated
-    assert ours.to_executorch().buffer == stock.to_executorch().buffer
-
-
 def test_xnnpack_program_has_fewer_transposes_than_the_conv1d_form(et_artifact, tmp_path):
     """The reason for the layout: the exported program's XNNPACK graph holds fewer transposes
     than the same model lowered as [B, C, S] Conv1d (ExecuTorch's own conv1d -> conv2d pass)."""

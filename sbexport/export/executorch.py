@@ -125,36 +125,21 @@ def lower(module, example: dict, max_seq: int, backend: str, grouped_conv: str =
 
 
 def _xnnpack_partitioner(grouped_conv: str):
-    """XNNPACK's partitioner with every op config, whose ops to keep whole come without their
-    per-node check; for "runner-kernel" its convolution config refuses grouped convolutions,
-    which then stay native aten convolutions in the program.
-
-    Why without the check: given one, to_edge_transform_and_lower takes its EDGE_DO_NOT_DECOMP
-    path, which decomposes the whole program twice more (~7 s of CPU each at full size, with
-    the dynamic sequence); without, once. The ops XNNPACK keeps whole are aten.linear (the
-    pooler and heads) and ops sbexport's models do not have (hardswish, max_pool2d, prelu,
-    upsample). Full-size MNLI: the same .pte byte for byte, export 30% less CPU (benchmarks/
-    NOTES.md, stop 17; tests/test_export_executorch.py compares the bytes). Were a kept linear
-    one XNNPACK refuses, it would stay outside the delegate without a portable kernel, and the
-    export would fail, not write a wrong file."""
+    """XNNPACK's partitioner with every op config; for "runner-kernel" its convolution config
+    refuses grouped convolutions, which then stay native aten convolutions in the program."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.gemm_configs import ConvolutionConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-    class UncheckedKeepPartitioner(XnnpackPartitioner):
-        def ops_to_not_decompose(self, ep):
-            ops, _check = super().ops_to_not_decompose(ep)
-            return ops, None
-
     if grouped_conv == "xnnpack":
-        return UncheckedKeepPartitioner()
+        return XnnpackPartitioner()
 
     class UngroupedConvolutionConfig(ConvolutionConfig):
         def check_constraints(self, node, ep) -> bool:
             return node.args[8] == 1 and super().check_constraints(node, ep)   # args[8]: groups
 
-    return UncheckedKeepPartitioner(configs=[UngroupedConvolutionConfig if c is ConvolutionConfig else c
-                                             for c in ALL_PARTITIONER_CONFIGS])
+    return XnnpackPartitioner(configs=[UngroupedConvolutionConfig if c is ConvolutionConfig else c
+                                       for c in ALL_PARTITIONER_CONFIGS])
 
 
 def _dynamic_shapes(example: dict, max_seq: int) -> dict:
