@@ -172,11 +172,11 @@ def graph_summary(graph_module) -> ExecuTorchGraph:
 
 def _outside_conv_groups(graph_module) -> list[int]:
     """The group count of every convolution outside a delegate (its args[8])."""
-    return [n.args[8] for n in graph_module.graph.nodes
-            if n.op == "call_function" and _op_name(n.target) == "convolution"]
+    return [n.args[8] for n in _convs(graph_module)]
 
 
 def _convs(graph_module) -> list:
+    """The convolution nodes of `graph_module`'s graph, in order."""
     return [n for n in graph_module.graph.nodes if n.op == "call_function" and _op_name(n.target) == "convolution"]
 
 

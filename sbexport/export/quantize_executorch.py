@@ -99,9 +99,8 @@ def quantized_convolutions(graph_module) -> int:
     for node in graph_module.graph.nodes:
         if node.op == "call_function" and executorch_format._op_name(node.target) == "executorch_call_delegate":
             lowered = getattr(graph_module, node.args[0].target).original_module.graph_module
-            count += sum(1 for n in lowered.graph.nodes if n.op == "call_function"
-                         and executorch_format._op_name(n.target) == "convolution"
-                         and _source(n.args[0]) == "dequantize_per_tensor"
+            count += sum(1 for n in executorch_format._convs(lowered)
+                         if _source(n.args[0]) == "dequantize_per_tensor"
                          and _source(n.args[1]) == "dequantize_per_channel")
     return count
 
