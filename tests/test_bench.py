@@ -539,6 +539,9 @@ def test_progress_total_is_the_plan(device_run):
     assert bar.bar.n == bar.bar.total == sum(s.size for s in bar.planned)
     kinds = [s.kind for s in bar.planned]
     assert kinds.count("time") == len(SEQ_LENS) and kinds.count("export") == 2 and kinds.count("memory") == 2
+    # Steps of a minute and of milliseconds: a rate or a time left would be wrong by hours.
+    shown = str(bar.bar)
+    assert f"{bar.bar.total}/{bar.bar.total} steps" in shown and "/s" not in shown and "<" not in shown
 
 
 def test_cli_benchmarks_a_custom_size_from_config_files(monkeypatch, capsys, tmp_path):

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 from .cache import EXPORTED
 
+# No rate and no time left: a step is an export (a minute) or one model call (milliseconds), so
+# tqdm's steps-per-second extrapolation was wrong by hours ("4:49:00 left" with 4 minutes to go,
+# the first run on the AMD Zen 3 kind). The elapsed time and the count of steps stay.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}]"
+
 
 @dataclass(frozen=True)
 class Step:
@@ -52,8 +57,8 @@ class Progress:
 
         self.planned = list(steps)
         self.done: list[Step] = []
-        self.bar = tqdm(total=sum(s.size for s in steps), file=sys.stderr, disable=not enabled, unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=sum(s.size for s in steps), file=sys.stderr, disable=not enabled,
+                        bar_format=BAR_FORMAT, dynamic_ncols=True)
 
     def steps(self, kind: str, runtime: str | None = None) -> Iterator[Step]:
         """The planned steps of `kind` (and `runtime`), in order; each is counted done when

@@ -31,6 +31,7 @@ import numpy as np
 from .. import __version__
 from ..bench import sgemm
 from ..bench.machine import available_cores, cpu_wait_pct, load_average, machine_info, scheduler_times
+from ..bench.progress import BAR_FORMAT
 from ..errors import SbexportError
 from ..reportfile import check_report_path
 from ..threads import thread_settings
@@ -311,8 +312,8 @@ def _progress(config: RooflineConfig, n_roofs: int, n_shapes: int, n_runtimes: i
     from tqdm import tqdm
 
     calls = n_shapes * n_runtimes * len(config.seq_lens) * (config.warmup + config.repeats)
-    with tqdm(total=2 * n_roofs + n_shapes * n_runtimes + calls, file=sys.stderr, disable=not enabled, unit="step",
-              dynamic_ncols=True) as bar:
+    with tqdm(total=2 * n_roofs + n_shapes * n_runtimes + calls, file=sys.stderr, disable=not enabled,
+              bar_format=BAR_FORMAT, dynamic_ncols=True) as bar:
         yield bar
 
 
