@@ -301,10 +301,11 @@ def quantize(folder, out_dir, overwrite, **kwargs) -> None:
               help="Fixed batch size of the program (the sequence stays dynamic).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Write an int8 program instead (XNNPACK), kept only when it agrees with fp32 PyTorch.")
-@click.option("--grouped-conv", type=click.Choice(["xnnpack", "runner-kernel"]), default="xnnpack",
-              show_default=True, help="Where the grouped 1x1 convolutions run: inside the XNNPACK delegate, or "
-              "left as native convolutions for the kernel registered in android_demo's runner (kernels/executorch; "
-              "other runtimes run them with their portable kernel). fp32 only.")
+@click.option("--grouped-conv", type=click.Choice(["xnnpack", "per-group", "runner-kernel"]), default="xnnpack",
+              show_default=True, help="How the grouped 1x1 convolutions run: as grouped convolutions inside the "
+              "XNNPACK delegate; as one dense convolution per group inside it (faster on x86 CPUs with AVX2 but "
+              "no AVX-512); or left as native convolutions for the kernel registered in android_demo's runner "
+              "(kernels/executorch; other runtimes run them with their portable kernel). fp32 only.")
 @_guard_options
 def executorch(backend, batch, quantize, grouped_conv, calibration, min_agreement, eval_data, max_metric_drop,
                **kwargs) -> None:
@@ -316,9 +317,12 @@ def executorch(backend, batch, quantize, grouped_conv, calibration, min_agreemen
     int8 program lands only when the accuracy guard passes (--min-agreement, and --eval-data
     when given).
 
-    With --grouped-conv runner-kernel (opt-in) the grouped convolutions stay out of the
-    XNNPACK delegate as native convolutions, which android_demo's runner runs with sbexport's
-    registered kernel (kernels/executorch/); the manifest records it (`sbexport info`).
+    Two opt-ins, recorded in the manifest (`sbexport info`): with --grouped-conv per-group each
+    grouped convolution is exported as one dense convolution per group, which XNNPACK runs on
+    its faster dense path where its grouped one is slow (measure with `sbexport bench
+    --grouped-conv per-group`); with --grouped-conv runner-kernel the grouped convolutions stay
+    out of the XNNPACK delegate as native convolutions, which android_demo's runner runs with
+    sbexport's registered kernel (kernels/executorch/).
 
     \b
     Example:
@@ -526,6 +530,9 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also time each model's int8 file beside its fp32 one, where the runtime has one (onnx: "
                    "onnx-int8; SqueezeBERT static int8 convolutions, BERT-base ONNX Runtime's dynamic recipe).")
+@click.option("--grouped-conv", type=click.Choice(["per-group"]), default=None,
+              help="Also time ExecuTorch's opt-in export beside the default one (executorch-per-group: each grouped "
+                   "convolution one dense convolution per group; `sbexport executorch --grouped-conv`).")
 @click.option("--models", default="squeezebert,bert", show_default=True, help="Models, comma-separated.")
 @click.option("--model-squeezebert", default=None, metavar="PATH_OR_HUB_ID",
               help="A SqueezeBERT checkpoint instead of random weights.")
@@ -561,8 +568,8 @@ def _split(value: str, option: str, kind=str) -> tuple:
 @click.option("--cooldown", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="With --device adb: seconds of rest between two runner processes.")
 @click.pass_context
-def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, quantize, models,
-          model_squeezebert,
+def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, formats_alias, quantize, grouped_conv,
+          models, model_squeezebert,
           model_bert, random_init, config_squeezebert, config_bert, json_path, plot_path, workdir, no_verify,
           no_memory, seed, sgemm_size, device, serials, runner, cooldown) -> None:
     """Time SqueezeBERT against BERT-base on this CPU: PyTorch eager, ONNX Runtime, ExecuTorch.
@@ -576,6 +583,7 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
       sbexport bench --seq-lens 128 --json bench.json --plot bench.png
       sbexport bench --runtimes onnx --threads 1 --runs 50
       sbexport bench --runtimes onnx --quantize int8 --seq-lens 128
+      sbexport bench --runtimes onnx,executorch --grouped-conv per-group --seq-lens 128
       sbexport bench --config-squeezebert small/config.json --models squeezebert
       sbexport bench --device adb --runner build/runner-android/sbexport_runner --seq-lens 128
     """
@@ -597,9 +605,12 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
         raise SbexportError("--serial and --runner apply to --device adb only")
     if quantize is not None:
         config = replace(config, formats=_with_int8(config.formats, device))
+    default_runtimes = ctx.get_parameter_source("runtimes") is click.core.ParameterSource.DEFAULT
+    if device == "adb" and default_runtimes and formats_alias is None:
+        config = replace(config, formats=("executorch",))     # what a device runs
+    if grouped_conv is not None:
+        config = replace(config, formats=_with_per_group(config.formats))
     if device == "adb":
-        if ctx.get_parameter_source("runtimes") is click.core.ParameterSource.DEFAULT and formats_alias is None:
-            config = replace(config, formats=("executorch",))     # what a device runs
         _bench_devices(config, serials, runner, cooldown, json_path, plot_path)
         return
     result = run_bench(config, json_path=json_path, plot_path=plot_path)
@@ -619,6 +630,17 @@ def _with_int8(runtimes: tuple[str, ...], device) -> tuple[str, ...]:
         raise SbexportError(f"--quantize int8 needs a runtime with an int8 form ({', '.join(INT8_RUNTIMES)}); "
                             f"{'a device runs fp32 .pte files only' if device else 'got ' + ','.join(runtimes)}")
     return tuple(dict.fromkeys(added))
+
+
+def _with_per_group(runtimes: tuple[str, ...]) -> tuple[str, ...]:
+    """`runtimes` with executorch-per-group after executorch (bench --grouped-conv per-group).
+    Raises SbexportError when executorch is not among them."""
+    from .bench.inputs import PER_GROUP_RUNTIMES
+
+    if not set(runtimes) & set(PER_GROUP_RUNTIMES):
+        raise SbexportError(f"--grouped-conv per-group times ExecuTorch's per-group export beside its default one; "
+                            f"add executorch to --runtimes (got {','.join(runtimes)})")
+    return tuple(dict.fromkeys(r for rt in runtimes for r in (rt, PER_GROUP_RUNTIMES.get(rt, rt))))
 
 
 def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> None:

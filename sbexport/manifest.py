@@ -115,8 +115,10 @@ class ExecuTorchDetails:
     backend: str                      # "xnnpack" or "portable"
     executorch_version: str
     graph: ExecuTorchGraph
-    # "runner-kernel" (export --grouped-conv, opt-in): the grouped convolutions were left outside
-    # the delegate for the native runner's registered kernel; absent (None) from default programs
+    # export --grouped-conv's opt-ins: "per-group" (each grouped convolution exported as one dense
+    # convolution per group, all in the delegate) or "runner-kernel" (the grouped convolutions
+    # left outside the delegate for the native runner's registered kernel); absent (None) from
+    # default programs
     grouped_conv: str | None = None
 
     @property
@@ -126,8 +128,9 @@ class ExecuTorchDetails:
         int8 = f" ({g.quantized_convolutions} int8)" if g.quantized_convolutions is not None else ""
         norms = f" (+{g.layernorm_convolutions} for LayerNorms)" if g.layernorm_convolutions else ""
         kernel = " (grouped, for the runner's kernel)" if self.grouped_conv == "runner-kernel" else ""
+        per_group = " (one per group)" if self.grouped_conv == "per-group" else ""
         return (f"ExecuTorch {self.executorch_version}, {self.backend}: {g.delegates} delegate(s), "
-                f"convolutions {g.convolutions_in_delegate} inside{int8}{norms}, "
+                f"convolutions {g.convolutions_in_delegate} inside{per_group}{int8}{norms}, "
                 f"{g.convolutions_outside_delegate} outside{kernel}")
 
 

@@ -178,6 +178,43 @@ def test_cached_exports_are_reused(bench_run):
     assert [r["model"] for r in result["rows"]] == ["squeezebert"] * len(SEQ_LENS)
 
 
+def test_per_group_export_is_timed_beside_the_default(bench_run):
+    """executorch-per-group (`bench --grouped-conv per-group`): rows for both models beside
+    executorch's; SqueezeBERT's file is the per-group export, BERT-base's the executorch file
+    itself (it has no grouped convolution: no second export)."""
+    from sbexport.artifact import read_manifest
+
+    out = bench_run[3]
+    result = run_bench(tiny(workdir=str(out / "work"), formats=("executorch", "executorch-per-group"), runs=1,
+                            memory=False), progress=False, log=lambda m: None)
+    _validate(json.loads(json.dumps(result)))
+    assert {(r["runtime"], r["model"]) for r in result["rows"]} == \
+        {(rt, m) for rt in ("executorch", "executorch-per-group") for m in ("squeezebert", "bert")}
+    folders = {key: facts["folder"] for key, facts in result["artifacts"].items()}
+    assert folders["bert/executorch-per-group"] == folders["bert/executorch"]
+    assert read_manifest(folders["squeezebert/executorch-per-group"]).details.grouped_conv == "per-group"
+    assert read_manifest(folders["squeezebert/executorch"]).details.grouped_conv is None
+    assert "ExecuTorch XNNPACK, per-group" in markdown_table(result)
+
+
+def test_cli_grouped_conv_adds_the_per_group_runtime(monkeypatch, capsys):
+    """--grouped-conv per-group puts executorch-per-group right after executorch; without
+    executorch among the runtimes it refuses in one line, before any work."""
+    configs = []
+    monkeypatch.setattr("sbexport.bench.run_bench", lambda config, **kw: configs.append(config) or {})
+    monkeypatch.setattr("sbexport.bench.table", lambda result: "")
+    base = ["sbexport", "bench", "--grouped-conv", "per-group"]
+    monkeypatch.setattr(sys, "argv", [*base, "--runtimes", "onnx,executorch,eager"])
+    cli.main()
+    assert configs[0].formats == ("onnx", "executorch", "executorch-per-group", "eager")
+    monkeypatch.setattr(sys, "argv", [*base, "--runtimes", "onnx"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: --grouped-conv per-group times ExecuTorch's per-group export beside"), err
+
+
 def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
     real = machine.runtime_unavailable
     monkeypatch.setattr(machine, "runtime_unavailable",

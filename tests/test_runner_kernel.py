@@ -101,15 +101,17 @@ def test_info_shows_the_opt_in(kernel_artifact, monkeypatch, capsys):
     assert f"{grouped_count(config)} outside (grouped, for the runner's kernel)" in out
 
 
+@pytest.mark.parametrize("form", ["runner-kernel", "per-group"])
 @pytest.mark.parametrize("args, match", [
-    (["--backend", "portable"], "the portable backend has no delegate"),
-    (["--quantize", "int8"], "--grouped-conv runner-kernel is for fp32 programs"),
+    (["--backend", "portable"], "--grouped-conv {form} is a form for the XNNPACK delegate; the portable backend"),
+    (["--quantize", "int8"], "--grouped-conv {form} is for fp32 programs"),
 ])
-def test_opt_in_refuses_what_it_cannot_mean(monkeypatch, capsys, tmp_path, args, match):
+def test_opt_in_refuses_what_it_cannot_mean(monkeypatch, capsys, tmp_path, form, args, match):
+    """Both opt-ins of --grouped-conv (this one and export/layout.py's per-group form)."""
     out = tmp_path / "out"
     code, stdout, err = run_main(monkeypatch, capsys, "executorch", "--task", "mnli", "--random-init",
-                                 "--grouped-conv", "runner-kernel", *args, "-o", out)
-    assert_one_error_line(code, stdout, err, match)
+                                 "--grouped-conv", form, *args, "-o", out)
+    assert_one_error_line(code, stdout, err, match.format(form=form))
     assert not out.exists()
 
 

@@ -31,7 +31,7 @@ from .machine import INTERESTING_FLAGS
 from .sgemm import matmul_program
 from .target import Loaded, Peak, Timing
 
-DEVICE_RUNTIMES = ("executorch",)
+DEVICE_RUNTIMES = ("executorch", "executorch-per-group")   # .pte files, in the native runner
 CEILING_REPEATS = 5
 
 

@@ -19,11 +19,12 @@ import torch
 
 from .. import __version__
 from ..errors import ExportError, SbexportError
+from ..modeling import conv_projections
 from ..tasks import Task
-from .inputs import INT8_RUNTIMES, LABELS, BenchConfig, BenchModel, fp32_runtime
+from .inputs import INT8_RUNTIMES, LABELS, PER_GROUP_RUNTIMES, BenchConfig, BenchModel, fp32_runtime
 
 EXPORTED = {"onnx": "onnx", "executorch": "executorch"}    # runtime -> export format; eager needs none
-EXPORTED.update({int8: EXPORTED[fp32] for fp32, int8 in INT8_RUNTIMES.items()})
+EXPORTED.update({form: EXPORTED[fp32] for fp32, form in (INT8_RUNTIMES | PER_GROUP_RUNTIMES).items()})
 
 
 @contextlib.contextmanager
@@ -61,8 +62,11 @@ def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConf
     if runtime in INT8_RUNTIMES.values():
         return _quantized(runtime, export_cached(fp32_runtime(runtime), task, model, config, workdir, log), task, model,
                           log)
+    per_group = runtime in PER_GROUP_RUNTIMES.values()
+    if per_group and not conv_projections(model.config):   # no grouped convolution: the same file
+        return export_cached(fp32_runtime(runtime), task, model, config, workdir, log)
     options = OnnxOptions(max_batch=max(1024, config.batch)) if EXPORTED[runtime] == "onnx" \
-        else ExecuTorchOptions(batch=config.batch)
+        else ExecuTorchOptions(batch=config.batch, grouped_conv="per-group" if per_group else "xnnpack")
     max_seq_len = max(config.seq_lens)
     folder = workdir / f"{task.name}-{model.arch}-{runtime}-{cache_key(runtime, task, model, options, max_seq_len)}"
     try:

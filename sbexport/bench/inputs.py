@@ -17,14 +17,18 @@ from ..source import ModelSource, random_init_config, resolve_source
 from ..tasks import Task, get_task
 
 RUNTIMES = ("eager", "onnx", "executorch")       # fp32: the default run
-# The int8 form of an fp32 runtime: its export quantized (export/quantize.py), timed as a runtime
-# of its own so that fp32 and int8 rows sit in one run (`bench --quantize int8` adds them).
+# Other forms of a runtime's file, each timed as a runtime of its own so that both rows sit in
+# one run: the int8 form of an fp32 runtime (its export quantized, export/quantize.py; `bench
+# --quantize int8` adds them) and ExecuTorch's per-group export (each grouped convolution one
+# dense convolution per group, export/layout.py; `bench --grouped-conv per-group` adds it).
 INT8_RUNTIMES = {"onnx": "onnx-int8"}
+PER_GROUP_RUNTIMES = {"executorch": "executorch-per-group"}
 
 
 def fp32_runtime(runtime: str) -> str:
-    """The fp32 runtime that `runtime` runs on: itself, or the one an int8 runtime is quantized from."""
-    return next((fp32 for fp32, int8 in INT8_RUNTIMES.items() if int8 == runtime), runtime)
+    """The fp32 runtime that `runtime` runs on: itself, or the one whose file it is another form of."""
+    forms = {**INT8_RUNTIMES, **PER_GROUP_RUNTIMES}
+    return next((fp32 for fp32, form in forms.items() if form == runtime), runtime)
 MODELS = ("squeezebert", "bert")
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 
@@ -133,7 +137,7 @@ def bench_model_of(source: ModelSource, build_config=None) -> BenchModel:
 
 
 def _check_choices(config: BenchConfig) -> None:
-    runtimes = RUNTIMES + tuple(INT8_RUNTIMES.values())
+    runtimes = RUNTIMES + tuple(INT8_RUNTIMES.values()) + tuple(PER_GROUP_RUNTIMES.values())
     for name, values, allowed in (("runtime", config.formats, runtimes), ("model", config.models, MODELS)):
         if not values:
             raise SbexportError(f"no {name} given; choose from {', '.join(allowed)}")

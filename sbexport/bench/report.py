@@ -21,7 +21,7 @@ SCHEMA = "sbexport.bench/1"
 SCHEMA_FILE = "schema/bench-1.json"      # inside this package; its "schema" property is SCHEMA
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK",
-                  "onnx-int8": "ONNX Runtime int8"}
+                  "onnx-int8": "ONNX Runtime int8", "executorch-per-group": "ExecuTorch XNNPACK, per-group"}
 
 
 def json_schema() -> dict:
@@ -120,7 +120,8 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green", "onnx-int8": "tab:red"}
+    colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green", "onnx-int8": "tab:red",
+              "executorch-per-group": "tab:olive"}
     styles = {"squeezebert": ("-", "o"), "bert": ("--", "s")}
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for (rt, model) in dict.fromkeys((r["runtime"], r["model"]) for r in result["rows"]):

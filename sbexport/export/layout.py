@@ -18,6 +18,15 @@ one thread and 0.89-0.95x at two, for about 10% more export time (benchmarks/NOT
 stop 17). The same ops on a permuted tensor (XNNPACK's spatial mean) were as fast but cost 47%
 more export time: each LayerNorm became eleven nodes, and XNNPACK's passes cost per node.
 
+Opt-in (`per_group`, export --grouped-conv per-group): each grouped projection as one dense
+(groups=1) Conv2d per group on its slice of the channels, the outputs concatenated. XNNPACK runs
+a dense 1x1 convolution on its fully-connected GEMM and a grouped one on its IGEMM, and on x86
+with AVX2 alone (AMD Zen 3) the IGEMM ran at 40% of the GEMM's rate (roofline, ETDump): there
+the split program took 0.64x the default's time on one thread and 0.82x on two, with the same
+outputs; on AVX-512 the grouped IGEMM is as fast and the split form a little slower
+(benchmarks/NOTES.md, stop 18). Not the default: the projection is then `groups` native
+convolutions, not one grouped convolution.
+
 The reference model (modeling.py) is not changed: `conv2d_layout` returns a copy whose
 encoders run the same modules' forwards on 4-D tensors, so verify still compares the file
 against the unchanged [B, C, S] reference.
@@ -34,10 +43,11 @@ from torch import nn
 from ..modeling import ChannelLayerNorm, SqueezeBertEncoder, SqueezeBertModule, run_layers
 
 
-def conv2d_layout(module: nn.Module) -> nn.Module:
-    """A copy of `module` whose SqueezeBERT encoders run on [B, C, 1, S]; a model without one
-    (BERT), or whose projections are not all Conv1d (the exporter's check then names them),
-    comes back unchanged (not copied). Inputs and outputs are those of `module`."""
+def conv2d_layout(module: nn.Module, per_group: bool = False) -> nn.Module:
+    """A copy of `module` whose SqueezeBERT encoders run on [B, C, 1, S] (`per_group`: each
+    grouped projection a PerGroupConv2d); a model without one (BERT), or whose projections are
+    not all Conv1d (the exporter's check then names them), comes back unchanged (not copied).
+    Inputs and outputs are those of `module`."""
     layers = [m for m in module.modules() if isinstance(m, SqueezeBertModule)]
     if not layers or not all(isinstance(getattr(owner, name), nn.Conv1d)
                              for layer in layers for owner, name in projection_slots(layer)):
@@ -46,17 +56,17 @@ def conv2d_layout(module: nn.Module) -> nn.Module:
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SqueezeBertEncoder):
-                setattr(parent, name, Encoder2d(child))
+                setattr(parent, name, Encoder2d(child, per_group))
     return module
 
 
 class Encoder2d(nn.Module):
     """SqueezeBertEncoder on [B, H, 1, S] inside: takes and returns [B, S, H] as it does."""
 
-    def __init__(self, encoder: SqueezeBertEncoder):
+    def __init__(self, encoder: SqueezeBertEncoder, per_group: bool = False):
         super().__init__()
         self.num_heads = encoder.num_heads
-        self.layers = nn.ModuleList(Layer2d(layer) for layer in encoder.layers)
+        self.layers = nn.ModuleList(Layer2d(layer, per_group) for layer in encoder.layers)
 
     def forward(self, x, mask=None, head_masks=None, output_attentions=False, output_hidden_states=False):
         if mask is not None:   # as SqueezeBertEncoder: heads folded into the batch
@@ -68,14 +78,16 @@ class Encoder2d(nn.Module):
 
 
 class Layer2d(nn.Module):
-    """A SqueezeBertModule on [B, H, 1, S]: its own submodules, each Conv1d made a Conv2d and
-    each ChannelLayerNorm a DelegatedLayerNorm (same parameters). Changes `layer`'s
-    submodules in place (conv2d_layout passes a copy)."""
+    """A SqueezeBertModule on [B, H, 1, S]: its own submodules, each Conv1d made a Conv2d (a
+    grouped one, with `per_group`, a PerGroupConv2d) and each ChannelLayerNorm a
+    DelegatedLayerNorm (same parameters). Changes `layer`'s submodules in place (conv2d_layout
+    passes a copy)."""
 
-    def __init__(self, layer: SqueezeBertModule):
+    def __init__(self, layer: SqueezeBertModule, per_group: bool = False):
         super().__init__()
         for owner, name in projection_slots(layer):
-            setattr(owner, name, as_conv2d(getattr(owner, name)))
+            conv = as_conv2d(getattr(owner, name))
+            setattr(owner, name, PerGroupConv2d(conv) if per_group and conv.groups > 1 else conv)
         for norm_owner in (layer.post_attention, layer.output):
             norm_owner.layernorm = DelegatedLayerNorm(norm_owner.layernorm)
         self.attention, self.post_attention = layer.attention, layer.post_attention
@@ -125,9 +137,33 @@ class DelegatedLayerNorm(nn.Module):
 
 def as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
     """The 1x1 Conv1d `conv` as a Conv2d: weight [cout, cin/g, 1] viewed as [cout, cin/g, 1, 1]."""
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=1, groups=conv.groups, bias=conv.bias is not None)
-    out.weight = nn.Parameter(conv.weight.detach().unsqueeze(-1), requires_grad=False)
-    if conv.bias is not None:
-        out.bias = nn.Parameter(conv.bias.detach(), requires_grad=False)
+    return _conv2d(conv.weight.detach().unsqueeze(-1), conv.bias, conv.groups)
+
+
+def _conv2d(weight, bias, groups: int = 1) -> nn.Conv2d:
+    """A frozen 1x1 Conv2d holding `weight` [cout, cin/groups, 1, 1] and `bias` [cout] or None."""
+    out = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], kernel_size=1, groups=groups, bias=bias is not None)
+    out.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return out
 
+
+class PerGroupConv2d(nn.Module):
+    """A grouped 1x1 Conv2d as one dense Conv2d per group on its chunk of the input channels,
+    the outputs concatenated in group order: the same products summed in the same order (the
+    full-size program's logits were bit-identical to the grouped convolution's). The chunking is
+    a split_with_sizes that runs outside the delegate, one per projection: XNNPACK slices only
+    tensors of static shape, and the sequence is dynamic. Per-group slices instead left four
+    ops outside per projection, at the same speed (benchmarks/NOTES.md, stop 18)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        g = conv.groups
+        biases = conv.bias.detach().chunk(g) if conv.bias is not None else [None] * g
+        self.parts = nn.ModuleList(_conv2d(w.clone(), b) for w, b in zip(conv.weight.detach().chunk(g), biases))
+
+    def forward(self, x):
+        """x [B, cin, 1, S] -> [B, cout, 1, S]."""
+        chunks = x.chunk(len(self.parts), dim=1)                             # g x [B, cin/g, 1, S]
+        return torch.cat([part(chunk) for part, chunk in zip(self.parts, chunks)], dim=1)
