@@ -128,6 +128,17 @@ def test_arm64_runner_matches_pytorch_under_qemu(arm64_bundle, et_artifact, cpu,
     print(f"qemu {cpu}: every head in {time.perf_counter() - start:.1f} s")
 
 
+def test_runners_run_the_per_group_program(host_runner, arm64_bundle, et_artifact, tmp_path):
+    """`executorch --grouped-conv per-group` (export/layout.py: one dense convolution per group):
+    the same bound on the host and on each emulated CPU, whose XNNPACK runs other kernels."""
+    artifact = et_artifact("features", grouped_conv="per-group")
+    runners = [("host", host_runner)] + [(f"qemu-{cpu}", qemu_runner(arm64_bundle, cpu)) for cpu in QEMU_CPUS]
+    for name, runner in runners:
+        worst = parity(runner, artifact, tmp_path / name)
+        print(f"{name} per-group features: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+        assert max(worst.values()) <= RUNNER_ATOL, (name, worst)
+
+
 def test_cpu_models_take_different_kernel_paths(arm64_bundle, et_artifact, tmp_path):
     """The two CPU models are worth testing apart: XNNPACK picks different kernels for them, so
     their outputs differ in the last bits (measured: fnv1a64 of the fill-mask logits differs)."""
