@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_bert_config, tiny_squeezebert_config
+from test_cli import assert_one_error_line, run_main
 
 from sbexport import cli
 from sbexport.bench import BenchConfig, Loaded, Peak, Timing, machine, markdown_table, pipeline, run_bench, sgemm, table
@@ -203,16 +204,12 @@ def test_cli_grouped_conv_adds_the_per_group_runtime(monkeypatch, capsys):
     configs = []
     monkeypatch.setattr("sbexport.bench.run_bench", lambda config, **kw: configs.append(config) or {})
     monkeypatch.setattr("sbexport.bench.table", lambda result: "")
-    base = ["sbexport", "bench", "--grouped-conv", "per-group"]
-    monkeypatch.setattr(sys, "argv", [*base, "--runtimes", "onnx,executorch,eager"])
-    cli.main()
-    assert configs[0].formats == ("onnx", "executorch", "executorch-per-group", "eager")
-    monkeypatch.setattr(sys, "argv", [*base, "--runtimes", "onnx"])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and err.count("\n") == 1
-    assert err.startswith("error: --grouped-conv per-group times ExecuTorch's per-group export beside"), err
+    code, _, err = run_main(monkeypatch, capsys, "bench", "--grouped-conv", "per-group",
+                            "--runtimes", "onnx,executorch,eager")
+    assert code == 0 and configs[0].formats == ("onnx", "executorch", "executorch-per-group", "eager"), err
+    code, out, err = run_main(monkeypatch, capsys, "bench", "--grouped-conv", "per-group", "--runtimes", "onnx")
+    assert_one_error_line(code, out, err, "--grouped-conv per-group times ExecuTorch's per-group export beside")
+    assert len(configs) == 1
 
 
 def test_missing_runtime_is_skipped_with_its_reason(monkeypatch):
