@@ -19,13 +19,13 @@ stop 17). The same ops on a permuted tensor (XNNPACK's spatial mean) were as fas
 more export time: each LayerNorm became eleven nodes, and XNNPACK's passes cost per node.
 
 Opt-in (`per_group`, export --grouped-conv per-group): each grouped projection as one dense
-(groups=1) Conv2d per group on its slice of the channels, the outputs concatenated. XNNPACK runs
+(groups=1) Conv2d per group on its chunk of the channels, the outputs concatenated. XNNPACK runs
 a dense 1x1 convolution on its fully-connected GEMM and a grouped one on its IGEMM, and on x86
 with AVX2 alone (AMD Zen 3) the IGEMM ran at 40% of the GEMM's rate (roofline, ETDump): there
-the split program took 0.64x the default's time on one thread and 0.82x on two, with the same
-outputs; on AVX-512 the grouped IGEMM is as fast and the split form a little slower
-(benchmarks/NOTES.md, stop 18). Not the default: the projection is then `groups` native
-convolutions, not one grouped convolution.
+the per-group program took 0.59-0.64x the default's time on one thread and 0.70-0.82x on two,
+with the same outputs, for twice the export time; on AVX-512 the grouped IGEMM is as fast, and
+one projection in this form was a little slower (benchmarks/NOTES.md, stop 18). Not the
+default: the projection is then `groups` native convolutions, not one grouped convolution.
 
 The reference model (modeling.py) is not changed: `conv2d_layout` returns a copy whose
 encoders run the same modules' forwards on 4-D tensors, so verify still compares the file
