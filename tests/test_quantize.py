@@ -175,13 +175,15 @@ def minilm_fp32(minilm_artifact):
     return lambda task_name: minilm_artifact("onnx", task_name)
 
 
-@pytest.mark.parametrize("task_name", ["features", "mnli"])
+@pytest.mark.parametrize("task_name", ["features"])
 def test_real_weights_pass_the_guard(task_name, minilm_fp32, tmp_path):
     """Measured on the Intel kind, static recipe: features (every weight real) 99.4-99.6% of
     real-sentence token embeddings at cosine >= 0.99 (min 0.977), every pooled one (min 0.997);
-    mnli (real backbone, seeded random classifier) 36/36 labels. Not ner: its random 9-way
-    head has margins of ~0.01 between tags, under int8's logit error (92.8% agree; a trained
-    head's margins are units: benchmarks/NOTES.md)."""
+    on the AMD Zen 3 kind (judged through the u8 copy) 99.74%, pooled 72/72, min 0.976.
+    Only features: the other heads on these weights are seeded random classifiers whose labels
+    lie closer than int8's logit error. ner's 9-way head agrees on 92.8% of tags; mnli's 3-way
+    head (logits spread 0.066) agreed 36/36 on Intel but 33/36 on Zen 3 (max logit error 4.4e-3,
+    CI red there). A trained head's margins are units (benchmarks/NOTES.md)."""
     lines = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
