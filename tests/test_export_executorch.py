@@ -113,9 +113,11 @@ def test_xnnpack_holds_every_convolution(task_name, et_artifact):
 
 
 # |per-group - default| measured 0.0 (bit-identical: tiny features, full-size MNLI; AMD Zen 3, AVX2).
-# Bound: verify's fp32 atol, for another CPU kind whose dense and grouped kernels sum in
-# another order; a group in the wrong place or a lost bias is off by 1e-1 or more.
-PER_GROUP_ATOL = 1e-6
+# On another CPU kind XNNPACK's dense and grouped kernels may sum in another order: each program
+# was measured within 1.2e-6 of PyTorch on these outputs (host, qemu cortex-a53 and max:
+# tests/test_runner_native.py), so they may differ by 2.4e-6; the bound doubles that. A group in
+# the wrong place or a lost bias is off by 1e-1 or more.
+PER_GROUP_ATOL = 5e-6
 
 
 def test_per_group_program_runs_each_group_as_a_dense_convolution(et_artifact):
