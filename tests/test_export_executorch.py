@@ -124,7 +124,8 @@ def test_per_group_program_runs_each_group_as_a_dense_convolution(et_artifact):
     """--grouped-conv per-group: each grouped projection is `groups` dense convolutions, one per
     group in order, inside the delegate beside the LayerNorms' ones; outside it only what the
     default program has and one split of the channels per grouped projection (XNNPACK slices
-    static shapes only); the manifest says so; and the outputs are the default program's."""
+    static shapes only; EXPORT_TINY's group counts all differ, so no split is shared); the
+    manifest says so; and the outputs are the default program's."""
     from sbexport.export.executorch import projection_convolutions
 
     folder, default = et_artifact("features", grouped_conv="per-group"), et_artifact("features")
@@ -150,6 +151,28 @@ def test_per_group_program_runs_each_group_as_a_dense_convolution(et_artifact):
                     ExecuTorchRunner(default / "model.pte", INPUT_NAMES).run(feeds)):
         print(f"per-group vs default: max |diff| {np.abs(a - b).max():.2e}")
         assert np.abs(a - b).max() <= PER_GROUP_ATOL
+
+
+def test_per_group_program_shares_splits_where_the_groups_match(tmp_path):
+    """With SqueezeBERT's own pattern (query, key, value, intermediate and output alike in
+    groups), the per-group program splits each layer's channels twice, not five times: once
+    for the query, key and value together (export/layout.py's share_group_splits), and once for
+    the intermediate, whose groups feed the output's uncatenated (PerGroupActivation); parity
+    holds (the export's verify sweep)."""
+    from conftest import tiny_random_config
+
+    from sbexport.export import ExecuTorchOptions, export_artifact
+    from sbexport.source import resolve_source
+
+    task = TASKS["features"]
+    config = tiny_random_config(task, q_groups=2, k_groups=2, v_groups=2, intermediate_groups=2, output_groups=2)
+    folder = export_artifact("executorch", task, resolve_source(task, random_init=True), tmp_path / "pte",
+                             ExecuTorchOptions(grouped_conv="per-group"), config=config, log=lambda _: None)
+    manifest = read_manifest(folder)
+    graph = manifest.details.graph
+    assert graph.ops_outside_delegate["split_with_sizes_copy"] == 2 * config.num_hidden_layers
+    assert graph.convolutions_in_delegate == (5 * 2 + 1) * config.num_hidden_layers   # post-attention: groups 1
+    assert manifest.parity.passed
 
 
 def test_portable_backend_runs_without_delegates(et_artifact):

@@ -30,7 +30,7 @@ import torch
 from ..errors import ExportError
 from ..manifest import Dims, ExecuTorchDetails, ExecuTorchGraph
 from ..modeling import conv_projections
-from .layout import DelegatedLayerNorm, conv2d_layout
+from .layout import DelegatedLayerNorm, conv2d_layout, share_group_splits
 
 FILE_NAME = "model.pte"
 DESCRIPTION = "ExecuTorch program (fp32)"
@@ -132,6 +132,8 @@ def lower(module, example: dict, max_seq: int, backend: str, grouped_conv: str =
     from executorch.exir import to_edge, to_edge_transform_and_lower
 
     program = torch.export.export(module, tuple(example.values()), dynamic_shapes=_dynamic_shapes(example, max_seq))
+    if grouped_conv == "per-group":
+        share_group_splits(program)
     if backend == "xnnpack":
         return to_edge_transform_and_lower(program, partitioner=[_xnnpack_partitioner(grouped_conv)])
     return to_edge(program)

@@ -26,6 +26,11 @@ the per-group program took 0.59-0.64x the default's time on one thread and 0.70-
 with the same outputs, for twice the export time; on AVX-512 the grouped IGEMM is as fast, and
 one projection in this form was a little slower (benchmarks/NOTES.md, stop 18). Not the
 default: the projection is then `groups` native convolutions, not one grouped convolution.
+Each channel split runs outside the delegate (a copy, and transposes at the boundary), so the
+form splits as little as it can: the query, key and value share one split of their input
+(share_group_splits), and the intermediate hands its groups to the output's uncatenated
+(PerGroupActivation): 2 splits per layer instead of 5, 29 delegates instead of 41, 0.91-0.94x
+the time (stop 19).
 
 The reference model (modeling.py) is not changed: `conv2d_layout` returns a copy whose
 encoders run the same modules' forwards on 4-D tensors, so verify still compares the file
@@ -88,6 +93,8 @@ class Layer2d(nn.Module):
         for owner, name in projection_slots(layer):
             conv = as_conv2d(getattr(owner, name))
             setattr(owner, name, PerGroupConv2d(conv) if per_group and conv.groups > 1 else conv)
+        if per_group and _same_groups(layer.intermediate.conv1d, layer.output.conv1d):
+            layer.intermediate = PerGroupActivation(layer.intermediate)
         for norm_owner in (layer.post_attention, layer.output):
             norm_owner.layernorm = DelegatedLayerNorm(norm_owner.layernorm)
         self.attention, self.post_attention = layer.attention, layer.post_attention
@@ -153,9 +160,10 @@ class PerGroupConv2d(nn.Module):
     """A grouped 1x1 Conv2d as one dense Conv2d per group on its chunk of the input channels,
     the outputs concatenated in group order: the same products summed in the same order (the
     full-size program's logits were bit-identical to the grouped convolution's). The chunking is
-    a split_with_sizes that runs outside the delegate, one per projection: XNNPACK slices only
-    tensors of static shape, and the sequence is dynamic. Per-group slices instead left four
-    ops outside per projection, at the same speed (benchmarks/NOTES.md, stop 18)."""
+    a split_with_sizes that runs outside the delegate: XNNPACK slices only tensors of static
+    shape, and the sequence is dynamic. Per-group slices instead left four ops outside per
+    projection, at the same speed (benchmarks/NOTES.md, stop 18). Given its input already
+    split (a tuple of g chunks, PerGroupActivation's output), it splits nothing."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -164,6 +172,48 @@ class PerGroupConv2d(nn.Module):
         self.parts = nn.ModuleList(_conv2d(w.clone(), b) for w, b in zip(conv.weight.detach().chunk(g), biases))
 
     def forward(self, x):
-        """x [B, cin, 1, S] -> [B, cout, 1, S]."""
-        chunks = x.chunk(len(self.parts), dim=1)                             # g x [B, cin/g, 1, S]
-        return torch.cat([part(chunk) for part, chunk in zip(self.parts, chunks)], dim=1)
+        """x [B, cin, 1, S], or its g channel groups -> [B, cout, 1, S]."""
+        return torch.cat(self.each_group(x), dim=1)
+
+    def each_group(self, x) -> list:
+        """x [B, cin, 1, S], or its g channel groups -> g x [B, cout/g, 1, S], uncatenated."""
+        chunks = x if isinstance(x, tuple) else x.chunk(len(self.parts), dim=1)   # g x [B, cin/g, 1, S]
+        return [part(chunk) for part, chunk in zip(self.parts, chunks)]
+
+
+class PerGroupActivation(nn.Module):
+    """The intermediate ConvActivation of the per-group form, when the output projection has as
+    many groups: its g activated group outputs, left uncatenated for the output's
+    PerGroupConv2d, whose group i reads exactly the channels of the intermediate's group i. The
+    cat, the split of its 4x-wide result outside the delegate and a delegate boundary go."""
+
+    def __init__(self, intermediate: nn.Module):
+        super().__init__()
+        self.conv1d, self.act = intermediate.conv1d, intermediate.act
+
+    def forward(self, x):
+        """x [B, H, 1, S] -> g x [B, I/g, 1, S]."""
+        return tuple(self.act(y) for y in self.conv1d.each_group(x))
+
+
+def _same_groups(first: nn.Module, second: nn.Module) -> bool:
+    """Whether two projections are PerGroupConv2d with the same number of groups."""
+    return isinstance(first, PerGroupConv2d) and isinstance(second, PerGroupConv2d) and \
+        len(first.parts) == len(second.parts)
+
+
+def share_group_splits(program) -> None:
+    """Merge, in place, the identical channel splits of a torch.export program of the per-group
+    form: the query, key and value projections chunk the same input alike, and torch.export
+    keeps all three (it eliminates no common subexpression); each split runs outside the
+    delegate, a copy and two transposes at its boundary. `program`: an ExportedProgram."""
+    graph, first = program.graph_module.graph, {}
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.chunk.default:
+            key = (node.args, tuple(node.kwargs.items()))
+            if key in first:
+                node.replace_all_uses_with(first[key])
+                graph.erase_node(node)
+            else:
+                first[key] = node
+    program.graph_module.recompile()
