@@ -128,6 +128,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.optimum_python.is_file():
         sys.exit(f"no optimum environment at {args.optimum_python}: run `make optimum-env` first")
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):   # the exports would refuse it
+        sys.exit(f"--keep {args.keep} already holds files: remove it or choose another folder")
     with tempfile.TemporaryDirectory(prefix="sbexport-optimum-") as scratch:
         tmp = args.keep or Path(scratch)
         model = args.model or random_checkpoint(tmp / "checkpoint", args.seed)
