@@ -671,8 +671,9 @@ def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> N
 @_threads_option("all cores")
 @click.option("--seq-lens", default=None, help="Sequence lengths, comma-separated. Default: 8,16,...,512.")
 @click.option("--runtimes", default=None,
-              help="Runtimes, comma-separated: torch, onnx, executorch, kernels (kernels/, after `make kernels`). "
-                   "Default: torch,onnx,executorch.")
+              help="Runtimes, comma-separated: torch, onnx, executorch, executorch-per-group (each grouped "
+                   "convolution one dense convolution per group, as `executorch --grouped-conv per-group` exports it), "
+                   "kernels (kernels/, after `make kernels`). Default: torch,onnx,executorch.")
 @click.option("--repeats", type=int, default=None, help="Timed calls per shape, runtime and length. Default: 20.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON (schema sbexport.roofline/1).")

@@ -69,22 +69,31 @@ def per_op(dump: Path, skip: int = 1) -> tuple[float | None, dict]:
     return total, dict(ops)
 
 
-def convolution_times(dump: Path, skip: int) -> tuple[list[float], list[float]]:
-    """Per call after the first `skip`: (ms of the delegate's convolution operator, ms of the
-    whole Method::execute) of a program holding one convolution. Raises SbexportError unless the
-    dump has exactly one convolution event (pick_convolution)."""
+def convolution_times(dump: Path, skip: int, count: int = 1) -> tuple[list[float], list[float]]:
+    """Per call after the first `skip`: (ms of the delegate's convolution operators, summed, ms
+    of the whole Method::execute) of a program holding `count` convolutions (one projection;
+    `count` > 1: the per-group form's dense convolution per group). Raises SbexportError unless
+    the dump has exactly `count` convolution events (pick_convolutions)."""
     events = list(_execute_events(dump))
-    conv = pick_convolution(events)
+    convs = pick_convolutions(events, count)
     execute = next(e for e in events if e.name == "Method::execute")
-    return [float(t) for t in conv.perf_data.raw[skip:]], [float(t) for t in execute.perf_data.raw[skip:]]
+    per_call = np.sum([np.asarray(c.perf_data.raw[skip:], dtype=float) for c in convs], axis=0)
+    return [float(t) for t in per_call], [float(t) for t in execute.perf_data.raw[skip:]]
 
 
 def pick_convolution(events: list):
-    """The one delegated event of `events` (Inspector events: name, is_delegated_op) that is
-    XNNPACK's convolution or fully-connected operator, not a transpose, reshape or the call
-    around them. Raises SbexportError when there is none or more than one."""
+    """The one delegated event of `events` that is XNNPACK's convolution or fully-connected
+    operator (pick_convolutions with a count of one)."""
+    return pick_convolutions(events, 1)[0]
+
+
+def pick_convolutions(events: list, count: int) -> list:
+    """The delegated events of `events` (Inspector events: name, is_delegated_op) that are
+    XNNPACK's convolution or fully-connected operator, not a transpose, reshape, copy or the
+    call around them. Raises SbexportError unless there are exactly `count`."""
     found = [e for e in events if e.is_delegated_op and e.name.startswith(CONVOLUTION_EVENTS)]
-    if len(found) != 1:
-        raise SbexportError(f"expected one XNNPACK convolution event in the ETDump, found "
+    if len(found) != count:
+        expected = "one XNNPACK convolution event" if count == 1 else f"{count} XNNPACK convolution events"
+        raise SbexportError(f"expected {expected} in the ETDump, found "
                             f"{[e.name for e in found]} among {[e.name for e in events]}")
-    return found[0]
+    return found

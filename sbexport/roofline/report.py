@@ -21,6 +21,8 @@ SCHEMA_FILE = "schema/roofline-1.json"     # inside this package; its "schema" p
 # What a row's op_* figures are (runtimes.XnnpackConvRun), for the table's legend.
 OP_LEGEND = ("XNNPACK's convolution event alone (ETDump), without the transposes and reshapes the delegate "
              "puts around a lone convolution, which the model's [B, C, 1, S] layout does not pay")
+OP_LEGENDS = {"executorch-per-group": "XNNPACK's convolution events of the groups (ETDump), summed, without the "
+                                       "channel split outside the delegate and the transposes around it"}
 
 
 def json_schema() -> dict:
@@ -62,13 +64,14 @@ def table(result: dict) -> str:
         shown = [row for row in shown if by_key[row[0], row[2], seqs[0]][row[3]] is not None]
         if not shown:
             continue
-        head = f"{'shape':<14}{'runtime':<12}" + "".join(f"{'seq ' + str(s):>10}" for s in seqs)
+        width = max([12] + [len(label) + 1 for _, label, _, _ in shown])   # executorch-per-group* is 21
+        head = f"{'shape':<14}{'runtime':<{width}}" + "".join(f"{'seq ' + str(s):>10}" for s in seqs)
         lines += [title, head, "-" * len(head)]
-        lines += [f"{s:<14}{label:<12}" + "".join(f"{fmt.format(by_key[s, rt, q][f]):>10}" for q in seqs)
+        lines += [f"{s:<14}{label:<{width}}" + "".join(f"{fmt.format(by_key[s, rt, q][f]):>10}" for q in seqs)
                   for s, label, rt, f in shown]
         lines.append("")
     for rt in sorted(timed_op):
-        lines.append(f"{rt}*: {OP_LEGEND} (the whole call's share: pct_of_dense in the JSON)")
+        lines.append(f"{rt}*: {OP_LEGENDS.get(rt, OP_LEGEND)} (the whole call's share: pct_of_dense in the JSON)")
     if timed_op:
         lines.append("")
     threads = result["config"]["threads"]

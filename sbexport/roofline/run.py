@@ -37,7 +37,7 @@ from ..reportfile import check_report_path
 from ..threads import thread_settings
 from . import report
 from .ceilings import better, ceilings
-from .runtimes import DEFAULT_RUNTIMES, RUNTIMES, ConvWeights, Run
+from .runtimes import DEFAULT_RUNTIMES, RUNTIMES, ConvWeights, ExecuTorchConv, Run
 from .shapes import FORMULA, Projection, dense_reference, projections
 
 # A runtime's output may differ from the float64 reference by this much relative to the
@@ -92,7 +92,7 @@ def run_roofline(config: RooflineConfig, *, runtimes: dict | None = None, json_p
             tempfile.TemporaryDirectory(prefix="sbexport-roofline-") as tmp:
         folder = Path(tmp)
         first = measure_roofs(roof_threads, config, folder, bar)
-        uses_executorch = any(rt.name == "executorch" for rt in chosen)
+        uses_executorch = any(isinstance(rt, ExecuTorchConv) for rt in chosen)
         # torch's pool at 1 outside torch's own calls (TorchConv sets it to `threads` for its
         # call): its idle OpenMP workers would spin beside the other runtimes' pools.
         with thread_settings(threads, executorch=uses_executorch), thread_settings(1):
@@ -291,7 +291,8 @@ def method_notes(config: RooflineConfig) -> dict:
                    f"the dense shape, 1 us resolution), excluding the transposes and static reshapes the delegate "
                    f"puts around a lone convolution fed [1, cin, seq], which the model's [B, C, 1, S] layout "
                    f"(export/layout.py) does not pay per convolution; op_call_median_ms the median of "
-                   f"Method::execute in the same calls; pct_of_dense_op compares op_gflops",
+                   f"Method::execute in the same calls; pct_of_dense_op compares op_gflops; executorch-per-group: "
+                   f"the sum of its groups' events (one dense convolution per group) per call",
         "ceilings": f"compute: {sgemm.method(config.sgemm_size)}; memory: torch copy_ of {config.bandwidth_mb} MB "
                     f"fp32, read + write counted, best of 5; each on one thread, on the run's threads and on every "
                     f"core, before and after the sweep, the better kept; attainable = min(sgemm, bandwidth x "

@@ -140,9 +140,17 @@ class ExecuTorchConv:
     The model does not pay those per convolution (export/layout.py runs the encoder on
     [B, C, 1, S] so that convolutions feed each other channels-last inside the delegate), so
     the run's op_times also gives XNNPACK's convolution event alone, read from ETDump (an
-    XnnpackConvRun)."""
+    XnnpackConvRun).
 
-    name, label = "executorch", "ExecuTorch XNNPACK"
+    `per_group` ("executorch-per-group"): the projection as `executorch --grouped-conv
+    per-group` exports it (export/layout.py's PerGroupConv2d on [1, cin, 1, S]): one dense
+    convolution per group, which XNNPACK runs as fully-connected GEMMs; its operator time is the
+    sum of the groups' events, its wall time includes the channel split outside the delegate."""
+
+    def __init__(self, per_group: bool = False):
+        self.per_group = per_group
+        self.name = "executorch-per-group" if per_group else "executorch"
+        self.label = "ExecuTorch XNNPACK, a dense conv per group" if per_group else "ExecuTorch XNNPACK"
 
     def unavailable(self) -> str | None:
         return runtime_unavailable("executorch")
@@ -155,15 +163,17 @@ class ExecuTorchConv:
 
         s = conv.shape
         max_seq = max(max_seq, 2)      # torch.export specialises a dimension of size 1
-        module = _one_conv_module(conv).eval()
+        module = (_per_group_module(conv) if self.per_group else _one_conv_module(conv)).eval()
         example = {"x": torch.zeros(1, s.cin, min(max_seq, 16))}   # the sequence is dynamic
-        edge = lower(module, example, max_seq, "xnnpack")
+        edge = lower(module, example, max_seq, "xnnpack", grouped_conv="per-group" if self.per_group else "xnnpack")
         summary = graph_summary(edge.exported_program().graph_module)
-        if (summary.convolutions_in_delegate, summary.convolutions_outside_delegate) != (1, 0):
-            raise SbexportError(f"the {s.key} convolution was not lowered into the XNNPACK delegate: {summary}")
-        path = folder / f"conv-{s.cin}x{s.cout}-g{s.groups}.pte"
+        convolutions = s.groups if self.per_group else 1
+        if (summary.convolutions_in_delegate, summary.convolutions_outside_delegate) != (convolutions, 0):
+            raise SbexportError(f"the {s.key} convolution was not lowered into the XNNPACK delegate as "
+                                f"{convolutions} convolution(s): {summary}")
+        path = folder / f"conv-{s.cin}x{s.cout}-g{s.groups}{'-per-group' if self.per_group else ''}.pte"
         path.write_bytes(edge.to_executorch().buffer)
-        return XnnpackConvRun(path, ExecuTorchRunner(path, ("x",)))
+        return XnnpackConvRun(path, ExecuTorchRunner(path, ("x",)), convolutions)
 
 
 @dataclass(frozen=True)
@@ -173,14 +183,16 @@ class XnnpackConvRun:
 
     path: Path
     runner: object      # runtime.ExecuTorchRunner of `path`
+    convolutions: int = 1   # the program's convolution events per call (the per-group form: groups)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.runner.run({"x": x})[0]
 
     def op_times(self, x: np.ndarray, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
         """Seconds per call, for `repeats` calls on x after `warmup` untimed ones: XNNPACK's
-        convolution event (etdump.pick_convolution: the convolution or fully-connected operator,
-        not the transposes and reshapes around it) and the whole Method::execute around it."""
+        convolution events (etdump.pick_convolutions: the convolution or fully-connected
+        operators, not the transposes and reshapes around them; summed) and the whole
+        Method::execute around them."""
         import torch
 
         from ..bench.etdump import convolution_times, run_with_etdump
@@ -188,7 +200,7 @@ class XnnpackConvRun:
         dump = self.path.with_suffix(".etdp")
         untimed = max(warmup, 1)    # run_with_etdump makes one untimed call of its own, in the dump too
         run_with_etdump(self.path, [torch.from_numpy(x)], untimed - 1 + repeats, dump)
-        op_ms, call_ms = convolution_times(dump, skip=untimed)
+        op_ms, call_ms = convolution_times(dump, skip=untimed, count=self.convolutions)
         return [t / 1e3 for t in op_ms], [t / 1e3 for t in call_ms]
 
 
@@ -210,6 +222,25 @@ def _one_conv_module(conv: ConvWeights):
             return self.conv(x)
 
     return OneConv()
+
+
+def _per_group_module(conv: ConvWeights):
+    """_one_conv_module's projection in the per-group export's form: forward(x), x [1, cin, seq],
+    runs export/layout.py's PerGroupConv2d (groups > 1; else the dense Conv2d) on [1, cin, 1, seq]."""
+    import torch
+
+    from ..export.layout import PerGroupConv2d, as_conv2d
+
+    class PerGroupConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            dense = as_conv2d(_one_conv_module(conv).conv)
+            self.conv = PerGroupConv2d(dense) if dense.groups > 1 else dense
+
+        def forward(self, x):
+            return self.conv(x.unsqueeze(2)).squeeze(2)
+
+    return PerGroupConv()
 
 
 class KernelsConv:
@@ -246,6 +277,7 @@ class KernelsConv:
         return lib.conv(conv.weight, conv.bias, conv.shape.groups, pool=pool)
 
 
-RUNTIMES = {r.name: r for r in (TorchConv(), OnnxConv(), ExecuTorchConv(), KernelsConv())}
+RUNTIMES = {r.name: r for r in (TorchConv(), OnnxConv(), ExecuTorchConv(), ExecuTorchConv(per_group=True),
+                                  KernelsConv())}
 # `sbexport roofline` without --runtimes: the runtimes that need no build step of their own.
 DEFAULT_RUNTIMES = ("torch", "onnx", "executorch")
