@@ -241,6 +241,30 @@ def export_cache(tmp_path_factory, tiny_checkpoint):
     return get
 
 
+# SqueezeBERT's own pattern of groups (query, key, value, intermediate and output alike), where
+# the per-group form shares its channel splits (export/layout.py); EXPORT_GROUPS differ, so the
+# shared artifacts above never do.
+SHARED_SPLIT_GROUPS = dict(q_groups=2, k_groups=2, v_groups=2, intermediate_groups=2, output_groups=2)
+
+
+@pytest.fixture(scope="session")
+def shared_splits_artifact(tmp_path_factory) -> Path:
+    """The per-group ExecuTorch program (features, random init) of EXPORT_TINY with
+    SHARED_SPLIT_GROUPS, exported and verified once per run (made_once)."""
+    from sbexport.export import ExecuTorchOptions, export_artifact
+    from sbexport.source import resolve_source
+    from sbexport.tasks import TASKS
+
+    task = TASKS["features"]
+
+    def export(out: Path) -> None:
+        export_artifact("executorch", task, resolve_source(task, random_init=True), out,
+                        ExecuTorchOptions(grouped_conv="per-group"),
+                        config=tiny_random_config(task, **SHARED_SPLIT_GROUPS), log=lambda _: None)
+    folder = shared_root(tmp_path_factory) / "shared-artifacts" / "features-executorch-per-group-shared"
+    return made_once(folder, export)
+
+
 @pytest.fixture(scope="session")
 def onnx_artifact(export_cache):
     """onnx_artifact(task_name, local=False) -> the shared ONNX artifact folder."""

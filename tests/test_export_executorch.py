@@ -153,22 +153,14 @@ def test_per_group_program_runs_each_group_as_a_dense_convolution(et_artifact):
         assert np.abs(a - b).max() <= PER_GROUP_ATOL
 
 
-def test_per_group_program_shares_splits_where_the_groups_match(tmp_path):
+def test_per_group_program_shares_splits_where_the_groups_match(shared_splits_artifact):
     """With SqueezeBERT's own pattern (query, key, value, intermediate and output alike in
     groups), the per-group program splits each layer's channels twice, not five times: once
     for the query, key and value together (export/layout.py's share_group_splits), and once for
     the intermediate, whose groups feed the output's uncatenated (PerGroupActivation); parity
-    holds (the export's verify sweep)."""
-    from conftest import tiny_random_config
-
-    from sbexport.export import ExecuTorchOptions, export_artifact
-    from sbexport.source import resolve_source
-
-    task = TASKS["features"]
-    config = tiny_random_config(task, q_groups=2, k_groups=2, v_groups=2, intermediate_groups=2, output_groups=2)
-    folder = export_artifact("executorch", task, resolve_source(task, random_init=True), tmp_path / "pte",
-                             ExecuTorchOptions(grouped_conv="per-group"), config=config, log=lambda _: None)
-    manifest = read_manifest(folder)
+    holds (the export's verify sweep; the native runners: tests/test_runner_native.py)."""
+    manifest = read_manifest(shared_splits_artifact)
+    config = rebuild_reference(shared_splits_artifact, manifest, TASKS["features"]).config
     graph = manifest.details.graph
     assert graph.ops_outside_delegate["split_with_sizes_copy"] == 2 * config.num_hidden_layers
     assert graph.convolutions_in_delegate == (5 * 2 + 1) * config.num_hidden_layers   # post-attention: groups 1

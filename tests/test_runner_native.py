@@ -128,14 +128,19 @@ def test_arm64_runner_matches_pytorch_under_qemu(arm64_bundle, et_artifact, cpu,
     print(f"qemu {cpu}: every head in {time.perf_counter() - start:.1f} s")
 
 
-def test_runners_run_the_per_group_program(host_runner, arm64_bundle, et_artifact, tmp_path):
-    """`executorch --grouped-conv per-group` (export/layout.py: one dense convolution per group):
-    the same bound on the host and on each emulated CPU, whose XNNPACK runs other kernels."""
-    artifact = et_artifact("features", grouped_conv="per-group")
+@pytest.mark.parametrize("form", ["split per projection", "shared splits"])
+def test_runners_run_the_per_group_program(host_runner, arm64_bundle, et_artifact, shared_splits_artifact, form,
+                                           tmp_path):
+    """`executorch --grouped-conv per-group` (export/layout.py: one dense convolution per group),
+    with every group count different (a split per grouped projection) and with SqueezeBERT's
+    pattern (shared splits, the intermediate's groups fed to the output uncatenated): the same
+    bound on the host and on each emulated CPU, whose XNNPACK runs other kernels."""
+    artifact = et_artifact("features", grouped_conv="per-group") if form == "split per projection" \
+        else shared_splits_artifact
     runners = [("host", host_runner)] + [(f"qemu-{cpu}", qemu_runner(arm64_bundle, cpu)) for cpu in QEMU_CPUS]
     for name, runner in runners:
         worst = parity(runner, artifact, tmp_path / name)
-        print(f"{name} per-group features: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+        print(f"{name} per-group features ({form}): " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
         assert max(worst.values()) <= RUNNER_ATOL, (name, worst)
 
 
