@@ -416,7 +416,7 @@ def test_the_convolution_event_is_picked_not_the_layout_changes(monkeypatch, con
 
     events = _one_conv_events(conv_name)
     monkeypatch.setattr(etdump, "_execute_events", lambda dump: iter(events))
-    assert etdump.pick_convolution(events).name == conv_name
+    assert [e.name for e in etdump.pick_convolutions(events, 1)] == [conv_name]
     assert etdump.convolution_times("unused.etdp", skip=1) == ([0.3, 0.2], [1.7, 1.8])
 
 
@@ -455,11 +455,11 @@ def test_per_op_leaves_the_untimed_first_call_out(monkeypatch):
 
 @pytest.mark.parametrize("names", [[], ["Convolution (NHWC, F32) IGEMM #1", "Convolution (NHWC, F32) IGEMM #2"]])
 def test_no_or_two_convolution_events_refused(names):
-    from sbexport.bench.etdump import pick_convolution
+    from sbexport.bench.etdump import pick_convolutions
 
     events = [_event("Transpose (ND, X32) #1", [0.5])] + [_event(n, [0.3]) for n in names]
     with pytest.raises(SbexportError, match="expected one XNNPACK convolution event"):
-        pick_convolution(events)
+        pick_convolutions(events, 1)
 
 
 # -- thread pools: torch's idle OpenMP workers must not run beside the other runtimes ----------

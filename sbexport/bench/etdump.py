@@ -81,12 +81,6 @@ def convolution_times(dump: Path, skip: int, count: int = 1) -> tuple[list[float
     return [float(t) for t in per_call], [float(t) for t in execute.perf_data.raw[skip:]]
 
 
-def pick_convolution(events: list):
-    """The one delegated event of `events` that is XNNPACK's convolution or fully-connected
-    operator (pick_convolutions with a count of one)."""
-    return pick_convolutions(events, 1)[0]
-
-
 def pick_convolutions(events: list, count: int) -> list:
     """The delegated events of `events` (Inspector events: name, is_delegated_op) that are
     XNNPACK's convolution or fully-connected operator, not a transpose, reshape, copy or the
