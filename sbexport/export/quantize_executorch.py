@@ -18,7 +18,11 @@ Conv1dUnsqueezePass makes each a Conv2d over [batch, channels, 1, seq] with qint
 output and qcint8 (per-channel) weights (tests/test_quantize_executorch.py reads them back from
 the .pte). Dynamic quantization would not: the partitioner takes dynamically quantized
 convolutions only in standard 2-D form. The embedding tables, LayerNorms, attention matmuls,
-GELU and the heads' Linear layers stay fp32, as in the ONNX recipe.
+GELU and the heads' Linear layers stay fp32, as in the ONNX recipe. The program keeps the
+[B, C, S] form, not the fp32 program's [B, C, 1, S] layout with the LayerNorms in the delegate
+(layout.py): quantized in that layout it took 1.023x the time at one thread and 0.996x at two,
+because the LayerNorms' one-output GEMMs cost what the boundaries they remove did, and the int8
+convolutions' transposes stay (benchmarks/NOTES.md, stop 20).
 
 Measured on the MiniLM checkpoint (convert-bert), features, guard sentences, PT2E fake-quant
 graph: without equalization 0% of token embeddings at cosine >= 0.99 (mean 0.937 with the
