@@ -69,7 +69,7 @@ def output_folder(value: str | os.PathLike) -> Path:
     """The output folder a user named, as a Path. Raises SbexportError for "" (Path("") would
     silently mean the current folder) or a path with no name of its own ("." or "..")."""
     if not str(value).strip():
-        raise SbexportError("the output folder is empty; name a folder, e.g. -o artifacts/mnli-onnx")
+        raise SbexportError("the output folder is empty; name a folder, e.g. artifacts/mnli-onnx")
     path = Path(value)
     if path.name in ("", ".", ".."):
         raise SbexportError(f"output folder {str(value)!r} names no folder of its own; "
@@ -98,6 +98,17 @@ def check_destination(out_dir: Path, overwrite: bool, kind: FolderKind = ARTIFAC
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise SbexportError(f"cannot write to {ancestor}: not a writable folder")
+
+
+def check_outside(source: Path, out_dir: Path, what: str) -> None:
+    """Raise SbexportError when `out_dir` is the folder `source` (the `what` a command reads,
+    e.g. "fp32 artifact") or lies inside it: replacing it, or writing into it, would change the
+    input that the command promises to leave as it is. Changes nothing on disk."""
+    src, out = source.resolve(), out_dir.resolve()
+    if out == src or src in out.parents:
+        where = "is" if out == src else "is inside"
+        raise SbexportError(f"{out_dir} {where} the {what} {source}, which this command only reads; "
+                            f"choose an output folder outside it")
 
 
 def _prove_ours(folder: Path, kind: FolderKind) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import signal
 import sys
 import warnings
 from dataclasses import replace
@@ -92,13 +93,43 @@ def third_party_quiet():
             logging.disable(disabled)
 
 
-def main() -> None:
-    """Console-script entry point: run the CLI, turn SbexportError into one line and exit 1."""
+# Signals that end a run the way Ctrl-C does: staged folders, temporary files and a phone's run
+# folder are removed on the way out (their cleanup runs on KeyboardInterrupt), where the default
+# action would kill the process and leave them.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt(received: list[int]):
+    """While in the block, SIGTERM and SIGHUP raise KeyboardInterrupt (the first one; later ones
+    are ignored so that the cleanup it starts is not cut short) and are appended to `received`.
+    The process's previous handlers are restored on exit."""
+    def interrupt(signum, frame):
+        received.append(signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     try:
-        cli.main(standalone_mode=False)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main() -> None:
+    """Console-script entry point: run the CLI, turn SbexportError into one line and exit 1;
+    Ctrl-C, SIGTERM and SIGHUP clean up and exit 128 + the signal's number."""
+    received: list[int] = []
+    try:
+        with stop_signals_interrupt(received):
+            cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        signum = received[0] if received else signal.SIGINT
+        click.echo("aborted" if signum == signal.SIGINT else f"terminated by {signal.Signals(signum).name}",
+                   err=True)
+        sys.exit(128 + signum)
     except click.UsageError as e:   # one line, like every other error; usage is one --help away
         command = e.ctx.command_path if e.ctx else "sbexport"
         message = " ".join(e.format_message().split())

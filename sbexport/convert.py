@@ -28,10 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from . import __version__
-from .artifact import CHECKPOINT, check_destination, output_folder, staged_folder, write_record
+from .artifact import CHECKPOINT, check_destination, check_outside, output_folder, staged_folder, write_record
 from .checkpoints import load_pretrained, read_state_dict, resolve_checkpoint
 from .config import BertConfig, SqueezeBertConfig, load_config
-from .errors import CheckpointError, SbexportError
+from .errors import CheckpointError
 from .heads import BASE, HEADS, MASKED_LM
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -70,15 +70,15 @@ def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: 
     replace the folder). It is written in a temporary folder, checked by loading it into the
     matching sbexport SqueezeBERT class, and renamed into place. `log` gets notes about what
     killed conversions left beside dst.
-    Returns dst. Raises SbexportError when dst is empty, exists and not overwrite (or is src,
-    or holds anything but what an earlier conversion wrote: see artifact.check_destination);
+    Returns dst. Raises SbexportError when dst is empty, is src or inside it, exists and not
+    overwrite (or holds anything but what an earlier conversion wrote: see
+    artifact.check_destination);
     CheckpointError when src is missing, not a BERT checkpoint (naming the model_type found),
     or holds a tensor the mapping does not know; ConfigError for an invalid config.json.
     """
     dst = output_folder(dst)
     folder = resolve_checkpoint(str(src), local_files_only=True)
-    if dst.exists() and dst.resolve() == folder.resolve():
-        raise SbexportError(f"{dst}: is the source checkpoint; choose another destination")
+    check_outside(folder, dst, "source checkpoint")
     check_destination(dst, overwrite, CHECKPOINT)      # before reading the weights
     bert = load_config(folder / "config.json")
     if not isinstance(bert, BertConfig):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +258,33 @@ def test_ctrl_c_during_torch_export_aborts(monkeypatch, capsys, tmp_path, tiny_c
                                  "-o", out)
     assert code == 130, (stdout, err)
     assert err.strip().splitlines() == ["aborted"], err
+    assert not out.exists() and _no_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(monkeypatch, capsys, tmp_path, tiny_checkpoint, signum):
+    """`kill` or a closed terminal during an export: the staged folder is removed (the default
+    action killed the process and left a .partial folder of the model's size), one line says
+    which signal, exit 128 + its number, and the process's own handlers are back afterwards."""
+    import torch
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signum)   # the handler raises here, in this (the main) thread
+        raise AssertionError("the signal did not stop the export")
+    monkeypatch.setattr(torch.export, "export", killed)
+
+    def not_handled(*args):   # in place of the default action, which would end pytest itself
+        raise RuntimeError("sbexport left the signal to the process's own handler")
+    before = signal.signal(signum, not_handled)
+    try:
+        out = tmp_path / "out"
+        code, stdout, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model",
+                                     tiny_checkpoint("mnli"), "-o", out)
+        assert signal.getsignal(signum) is not_handled
+    finally:
+        signal.signal(signum, before)
+    assert code == 128 + signum, (stdout, err)
+    assert err.strip().splitlines() == [f"terminated by {signal.Signals(signum).name}"], err
     assert not out.exists() and _no_leftovers(tmp_path) == []
 
 

@@ -175,8 +175,12 @@ def test_refuses_existing_destination(tmp_path):
     with pytest.raises(SbexportError, match="sq holds NOTES.md, which sbexport did not write there"):
         convert_bert_to_squeezebert(tmp_path / "bert", dst, overwrite=True)
     assert (dst / "NOTES.md").read_text() == "my notes on the first conversion"
-    with pytest.raises(SbexportError, match="source"):
+    before = _snapshot(tmp_path / "bert")
+    with pytest.raises(SbexportError, match="bert is the source checkpoint .*, which this command only reads"):
         convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "bert", overwrite=True)
+    with pytest.raises(SbexportError, match="is inside the source checkpoint"):
+        convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "bert" / "squeezebert")
+    assert _snapshot(tmp_path / "bert") == before
 
 
 def test_overwrite_keeps_a_project_with_a_config_json(tmp_path):

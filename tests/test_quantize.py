@@ -240,10 +240,22 @@ def test_few_calibration_sentences_warn_with_the_count(onnx_artifact, tmp_path):
     assert read_manifest(tmp_path / "out").quantization.calibration.lines == 3
 
 
+def test_the_output_may_not_be_the_fp32_artifact_or_inside_it(onnx_artifact, tmp_path):
+    """`quantize A -o A --overwrite` replaced the fp32 artifact it promised to leave alone with
+    the int8 one; `-o A/int8` wrote a folder into it."""
+    source = shutil.copytree(onnx_artifact("mnli", local=True), tmp_path / "mnli-onnx")
+    before = {p.name: sha256_file(p) for p in source.iterdir()}
+    with pytest.raises(SbexportError, match="mnli-onnx is the fp32 artifact .*, which this command only reads"):
+        quantize_artifact(source, source, overwrite=True)
+    with pytest.raises(SbexportError, match="int8 is inside the fp32 artifact"):
+        quantize_artifact(source, source / "int8")
+    assert {p.name: sha256_file(p) for p in source.iterdir()} == before
+
+
 def test_already_quantized_and_executorch_artifacts_are_refused(int8_artifact, et_artifact, tmp_path):
     with pytest.raises(SbexportError, match="is already quantized .static int8.; quantize its fp32 artifact"):
         quantize_artifact(int8_artifact("mnli"), tmp_path / "again")
-    with pytest.raises(SbexportError, match="is a executorch artifact; `sbexport quantize` takes an fp32 ONNX"):
+    with pytest.raises(SbexportError, match="is an executorch artifact; `sbexport quantize` takes an fp32 ONNX"):
         quantize_artifact(et_artifact("mnli"), tmp_path / "pte")
     assert not (tmp_path / "again").exists() and not (tmp_path / "pte").exists()
 

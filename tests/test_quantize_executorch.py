@@ -218,12 +218,21 @@ def test_bad_calibration_files_fail_before_any_work(tiny_checkpoint, tmp_path, m
 
 def test_already_quantized_onnx_and_portable_artifacts_are_refused(int8_pte, onnx_artifact, et_artifact, tmp_path):
     cases = [(int8_pte("mnli"), "is already quantized (static int8); quantize its fp32 artifact instead"),
-             (onnx_artifact("mnli", local=True), "is a onnx artifact; ExecuTorch int8 takes an fp32 XNNPACK"),
-             (et_artifact("mnli", backend="portable"), "is a ExecuTorch portable artifact; ExecuTorch int8 takes")]
+             (onnx_artifact("mnli", local=True), "is an ONNX artifact; ExecuTorch int8 takes an fp32 XNNPACK"),
+             (et_artifact("mnli", backend="portable"), "is an ExecuTorch portable artifact; ExecuTorch int8 takes")]
     for folder, message in cases:
         with pytest.raises(SbexportError, match=message.replace("(", r"\(").replace(")", r"\)")):
             quantize_pte_artifact(folder, tmp_path / "out")
         assert not (tmp_path / "out").exists()
+
+
+def test_the_output_may_not_be_the_fp32_program_or_inside_it(et_artifact, tmp_path):
+    source = shutil.copytree(et_artifact("mnli"), tmp_path / "mnli-pte")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    for out, message in [(source, "mnli-pte is the fp32 artifact"), (source / "int8", "is inside the fp32 artifact")]:
+        with pytest.raises(SbexportError, match=message):
+            quantize_pte_artifact(source, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
 
 
 def test_portable_backend_with_quantize_is_refused(tiny_checkpoint, tmp_path, monkeypatch, capsys):

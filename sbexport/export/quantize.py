@@ -305,7 +305,7 @@ def quantize_artifact(src_dir: str | Path, out_dir: str | Path, options: Quantiz
     may not be replaced), ExportError (quantization failed) or ParityError (the guard refused it).
     """
     from ..agreement import guard_folder
-    from ..artifact import check_destination, open_artifact, output_folder, staged_folder, write_manifest
+    from ..artifact import check_destination, check_outside, open_artifact, output_folder, staged_folder, write_manifest
     from ..modeling import conv_projections
     from ..tasks import get_task
     from ..verify import rebuild_reference
@@ -314,6 +314,7 @@ def quantize_artifact(src_dir: str | Path, out_dir: str | Path, options: Quantiz
     options.check()
     manifest = open_artifact(src_dir)
     _check_source(src_dir, manifest, options.recipe)
+    check_outside(src_dir, out_dir, "fp32 artifact")
     check_destination(out_dir, overwrite)
     task = get_task(manifest.task)
     texts, examples = None, None          # static only: the calibration set, and its model inputs
@@ -348,7 +349,7 @@ def _check_source(folder: Path, manifest: Manifest, recipe: Recipe) -> None:
         raise SbexportError(f"{folder} is already quantized ({manifest.quantization.recipe.mode} int8); "
                             f"quantize its fp32 artifact instead")
     if manifest.format != "onnx":
-        raise SbexportError(f"{folder} is a {manifest.format} artifact; `sbexport quantize` takes an fp32 "
+        raise SbexportError(f"{folder} is an {manifest.format} artifact; `sbexport quantize` takes an fp32 "
                             f"ONNX artifact (sbexport onnx)")
     if recipe.mode == "static" and not manifest.details.graph.conv_groups:
         raise SbexportError(f"{folder} is a {manifest.arch} model without convolutions: the static recipe "

@@ -149,7 +149,7 @@ def quantize_pte_artifact(src_dir: str | Path, out_dir: str | Path, options: Qua
     refused it).
     """
     from ..agreement import guard_folder
-    from ..artifact import check_destination, open_artifact, output_folder, staged_folder, write_manifest
+    from ..artifact import check_destination, check_outside, open_artifact, output_folder, staged_folder, write_manifest
     from ..tasks import get_task
     from ..verify import rebuild_reference
     from . import ExportWrapper, example_inputs
@@ -159,6 +159,7 @@ def quantize_pte_artifact(src_dir: str | Path, out_dir: str | Path, options: Qua
     options.check()
     manifest = open_artifact(src_dir)
     _check_source(src_dir, manifest)
+    check_outside(src_dir, out_dir, "fp32 artifact")
     check_destination(out_dir, overwrite)
     task = get_task(manifest.task)
     tokenizer = _tokenizer(src_dir)
@@ -195,8 +196,8 @@ def _check_source(folder: Path, manifest: Manifest) -> None:
         raise SbexportError(f"{folder} is already quantized ({manifest.quantization.recipe.mode} int8); "
                             f"quantize its fp32 artifact instead")
     if manifest.format != "executorch" or manifest.details.backend != "xnnpack":
-        what = manifest.format if manifest.format != "executorch" else f"ExecuTorch {manifest.details.backend}"
-        raise SbexportError(f"{folder} is a {what} artifact; ExecuTorch int8 takes an fp32 XNNPACK ExecuTorch "
+        what = "ONNX" if manifest.format != "executorch" else f"ExecuTorch {manifest.details.backend}"
+        raise SbexportError(f"{folder} is an {what} artifact; ExecuTorch int8 takes an fp32 XNNPACK ExecuTorch "
                             f"artifact (sbexport executorch)")
     if not manifest.details.graph.convolutions_in_delegate:
         raise SbexportError(f"{folder} is a {manifest.arch} model without convolutions: the ExecuTorch int8 "
