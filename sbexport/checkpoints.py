@@ -29,7 +29,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .atomic import replacing
 from .config import load_config
@@ -102,9 +102,10 @@ def resolve_checkpoint(path_or_id: str, *, revision: str | None = None,
     if folder is not None:
         return folder
     if _offline(local_files_only):
-        reason = ("local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set") + \
-                 f" and it is not in the Hugging Face cache at {cache_dir}"
-        raise CheckpointError(_unavailable_message(path_or_id, revision, cache_dir, reason))
+        reason = ("this command reads local checkpoints only (local_files_only=True)" if local_files_only
+                  else "HF_HUB_OFFLINE is set") + f" and it is not in the Hugging Face cache at {cache_dir}"
+        raise CheckpointError(_unavailable_message(path_or_id, revision, cache_dir, reason,
+                                                   can_download=not local_files_only))
     return _download(path_or_id, revision, cache_dir)
 
 
@@ -206,15 +207,19 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path) -> Path:
     return folder
 
 
-def _unavailable_message(repo_id: str, revision: str | None, cache_dir: Path, reason: str) -> str:
+def _unavailable_message(repo_id: str, revision: str | None, cache_dir: Path, reason: str,
+                         can_download: bool = True) -> str:
+    """The one-line refusal of a checkpoint that is neither a folder nor cached: the ways to
+    provide it (going online only where the caller would download)."""
     at = f" at revision {revision!r}" if revision else ""
-    return (f"checkpoint {repo_id!r}{at} is not available: {reason}. Provide it one of three "
-            f"ways: (1) a local folder: pass the path of a folder holding config.json and "
-            f"model.safetensors or pytorch_model.bin; (2) a pre-populated Hugging Face cache: on "
-            f"a connected machine run `hf download {repo_id}` (`huggingface-cli download "
-            f"{repo_id}` with huggingface_hub < 1.0) and copy the cache to {cache_dir} or point "
-            f"HF_HUB_CACHE at it; (3) go online: with a connection to the Hub, HF_HUB_OFFLINE "
-            f"unset and local_files_only not set, it is downloaded into that cache")
+    online = ("; (3) go online: with a connection to the Hub and HF_HUB_OFFLINE unset, it is "
+              "downloaded into that cache") if can_download else ""
+    return (f"checkpoint {repo_id!r}{at} is not available: {reason}. Provide it one of "
+            f"{'three' if can_download else 'two'} ways: (1) a local folder: pass the path of a folder "
+            f"holding config.json and model.safetensors or pytorch_model.bin; (2) a pre-populated "
+            f"Hugging Face cache: on a connected machine run `hf download {repo_id}` "
+            f"(`huggingface-cli download {repo_id}` with huggingface_hub < 1.0) and copy the cache to "
+            f"{cache_dir} or point HF_HUB_CACHE at it{online}")
 
 
 def _listing(folder: Path) -> str:
@@ -610,9 +615,17 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> None:
     tensors = {k: v.detach().cpu().contiguous()
                for k, v in model.state_dict().items() if k not in aliases}
     _write_atomically(folder, [
-        ("model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})),
+        ("model.safetensors", lambda p: write_safetensors(p, tensors)),
         ("config.json", config.to_json_file),
     ])
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict) -> None:
+    """Write `tensors` as a safetensors file at `path` with the umask's permissions (an
+    existing file keeps its own). safetensors' save_file makes its files 0600, which other
+    users of a shared model folder cannot read."""
+    with open(path, "wb") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
 
 
 def _write_atomically(folder: Path, writers: list) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -16,7 +17,7 @@ import click
 
 from .errors import SbexportError
 from .targets import TARGET_NAMES
-from .tasks import TASKS
+from .tasks import TASKS, evaluable_tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +33,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
       sbexport onnx --task mnli --random-init -o artifacts/mnli-onnx
       sbexport --verbose executorch --task mnli --random-init
     """
-    if not verbose:   # set once here, for the whole command, and undone when it ends
+    ctx.with_resource(own_warnings_one_line())   # set once here, for the whole command, and undone when it ends
+    if not verbose:
         ctx.with_resource(third_party_quiet())
 
 
@@ -69,6 +71,27 @@ class _NativeLogFilter:
 
     def __getattr__(self, name):   # flush, fileno, isatty, encoding: the real stream's
         return getattr(self._stream, name)
+
+
+SBEXPORT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@contextlib.contextmanager
+def own_warnings_one_line():
+    """Print sbexport's own warnings as one 'warning: ...' line, like its other messages, not
+    Python's "path/source.py:106: UserWarning: ..." followed by the source line. Other
+    libraries' warnings (shown with --verbose) keep Python's format. Restored on exit."""
+    python_format = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(filename).startswith(SBEXPORT_DIR + os.sep):
+            (file or sys.stderr).write(f"warning: {message}\n")
+        else:
+            python_format(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 @contextlib.contextmanager
@@ -180,7 +203,7 @@ def _export_options(f):
         click.option("--random-init", is_flag=True, help="Random weights (outputs meaningless; size and speed real)."),
         click.option("--arch", type=click.Choice(["squeezebert", "bert"]), default="squeezebert", show_default=True,
                      help="bert exports the BERT-base baseline."),
-        click.option("--max-seq-len", type=click.IntRange(min=1), default=None,
+        click.option("--max-seq-len", type=click.IntRange(min=2), default=None,
                      help="Largest sequence the file accepts. Default: max_position_embeddings."),
         click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
                      help="Artifact folder. Default: artifacts/<task>-<format>."),
@@ -246,12 +269,30 @@ def _guard_options(f):
     return f
 
 
+QUANTIZE_ONLY = ("quantize_mode", "int8_weights", "int8_embeddings")     # ONNX Runtime's recipe
+GUARD_ONLY = ("calibration", "min_agreement", "eval_data", "max_metric_drop")
+
+
+def _refuse_unused(names, needs: str) -> None:
+    """Raise a usage error for the first option of `names` given on the command line: it would
+    do nothing without `needs`, and a user who wrote it expects it to (e.g. --calibration on an
+    fp32 export)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{max(param.opts, key=len)} applies with {needs} only", ctx)
+
+
 def _quantize_settings(quantize_mode, int8_weights, int8_embeddings, calibration, min_agreement, eval_data,
                        max_metric_drop):
     from dataclasses import replace
 
     from .export.quantize import RECIPES, QuantizeOptions
 
+    if eval_data is None:
+        _refuse_unused(("max_metric_drop",), "--eval-data")
     recipe = RECIPES[quantize_mode] if int8_weights == "s8" else replace(RECIPES[quantize_mode], weight_storage="u8")
     if int8_embeddings and recipe.op_types is not None:     # the dynamic recipe covers every op already
         recipe = replace(recipe, op_types=(*recipe.op_types, "Gather"))
@@ -281,6 +322,7 @@ def onnx(opset, quantize, quantize_mode, int8_weights, int8_embeddings, calibrat
       sbexport onnx --task mnli --quantize int8 -o artifacts/mnli-onnx-int8
     """
     if quantize is None:
+        _refuse_unused(QUANTIZE_ONLY + GUARD_ONLY, "--quantize int8")
         _run_export("onnx", opset=opset, **kwargs)
         return
     from .export import OnnxOptions
@@ -362,6 +404,7 @@ def executorch(backend, batch, quantize, grouped_conv, calibration, min_agreemen
       sbexport executorch --task mnli --quantize int8 -o artifacts/mnli-pte-int8
     """
     if quantize is None:
+        _refuse_unused(GUARD_ONLY, "--quantize int8")
         _run_export("executorch", backend=backend, batch=batch, grouped_conv=grouped_conv, **kwargs)
         return
     from .export import ExecuTorchOptions
@@ -402,13 +445,14 @@ def verify(folder, threads, json_path, target_name, cpu) -> None:
       sbexport verify artifacts/mnli-onnx
       sbexport verify artifacts/mnli-pte --target arm64-qemu --cpu max
     """
-    from .reportfile import check_report_path, write_report
+    from .reportfile import check_not_an_input, check_report_path, write_report
     from .targets import open_target
     from .threads import thread_settings
     from .verify import report_json, verify_folder
 
     if json_path is not None:
         check_report_path(json_path)          # before the sweep, not after it
+        check_not_an_input(json_path, [folder])
     target = open_target(target_name, cpu)    # a missing arm64 setup is refused before the reference is built
     with thread_settings(threads, executorch=threads is not None):   # this command owns the pools
         report = verify_folder(folder, threads=threads or 0, log=click.echo, target=target)
@@ -468,6 +512,9 @@ def info(folder, list_tasks) -> None:
       sbexport info artifacts/mnli-onnx
       sbexport info --tasks
     """
+    if list_tasks and folder is not None:
+        raise click.UsageError(f"--tasks lists the tasks and takes no folder; run `sbexport info {folder}` "
+                               f"for the folder")
     if list_tasks or folder is None:
         for task in TASKS.values():
             click.echo(f"{task.name:<10} {task.head.name:<24} {task.description}")
@@ -540,11 +587,41 @@ def convert_bert(src: str, dst: str, overwrite: bool) -> None:
 
 
 def _split(value: str, option: str, kind=str) -> tuple:
-    """'8,32,128' -> (8, 32, 128); one SbexportError naming the option otherwise."""
+    """'8,32,128' -> (8, 32, 128); one SbexportError naming the option otherwise, a value given
+    twice too (checked here as well as by the library: --quantize and --grouped-conv add
+    runtimes without repeating them, which would hide a repeat of the user's)."""
+    from .bench.inputs import refuse_duplicates
+
     try:
-        return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        values = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
     except ValueError:
         raise SbexportError(f"{option}: expected comma-separated integers, got {value!r}") from None
+    refuse_duplicates(values, option)
+    return values
+
+
+def _device_only_options(ctx, serials, runner) -> None:
+    """Refuse --serial, --runner and a --cooldown given without --device adb: silently ignored,
+    they would let the user believe the run was the one asked for."""
+    cooldown = ctx.get_parameter_source("cooldown") is not click.core.ParameterSource.DEFAULT
+    given = [name for name, value in (("--serial", serials), ("--runner", runner), ("--cooldown", cooldown)) if value]
+    if given:
+        raise SbexportError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --device adb only")
+
+
+def _print_reports(text: str, written: list[str], failures: list[str] = ()) -> None:
+    """Print the table and a line per report written (none for stdout, which holds it); then,
+    when some could not be written, an error line each and exit 1 (SbexportError: the last)."""
+    from .reportfile import is_stdout
+
+    click.echo(text)
+    for path in written:
+        if not is_stdout(path):
+            click.echo(f"wrote {path}")
+    for failure in failures[:-1]:
+        click.echo(f"error: {failure}", err=True)
+    if failures:
+        raise SbexportError(failures[-1])
 
 
 @cli.command()
@@ -619,6 +696,7 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
       sbexport bench --device adb --runner build/runner-android/sbexport_runner --seq-lens 128
     """
     from .bench import BenchConfig, run_bench, table
+    from .reportfile import ReportsNotWritten
 
     checkpoints = {arch: path for arch, path in (("squeezebert", model_squeezebert), ("bert", model_bert)) if path}
     configs = {arch: path for arch, path in (("squeezebert", config_squeezebert), ("bert", config_bert)) if path}
@@ -632,8 +710,8 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
                          random_init=random_init,
                          workdir=workdir, verify=not no_verify, memory=not no_memory, seed=seed,
                          sgemm_size=sgemm_size)
-    if device is None and (serials or runner):
-        raise SbexportError("--serial and --runner apply to --device adb only")
+    if device is None:
+        _device_only_options(ctx, serials, runner)
     if quantize is not None:
         config = replace(config, formats=_with_int8(config.formats, device))
     default_runtimes = ctx.get_parameter_source("runtimes") is click.core.ParameterSource.DEFAULT
@@ -641,14 +719,15 @@ def bench(ctx, task_name, seq_lens, batch, threads, warmup, runs, runtimes, form
         config = replace(config, formats=("executorch",))     # what a device runs
     if grouped_conv is not None:
         config = replace(config, formats=_with_per_group(config.formats))
+    verbose = ctx.find_root().params.get("verbose", False)
     if device == "adb":
-        _bench_devices(config, serials, runner, cooldown, json_path, plot_path)
+        _bench_devices(config, serials, runner, cooldown, json_path, plot_path, verbose)
         return
-    result = run_bench(config, json_path=json_path, plot_path=plot_path)
-    click.echo(table(result))
-    for path in (json_path, plot_path):
-        if path is not None:
-            click.echo(f"wrote {path}")
+    try:
+        result = run_bench(config, json_path=json_path, plot_path=plot_path, verbose=verbose)
+    except ReportsNotWritten as e:       # the run's figures are printed all the same
+        _print_reports(table(e.result), e.written, e.failures)
+    _print_reports(table(result), [p for p in (json_path, plot_path) if p is not None])
 
 
 def _with_int8(runtimes: tuple[str, ...], device) -> tuple[str, ...]:
@@ -674,23 +753,25 @@ def _with_per_group(runtimes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r for rt in runtimes for r in (rt, PER_GROUP_RUNTIMES.get(rt, rt))))
 
 
-def _bench_devices(config, serials, runner, cooldown, json_path, plot_path) -> None:
+def _bench_devices(config, serials, runner, cooldown, json_path, plot_path, verbose) -> None:
     """`bench --device adb`: bench.devices does the work; each device's table, then all of them."""
     from pathlib import Path
 
     from .bench.devices import bench_devices, devices_text, report_path
+    from .reportfile import ReportsNotWritten
 
     if runner is None:
         raise SbexportError("--device adb needs --runner: the Android build of android_demo's runner "
                             "(build/runner-android/sbexport_runner) or the arm64 Linux bundle "
                             "(build/runner-arm64/bundle); see android_demo/README.md")
-    results = bench_devices(config, serials, Path(runner), json_path=json_path, plot_path=plot_path,
-                            cooldown_s=cooldown, log=lambda line: click.echo(line, err=True))
-    click.echo(devices_text(results))
-    for result in results:
-        for path in (json_path, plot_path):
-            if path is not None:
-                click.echo(f"wrote {report_path(path, result['device']['serial'], len(results))}")
+    try:
+        results = bench_devices(config, serials, Path(runner), json_path=json_path, plot_path=plot_path,
+                                cooldown_s=cooldown, log=lambda line: click.echo(line, err=True), verbose=verbose)
+    except ReportsNotWritten as e:
+        _print_reports(devices_text(e.result), e.written, e.failures)
+    _print_reports(devices_text(results), [report_path(path, result["device"]["serial"], len(results))
+                                           for result in results for path in (json_path, plot_path)
+                                           if path is not None])
 
 
 # --------------------------------------------------------------------------------------
@@ -727,6 +808,7 @@ def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) 
       sbexport roofline --quick --runtimes onnx,executorch --threads 1
       sbexport roofline --seq-lens 128 --runtimes kernels,onnx,executorch
     """
+    from .reportfile import ReportsNotWritten
     from .roofline import RooflineConfig, quick_config, run_roofline, table
 
     changes = {"threads": threads}
@@ -737,11 +819,12 @@ def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) 
     if repeats is not None:
         changes["repeats"] = repeats
     config = quick_config(**changes) if quick else RooflineConfig(**changes)
-    result = run_roofline(config, json_path=json_path, plot_path=plot_path)
-    click.echo(table(result))
-    for path in (json_path, plot_path):
-        if path is not None:
-            click.echo(f"wrote {path}")
+    try:
+        result = run_roofline(config, json_path=json_path, plot_path=plot_path,
+                              log=lambda line: click.echo(line, err=True))
+    except ReportsNotWritten as e:       # the measurements are printed all the same
+        _print_reports(table(e.result), e.written, e.failures)
+    _print_reports(table(result), [p for p in (json_path, plot_path) if p is not None])
 
 
 # --------------------------------------------------------------------------------------
@@ -750,7 +833,8 @@ def roofline(threads, seq_lens, runtimes, repeats, json_path, plot_path, quick) 
 
 
 @cli.command("eval")
-@click.option("--task", "task_name", required=True, type=TASK_CHOICE, help="GLUE task, stsb, squad or ner.")
+@click.option("--task", "task_name", required=True, type=click.Choice(evaluable_tasks()),
+              help="The task whose metric to compute.")
 @click.option("--data", required=True, metavar="FILE", help="The labelled file (a dev set; see above).")
 @click.option("--format", "fmt", default="auto", show_default=True, metavar="auto|glue|jsonl|squad|conll",
               help="File layout; auto decides from the task and the file name.")
@@ -788,10 +872,11 @@ def eval_command(task_name, data, fmt, model, random_init, arch, artifacts, limi
           --artifact artifacts/mnli-onnx --artifact artifacts/mnli-pte --json eval.json
     """
     from .eval import report_json, run_eval
-    from .reportfile import check_report_path, write_report
+    from .reportfile import check_not_an_input, check_report_path, write_report
 
     if json_path is not None:
         check_report_path(json_path)          # before the evaluation, not after it
+        check_not_an_input(json_path, [data, *artifacts, *([model] if model and os.path.exists(model) else [])])
     report = run_eval(task_name, data, fmt, model=model, random_init=random_init, artifacts=artifacts,
                       arch=arch, limit=limit, batch_size=batch_size, log=lambda line: click.echo(line, err=True))
     click.echo(report.table())

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from . import __version__
 from .artifact import CHECKPOINT, check_destination, check_outside, output_folder, staged_folder, write_record
-from .checkpoints import load_pretrained, read_state_dict, resolve_checkpoint
+from .checkpoints import load_pretrained, read_state_dict, resolve_checkpoint, write_safetensors
 from .config import BertConfig, SqueezeBertConfig, load_config
 from .errors import CheckpointError
 from .heads import BASE, HEADS, MASKED_LM
@@ -88,7 +87,7 @@ def convert_bert_to_squeezebert(src: str | Path, dst: str | Path, *, overwrite: 
     config = squeezebert_config(bert, model_class.__name__)
     state = convert_state_dict(read_state_dict(folder), folder)
     with staged_folder(dst, overwrite, CHECKPOINT, log) as tmp:
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_safetensors(tmp / "model.safetensors", state)
         config.to_json_file(tmp / "config.json")
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():

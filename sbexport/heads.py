@@ -201,8 +201,13 @@ def decode_masks(outputs, enc, texts, *, labels, tokenizer, top_k) -> dict:
     ids = enc["input_ids"][0]
     positions = np.flatnonzero(ids == tokenizer.mask_token_id)
     if not len(positions):
-        raise SbexportError(f"fill-mask needs a {tokenizer.convert_ids_to_tokens(tokenizer.mask_token_id)} "
-                            f"token in the text")
+        mask = tokenizer.convert_ids_to_tokens(tokenizer.mask_token_id)
+        whole = tokenizer(*texts)["input_ids"]        # untruncated: was the mask cut off?
+        if tokenizer.mask_token_id in whole:
+            raise SbexportError(f"the {mask} token is at token {whole.index(tokenizer.mask_token_id) + 1} of "
+                                f"{len(whole)}, beyond the file's maximum of {len(ids)} tokens: put it earlier "
+                                f"or shorten the text")
+        raise SbexportError(f"fill-mask needs a {mask} token in the text")
     logits = outputs["logits"][0][:, :tokenizer.vocab_size]   # rows past the vocabulary are unused
     result = []
     for pos in positions:

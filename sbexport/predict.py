@@ -41,6 +41,11 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     reason = task.head.unfit(tokenizer, texts, max_seq)
     if reason:
         raise SbexportError(reason)
+    from .export.quantize import saturation_note
+
+    note = saturation_note(manifest)
+    if note:
+        warnings.warn(note, PredictWarning, stacklevel=2)
     encoded = task.head.encode(tokenizer, [texts], max_seq)
     if encoded.lengths[0] > max_seq:
         warnings.warn(f"input is {encoded.lengths[0]} tokens; truncated to the model's maximum of {max_seq}",

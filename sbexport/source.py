@@ -15,7 +15,8 @@ import torch
 from .checkpoints import checkpoint_fingerprint, load_pretrained, resolve_checkpoint
 from .config import CONFIG_CLASSES, load_config
 from .errors import SbexportError
-from .tasks import BERT_BASE, Task
+from .heads import BASE, HEADS, MASKED_LM
+from .tasks import BERT_BASE, TASKS, Task
 from .tokenizer import SqueezeBertTokenizer, has_tokenizer
 
 # The public SqueezeBERT shape (squeezebert/squeezebert-uncased's config.json): 30528 embedding
@@ -55,6 +56,9 @@ def resolve_source(task: Task, model: str | None = None, random_init: bool = Fal
             raise SbexportError(f"--random-init and {model_option} exclude each other: random weights, "
                                 f"or the checkpoint's")
         return ModelSource(arch=arch, random_init=True, seed=seed)
+    if model is not None and not model.strip():   # "" would silently mean the default checkpoint
+        raise SbexportError(f"{model_option} is empty; name a checkpoint folder or a Hugging Face id, "
+                            f"or leave it out for the task's public checkpoint")
     model = model or (task.default_checkpoint if arch == "squeezebert" else BERT_BASE)
     # Absolute, so that a manifest's source still resolves from another working directory.
     folder = resolve_checkpoint(model).resolve()
@@ -91,6 +95,8 @@ def build_reference(task: Task, source: ModelSource, config=None) -> torch.nn.Mo
         raise SbexportError(f"{folder}: the checkpoint's weights changed since the artifact was made "
                             f"(sha256 differs from the manifest's {source.fingerprint[:12]}...)")
     own = load_config(folder / "config.json")
+    if config is None:
+        _warn_other_head(folder, own, task)
     if config is not None:
         kwargs = {"config": config}
     else:
@@ -116,6 +122,22 @@ def weights_sha256(model: torch.nn.Module) -> str:
         digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _warn_other_head(folder: Path, own, task: Task) -> None:
+    """Warn when the checkpoint was fine-tuned for another head than `task`'s (its config.json's
+    "architectures"): an mnli checkpoint under --task ner loads its sentence classifier as a
+    token classifier, whose tags then mean nothing. Pretrained (masked-LM) and headless
+    checkpoints are what fine-tuning tasks start from, and the features task reads the
+    backbone only: neither is warned about."""
+    saved = (own.extra.get("architectures") or [None])[0]
+    head = next((h for h in HEADS.values() if saved in h.classes.values()), None)
+    if head is None or head in (BASE, MASKED_LM, task.head) or task.head is BASE:
+        return
+    fits = [name for name, t in TASKS.items() if t.head is head]
+    warnings.warn(f"{folder}: the checkpoint is a {saved} ({head.name}), but task {task.name} is "
+                  f"{task.head.name}: its weights are read as that head's and its outputs mean nothing "
+                  f"until fine-tuned; its own tasks: {', '.join(fits)}", stacklevel=1)
 
 
 def _with_new_head(cls, folder: Path, own, wanted):

@@ -177,3 +177,8 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise SbexportError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def evaluable_tasks() -> list[str]:
+    """The tasks `sbexport eval` can score: those whose head names a data format."""
+    return [name for name, t in TASKS.items() if t.head.eval_formats]

@@ -165,8 +165,9 @@ def test_table_markdown_and_plot(bench_run):
     c = result["ceiling"]
     assert c["op"].startswith(sgemm.LABELS[c["library"]] + " fp32 ")     # which library set it
     assert f"threads; each library: {sgemm.libraries_text(c)});" in text and "torch.mm" in text
+    assert "ratio = BERT (custom config) p50 / SqueezeBERT (custom config) p50" in text   # TINY_CONFIGS' sizes
     md = markdown_table(result)
-    assert "| runtime | SqueezeBERT | BERT-base | ratio |" in md and "PyTorch eager" in md
+    assert "| runtime | SqueezeBERT (custom config) | BERT (custom config) | ratio |" in md and "PyTorch eager" in md
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -174,7 +175,8 @@ def test_cached_exports_are_reused(bench_run):
     out = bench_run[3]
     messages = []
     result = run_bench(tiny(workdir=str(out / "work"), formats=("onnx",), models=("squeezebert",), runs=1,
-                            memory=False), progress=False, log=messages.append)
+                            memory=False, configs={"squeezebert": TINY_CONFIGS["squeezebert"]}),
+                       progress=False, log=messages.append)
     assert any("using cached export" in m for m in messages), messages
     assert [r["model"] for r in result["rows"]] == ["squeezebert"] * len(SEQ_LENS)
 
@@ -297,6 +299,12 @@ def no_work(monkeypatch):
     (tiny(checkpoints={"bert": "/nonexistent/bert-base"}, configs={}), "no such checkpoint folder"),
     (tiny(formats=("tflite",)), "unknown runtime 'tflite'"),
     (tiny(models=("gpt2",)), "unknown model 'gpt2'"),
+    (tiny(seq_lens=(8, 16, 8)), "--seq-lens names 8 twice"),
+    (tiny(formats=("onnx", "eager", "onnx")), "--runtimes names onnx twice"),
+    (tiny(models=("bert", "bert")), "--models names bert twice"),
+    (tiny(models=("squeezebert",)), "--config-bert applies to the bert model, which --models leaves out"),
+    (tiny(models=("bert",), configs={}, checkpoints={"squeezebert": "/x"}),
+     "--model-squeezebert applies to the squeezebert model, which --models leaves out"),
 ])
 def test_bad_input_refused(no_work, config, message):
     with pytest.raises(SbexportError, match=message.replace("(", r"\(")):
@@ -319,10 +327,26 @@ def test_unwritable_json_refused_before_the_run(no_work, tmp_path):
     (["--random-init", "--model-bert", "/x"], "error: --random-init and --model-bert exclude each other"),
     (["--runtimes", "onnx,tflite"], "error: unknown runtime 'tflite'"),
     (["--config-squeezebert", "/nonexistent/config.json"], "error: --config-squeezebert /nonexistent/config.json: "
-                                                           "cannot read it (No such file or directory)"),
+                                                           "cannot read it"),
     (["--config-bert", "CONFIG", "--model-bert", "/x"], "error: --config-bert applies to random weights only"),
     (["--config-squeezebert", "CONFIG"], "error: --config-squeezebert CONFIG: a bert config was given for the "
                                          "squeezebert model"),
+    (["--seq-lens", "8,32,8"], "error: --seq-lens names 8 twice"),
+    (["--runtimes", "onnx,onnx"], "error: --runtimes names onnx twice"),
+    (["--runtimes", "onnx,onnx", "--quantize", "int8"], "error: --runtimes names onnx twice"),
+    (["--models", "bert,bert"], "error: --models names bert twice"),
+    (["--models", "squeezebert", "--model-bert", "/nonexistent/bert"],
+     "error: --model-bert applies to the bert model, which --models leaves out (squeezebert)"),
+    (["--models", "squeezebert", "--config-bert", "CONFIG"],
+     "error: --config-bert applies to the bert model, which --models leaves out (squeezebert)"),
+    (["--models", "bert", "--model-squeezebert", "/nonexistent/sq"],
+     "error: --model-squeezebert applies to the squeezebert model, which --models leaves out (bert)"),
+    (["--models", "bert", "--config-squeezebert", "CONFIG"],
+     "error: --config-squeezebert applies to the squeezebert model, which --models leaves out (bert)"),
+    (["--cooldown", "1"], "error: --cooldown applies to --device adb only"),
+    (["--serial", "x", "--cooldown", "0"], "error: --serial and --cooldown apply to --device adb only"),
+    (["--json", "/proc/x.json"], "error: cannot write /proc/x.json"),
+    (["--json", "CONFIG", "--plot", "CONFIG"], "error: --json and --plot name the same file"),
 ])
 def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, tmp_path, args, message):
     tiny_bert_config().to_json_file(tmp_path / "config.json")     # CONFIG: a valid BERT config.json
@@ -598,3 +622,132 @@ def test_cli_benchmarks_a_custom_size_from_config_files(monkeypatch, capsys, tmp
     for row in data["rows"]:
         cfg = TINY_CONFIGS[row["model"]].replace(**TASKS_MNLI.config_overrides())
         assert row["flops_by_op"] == closed_form_flops(cfg, 1, 8, 3)
+
+
+
+# -- what a run that went well keeps, and what it says ------------------------------------------
+
+
+def _fake_ceiling(threads, size, folder):
+    return {"gflops": 1.0, "size": size, "repeats": 1, "threads": threads, "best_ms": 1.0, "cpu_wait_pct": 0,
+            "op": "x"}
+
+
+def test_a_report_that_cannot_be_written_costs_nothing_else(monkeypatch, capsys, tmp_path):
+    """The disk under --json is full: the table is printed, the plot written, and the JSON's
+    failure is one error line (exit 1), after the work rather than instead of its results."""
+    import errno
+
+    from sbexport import reportfile
+
+    for arch, cfg in TINY_CONFIGS.items():
+        cfg.to_json_file(tmp_path / f"{arch}.json")
+    real = reportfile.replace_file
+
+    def full_for_json(target, data, mode=None):
+        if str(target).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, data, mode)
+    monkeypatch.setattr(reportfile, "replace_file", full_for_json)
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", _fake_ceiling)
+    json_path, plot_path = tmp_path / "full" / "keep.json", tmp_path / "out2.png"
+    json_path.parent.mkdir()
+    code, out, err = run_main(monkeypatch, capsys, "bench", "--runtimes", "eager", "--seq-lens", "8", "--runs", "1",
+                              "--warmup", "0", "--no-memory", "--config-squeezebert", tmp_path / "squeezebert.json",
+                              "--config-bert", tmp_path / "bert.json", "--json", json_path, "--plot", plot_path)
+    assert code == 1 and "Traceback" not in out + err
+    assert [line for line in err.splitlines() if "error" in line] == \
+        [f"error: cannot write {json_path}: No space left on device"], err     # below the progress bar
+    assert "p50 ms" in out and f"wrote {plot_path}" in out and f"wrote {json_path}" not in out
+    assert plot_path.read_bytes()[:4] == b"\x89PNG" and not json_path.exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_exports_lines_show_only_with_verbose(monkeypatch, verbose):
+    """Bench's exports use random weights and no tokenizer by design: the exporter's notes about
+    that, and its parity tables, are noise inside the progress bar. Its warnings and errors
+    are not."""
+    from sbexport import export
+    from sbexport.errors import ExportError
+
+    said = ["note: --random-init: exporting the squeezebert architecture with RANDOM weights (seed 0)",
+            "note: the artifact is exported without a tokenizer, and predict needs one",
+            "output   max abs err", "PASS: 6 cases", "warning: something the user must see", "FAIL: 1 of 6 cases"]
+
+    def export_artifact(fmt, task, source, out, options, *, log, **kwargs):
+        for line in said:
+            log(line)
+        raise ExportError("onnx export of mnli failed: parity")
+    monkeypatch.setattr(export, "export_artifact", export_artifact)
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", _fake_ceiling)
+    lines = []
+    with pytest.raises(ExportError, match="bench stopped: the SqueezeBERT export to onnx failed"):
+        run_bench(tiny(formats=("onnx",), models=("squeezebert",), configs={"squeezebert": TINY_CONFIGS["squeezebert"]},
+                       memory=False), progress=False, log=lines.append, verbose=verbose)
+    assert lines == (said if verbose else ["warning: something the user must see", "FAIL: 1 of 6 cases"])
+
+
+def test_cli_passes_verbose_to_the_bench(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("sbexport.bench.run_bench", lambda config, **kwargs: calls.append(kwargs) or {})
+    monkeypatch.setattr("sbexport.bench.table", lambda result: "")
+    assert run_main(monkeypatch, capsys, "bench")[0] == 0
+    assert run_main(monkeypatch, capsys, "--verbose", "bench")[0] == 0
+    assert [c["verbose"] for c in calls] == [False, True]
+
+
+def _plot_result(cpu: str = "AMD EPYC", overrides: dict | None = None) -> dict:
+    """The part of a result the plot reads: both models on ExecuTorch at two lengths."""
+    row = {"runtime": "executorch", "model": "squeezebert", "seq_len": 8, "p50_ms": 1.0, "min_ms": 0.9, "p90_ms": 1.2}
+    rows = [{**row, "model": m, "seq_len": s} for m in ("squeezebert", "bert") for s in (8, 16)]
+    return {"rows": rows, "machine": {"cpu": cpu},
+            "config": {"task": "mnli", "batch": 1, "threads": 4, "config_overrides": overrides or {}}}
+
+
+def test_a_custom_size_is_not_labelled_as_the_public_model():
+    from sbexport.bench import report
+
+    public = report.figure(_plot_result())
+    custom = report.figure(_plot_result(overrides={"bert": {"hidden_size": 32}}))
+    legends = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in (public, custom)]
+    assert legends == [["SqueezeBERT, ExecuTorch XNNPACK", "BERT-base, ExecuTorch XNNPACK"],
+                       ["SqueezeBERT, ExecuTorch XNNPACK", "BERT (custom config), ExecuTorch XNNPACK"]]
+
+
+def test_a_devices_long_plot_title_stays_inside_the_figure():
+    """An emulated device's title (EMULATED, model, SoC, serial) ran past the right edge."""
+    from sbexport.bench import report
+
+    cpu = "EMULATED, not a measurement: SB Standin 8 (SM8450, serial 127.0.0.1:40307)"
+    fig = report.figure(_plot_result(cpu=cpu))
+    fig.canvas.draw()
+    title = fig.axes[0].title
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+    assert " ".join(title.get_text().split()).endswith("(SM8450, serial 127.0.0.1:40307)")
+
+
+def _elf_header(machine: int) -> bytes:
+    """The first 20 bytes of a 64-bit little-endian ELF executable for `machine` (e_machine)."""
+    return b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+
+
+@pytest.mark.parametrize("runner, runtimes, message", [
+    ("README.md", "executorch", "is not an executable (no ELF header) nor a runner bundle folder"),
+    ("x86_64", "executorch", "is an ELF file for machine 0x3e, not aarch64 (0xb7)"),
+    ("empty-folder", "executorch", "a folder without `run`, not a runner bundle"),
+    ("missing", "executorch", "does not exist"),
+    ("aarch64", "onnx", "a device runs ExecuTorch only: use --runtimes executorch with --device adb"),
+])
+def test_device_runs_are_refused_on_the_host_before_adb(no_work, monkeypatch, capsys, tmp_path, runner, runtimes,
+                                                        message):
+    """A README pushed as the runner failed on the device after the exports; --formats, named
+    in the runtime's refusal, is a hidden deprecated flag."""
+    (tmp_path / "README.md").write_text("# not a runner\n")
+    (tmp_path / "x86_64").write_bytes(_elf_header(0x3E) + bytes(100))
+    (tmp_path / "aarch64").write_bytes(_elf_header(0xB7) + bytes(100))
+    (tmp_path / "empty-folder").mkdir()
+    monkeypatch.setattr("sbexport.bench.devices.find_adb", lambda: pytest.fail("adb was reached before refusing"))
+    code, out, err = run_main(monkeypatch, capsys, "bench", "--device", "adb", "--runner", tmp_path / runner,
+                              "--runtimes", runtimes)
+    assert_one_error_line(code, out, err, message)

@@ -275,6 +275,18 @@ def test_info_lists_tasks(monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, "info", "--tasks")
     assert code == 0
     assert [line.split()[0] for line in out.strip().splitlines()] == list(TASKS)
+    code, out, err = run_main(monkeypatch, capsys, "info", "--tasks", "artifacts/mnli-onnx")
+    assert code == 2 and "--tasks lists the tasks and takes no folder" in err and out == "", (out, err)
+
+
+def test_empty_options_are_refused_not_defaulted(monkeypatch, capsys, tmp_path):
+    """--model "" exported the task's public checkpoint; --max-seq-len 1 passed click's check
+    and was refused later."""
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--model", "", "-o", tmp_path / "o")
+    assert_one_error_line(code, out, err, "--model is empty; name a checkpoint folder or a Hugging Face id")
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "mnli", "--max-seq-len", "1", "-o", tmp_path / "o")
+    assert code == 2 and "'--max-seq-len': 1 is not in the range x>=2" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 # -- options with an observable effect -------------------------------------------------------

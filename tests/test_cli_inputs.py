@@ -394,6 +394,121 @@ def test_bad_tokenizer_is_reported_before_the_export(monkeypatch, capsys, tmp_pa
     assert stub_onnx_export == [], "the tokenizer was read only after the export"
 
 
+@pytest.mark.parametrize("command", [["onnx", "--task", "mnli"], ["eval", "--task", "mnli", "--data", "x.tsv"],
+                                     ["convert-bert"]])
+def test_non_utf8_config_json_is_one_line(monkeypatch, capsys, tmp_path, tiny_checkpoint, command):
+    """A config.json saved in another encoding ended in a UnicodeDecodeError traceback."""
+    folder = shutil.copytree(tiny_checkpoint("mnli"), tmp_path / "latin1")
+    (folder / "config.json").write_bytes(b'{"model_type": "squeezebert", "name": "caf\xe9"}')
+    (tmp_path / "x.tsv").write_text("gold_label\tsentence1\tsentence2\nentailment\ta\tb\n")
+    args = [*command, folder, tmp_path / "out"] if command == ["convert-bert"] else \
+        [*command, "--model", folder, *([] if command[0] == "eval" else ["-o", tmp_path / "out"])]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error_line(code, out, err, "config.json: not UTF-8 text (byte 42); save it as UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_json_report_never_replaces_what_the_command_reads(monkeypatch, capsys, tmp_path, mnli_copy):
+    """`verify A --json A/model.onnx` replaced the model it had just verified (and --json
+    A/manifest.json made A unreadable); `eval --data D --json D` replaced the data set."""
+    import sbexport.eval
+    import sbexport.verify
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work ran before the --json path was checked")
+    monkeypatch.setattr(sbexport.verify, "verify_folder", no_work)
+    monkeypatch.setattr(sbexport.eval, "run_eval", no_work)
+    data = tmp_path / "dev.tsv"
+    data.write_text("gold_label\tsentence1\tsentence2\nentailment\ta\tb\n")
+    before = {p.name: p.read_bytes() for p in [*mnli_copy.iterdir(), data]}
+    cases = [(["verify", mnli_copy], mnli_copy / "model.onnx", "is inside"),
+             (["verify", mnli_copy], mnli_copy / "new.json", "is inside"),
+             (["eval", "--task", "mnli", "--data", data, "--artifact", mnli_copy], data, "is"),
+             (["eval", "--task", "mnli", "--data", data, "--artifact", mnli_copy], mnli_copy / "manifest.json",
+              "is inside")]
+    for args, report, where in cases:
+        code, out, err = run_main(monkeypatch, capsys, *args, "--json", report)
+        assert_one_error_line(code, out, err, f"cannot write {report}: it {where} ")
+    assert {p.name: p.read_bytes() for p in [*mnli_copy.iterdir(), data]} == before
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["onnx", "--calibration", "texts.txt"], "--calibration"),
+    (["onnx", "--min-agreement", "50"], "--min-agreement"),
+    (["onnx", "--eval-data", "dev.tsv"], "--eval-data"),
+    (["onnx", "--quantize-mode", "dynamic"], "--quantize-mode"),
+    (["onnx", "--int8-weights", "u8"], "--int8-weights"),
+    (["onnx", "--int8-embeddings"], "--int8-embeddings"),
+    (["executorch", "--calibration", "texts.txt"], "--calibration"),
+    (["executorch", "--max-metric-drop", "2"], "--max-metric-drop"),
+])
+def test_int8_options_without_quantize_are_refused(monkeypatch, capsys, tmp_path, tiny_checkpoint, args, flag):
+    """They were accepted and did nothing: an fp32 file landed where the user asked for a check."""
+    code, out, err = run_main(monkeypatch, capsys, *args, "--task", "mnli", "--model", tiny_checkpoint("mnli"),
+                              "-o", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {flag} applies with --quantize int8 only ("), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["onnx", "executorch", "quantize"])
+def test_a_bad_eval_data_file_fails_before_any_work(monkeypatch, capsys, tmp_path, tiny_checkpoint,
+                                                    onnx_artifact, request, command):
+    """--eval-data was read only after the export, the calibration and the quantization."""
+    from sbexport.export import quantize as onnx_int8
+    from sbexport.export import quantize_executorch
+
+    source = ["quantize", onnx_artifact("mnli", local=True)] if command == "quantize" else \
+        [command, "--task", "mnli", "--model", tiny_checkpoint("mnli"), "--quantize", "int8"]
+    stub_onnx_export = request.getfixturevalue("stub_onnx_export")   # after the shared artifact exists
+
+    def no_quantization(*args, **kwargs):
+        raise AssertionError("quantized before --eval-data was read")
+    monkeypatch.setattr(onnx_int8, "quantize_onnx", no_quantization)
+    monkeypatch.setattr(quantize_executorch, "lower_int8", no_quantization)
+    data = tmp_path / "utf16.tsv"
+    data.write_bytes("gold_label\tsentence1\tsentence2\n".encode("utf-16"))
+    for path, message in [(tmp_path / "missing.tsv", "missing.tsv"), (data, "utf16.tsv")]:
+        code, out, err = run_main(monkeypatch, capsys, *source, "--eval-data", path, "-o", tmp_path / "out")
+        assert_one_error_line(code, out, err, message)
+        assert stub_onnx_export == [] and not (tmp_path / "out").exists()
+
+
+def test_sbexports_own_warning_is_one_line(monkeypatch, capsys, tmp_path, tiny_checkpoint, stub_onnx_export):
+    """A head the checkpoint lacks was reported as Python prints a warning: the path of
+    source.py, 'UserWarning', then the line of code that raised it."""
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", "squad", "--model", tiny_checkpoint("features"),
+                              "--no-verify", "-o", tmp_path / "out")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "qa_outputs" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: ") and "UserWarning" not in err, err
+    assert "load_pretrained(" not in err and "source.py" not in err, err
+
+
+@pytest.mark.parametrize("task, checkpoint, warned", [("ner", "mnli", True), ("features", "mnli", False),
+                                                    ("mnli", "fill-mask", False), ("sst2", "mnli", False)])
+def test_a_checkpoint_fine_tuned_for_another_head_is_warned_about(monkeypatch, capsys, tmp_path, tiny_checkpoint,
+                                                                  stub_onnx_export, task, checkpoint, warned):
+    """`--task ner --model <an mnli checkpoint>` exported the sentence classifier as a token
+    classifier without a word: its tags were mnli's labels."""
+    code, out, err = run_main(monkeypatch, capsys, "onnx", "--task", task, "--model", tiny_checkpoint(checkpoint),
+                              "--no-verify", "-o", tmp_path / "out")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "fine-tuned; its own tasks" in line]
+    assert len(lines) == warned, err
+    if warned:
+        assert lines[0].startswith("warning: ") and "is a SqueezeBertForSequenceClassification " \
+            "(sequence-classification), but task ner is token-classification" in lines[0], lines[0]
+
+
+def test_max_metric_drop_without_eval_data_is_refused(monkeypatch, capsys, tmp_path, onnx_artifact):
+    code, out, err = run_main(monkeypatch, capsys, "quantize", onnx_artifact("mnli", local=True),
+                              "--max-metric-drop", "2", "-o", tmp_path / "out")
+    assert code == 2 and "error: --max-metric-drop applies with --eval-data only" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreadable_tokenizer_is_one_line(monkeypatch, capsys, tmp_path, tiny_checkpoint, stub_onnx_export):
     """Permission denied (simulated: the tests may run as root, which reads anything)."""
     import builtins

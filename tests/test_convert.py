@@ -5,6 +5,7 @@ the refusals (existing destination, non-BERT source, missing source), library an
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -181,6 +182,25 @@ def test_refuses_existing_destination(tmp_path):
     with pytest.raises(SbexportError, match="is inside the source checkpoint"):
         convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "bert" / "squeezebert")
     assert _snapshot(tmp_path / "bert") == before
+
+
+@pytest.mark.parametrize("write", ["convert-bert", "save_pretrained"])
+def test_written_weights_are_readable_by_the_umask(tmp_path, write):
+    """The weights came out 0600 (safetensors' save_file) beside 0644 config and tokenizer
+    files: other users of a shared folder could not load the checkpoint."""
+    from sbexport.checkpoints import save_pretrained
+
+    _tiny_bert_checkpoint("base", tmp_path / "bert")
+    previous = os.umask(0o022)
+    try:
+        if write == "convert-bert":
+            convert_bert_to_squeezebert(tmp_path / "bert", tmp_path / "sq")
+        else:
+            save_pretrained(modeling.SqueezeBertModel(tiny_squeezebert_config()), tmp_path / "sq")
+    finally:
+        os.umask(previous)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "sq").iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes
 
 
 def test_overwrite_keeps_a_project_with_a_config_json(tmp_path):

@@ -6,6 +6,7 @@ idle and command limits)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,10 +15,10 @@ import pytest
 from adb_device import ARM64_PHONE, X86_64_EMULATOR, Faults
 from test_adb_device import adb, make_device  # noqa: F401 (fixtures: a private adb server, stand-ins)
 
-from sbexport.device import DEVICE_ROOT, AdbClient, DeviceRun, describe, select_devices
+from sbexport.device import DEVICE_ROOT, AdbClient, DeviceRun, check_runner, describe, select_devices
 from sbexport.device.adb import parse_devices
 from sbexport.device.probe import big_cores, emulation_marker, parse_cpu_temp, parse_getprop
-from sbexport.errors import DeviceError
+from sbexport.errors import DeviceError, SbexportError
 
 # `adb devices -l` as adb 1.0.41 prints it, with a USB phone lacking udev permissions.
 DEVICES_OUTPUT = """* daemon not running; starting now at tcp:5037
@@ -39,6 +40,50 @@ def test_parse_devices_reads_every_state():
         ("0123456789ABCDEF", "no permissions")]
     assert devices[0].details["model"] == "SB_Standin_8"
     assert devices[3].details == {"usb": "1-2", "transport_id": "4"}
+
+
+class ListingOnly:
+    """An AdbClient that lists devices from `adb devices -l` output and does nothing else."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def devices(self):
+        return parse_devices(f"List of devices attached\n{self.text}\n")
+
+
+def test_a_stale_entry_does_not_block_the_one_online_device():
+    """A phone that went offline (or is waiting for authorization) beside the one online is
+    not a second choice: it could not run the bench. With none online, each is named."""
+    assert select_devices(ListingOnly("emulator-5554 offline\nR58M12ABCDE device usb:1-1"), []) == ["R58M12ABCDE"]
+    with pytest.raises(DeviceError, match=r"^several devices are attached \(A, B\): name one or more with --serial$"):
+        select_devices(ListingOnly("A device\nB device\nC offline"), [])
+    with pytest.raises(DeviceError, match=r"^no device is online: device C is offline: adb reaches it .*; "
+                                          r"device D is unauthorized: unlock the phone"):
+        select_devices(ListingOnly("C offline\nD unauthorized usb:1-2"), [])
+    with pytest.raises(DeviceError, match=r"^device C is offline: adb reaches it"):
+        select_devices(ListingOnly("C offline"), [])
+    with pytest.raises(DeviceError, match=r"^no device: `adb devices` lists none"):
+        select_devices(ListingOnly(""), [])
+
+
+def test_runner_is_checked_on_the_host(tmp_path):
+    """What push_runner can start on an arm64 device: a bundle folder with `run`, or an ELF
+    executable whose e_machine is aarch64 (0xB7), in either byte order."""
+    def elf(name: str, machine: bytes, data: int = 1) -> Path:
+        (tmp_path / name).write_bytes(b"\x7fELF\x02" + bytes([data]) + bytes(12) + machine + bytes(40))
+        return tmp_path / name
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "run").write_text("#!/bin/sh\n")
+    for good in (tmp_path / "bundle", elf("runner", b"\xb7\x00"), elf("big-endian", b"\x00\xb7", data=2)):
+        check_runner(good)
+    for bad, message in ((elf("x86", b"\x3e\x00"), "is an ELF file for machine 0x3e, not aarch64"),
+                         (elf("swapped", b"\x00\xb7"), "is an ELF file for machine 0xb700"),
+                         (tmp_path / "bundle" / "run", "is not an executable (no ELF header)"),
+                         (tmp_path, "a folder without `run`"),
+                         (tmp_path / "missing", "does not exist")):
+        with pytest.raises(SbexportError, match=rf"^--runner {re.escape(str(bad))}[ :].*{re.escape(message)}"):
+            check_runner(bad)
 
 
 def test_big_cores_are_outside_the_slowest_cluster():
@@ -100,8 +145,7 @@ def test_select_refuses_what_cannot_run(adb, make_device, client):  # noqa: F811
     locked = make_device(faults=Faults(unauthorized=True))
     for device in (x86, locked):
         adb.connect(device)
-    with pytest.raises(DeviceError, match="several devices are attached"):
-        select_devices(client, [])
+    assert select_devices(client, []) == [x86.serial]      # the only one online; describe refuses it below
     with pytest.raises(DeviceError, match=rf"device {locked.serial} is unauthorized: unlock the phone and accept"):
         select_devices(client, [x86.serial, locked.serial])
     with pytest.raises(DeviceError, match="device 127.0.0.1:1 is not listed"):

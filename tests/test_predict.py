@@ -92,6 +92,9 @@ def test_fill_mask_gives_top_k_per_mask(onnx_artifact):
         assert all(isinstance(c["token"], str) and c["token"] for c in candidates)
     with pytest.raises(SbexportError, match=r"needs a \[MASK\] token"):
         predict(onnx_artifact("fill-mask", local=True), "The cat sat on the mat.")
+    # A [MASK] cut off by truncation was reported as missing.
+    with pytest.raises(SbexportError, match=r"the \[MASK\] token is at token \d+ of \d+, beyond the file's maximum"):
+        predict(onnx_artifact("fill-mask", local=True), "the cat sat " * 40 + "[MASK]")
 
 
 def test_features_give_the_embedding(onnx_artifact):

@@ -240,6 +240,26 @@ def test_few_calibration_sentences_warn_with_the_count(onnx_artifact, tmp_path):
     assert read_manifest(tmp_path / "out").quantization.calibration.lines == 3
 
 
+@pytest.mark.parametrize("saturates", [True, False])
+def test_predict_and_eval_say_when_this_cpu_saturates_the_int8_file(int8_artifact, monkeypatch, capsys, tmp_path,
+                                                                     saturates):
+    """On a CPU without VNNI, predict and eval ran the s8 file on ONNX Runtime's saturating
+    kernel without a word, while verify and quantize said so (and judged a u8 copy)."""
+    from test_cli import run_main
+
+    monkeypatch.setattr(quantize_module, "saturates_u8s8", lambda cpuinfo=None: saturates)
+    folder = int8_artifact("mnli")
+    data = tmp_path / "dev.tsv"
+    data.write_text("gold_label\tsentence1\tsentence2\nentailment\tA man plays.\tSomeone plays.\n")
+    for args in (["predict", folder, "A man plays.", "Someone plays."],
+                 ["eval", "--task", "mnli", "--data", data, "--artifact", folder]):
+        code, out, err = run_main(monkeypatch, capsys, *args)
+        assert code == 0, err
+        noted = [line for line in err.splitlines() if "this CPU has no VNNI" in line]
+        assert len(noted) == saturates, err
+        assert all("quantize with --int8-weights u8" in line for line in noted), noted
+
+
 def test_the_output_may_not_be_the_fp32_artifact_or_inside_it(onnx_artifact, tmp_path):
     """`quantize A -o A --overwrite` replaced the fp32 artifact it promised to leave alone with
     the int8 one; `-o A/int8` wrote a folder into it."""

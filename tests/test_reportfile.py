@@ -185,3 +185,60 @@ def test_unwritable_json_fails_before_the_work(monkeypatch, capsys, tmp_path, co
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+# -- standard output, one file named twice, a folder that takes no file, partial failures ----
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "-"])
+def test_stdout_is_written_straight_even_when_redirected_to_a_file(tmp_path, name):
+    """`bench --json /dev/stdout > out.txt` renamed a temporary file over out.txt: the lines
+    printed before and after the report went to the replaced inode and were lost. "-" made a
+    file named "-"."""
+    import subprocess
+
+    code = ("from sbexport.reportfile import check_report_path, write_report\n"
+            f"check_report_path({name!r}); print('table before', flush=True)\n"
+            f"write_report({name!r}, 'REPORT\\n'); print('wrote after')\n")
+    with open(tmp_path / "out.txt", "w") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, cwd=tmp_path, check=True, timeout=120)
+    assert (tmp_path / "out.txt").read_text() == "table before\nREPORT\nwrote after\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_folder_that_takes_no_new_file_is_refused_before_the_work(monkeypatch):
+    """As root, os.access says yes to /proc; no file can be created there all the same."""
+    monkeypatch.setattr(reportfile.os, "access", lambda *args, **kwargs: True)      # root's answer
+    with pytest.raises(SbexportError, match=r"^cannot write /proc/x.json: cannot create a file in /proc \("):
+        check_report_path("/proc/x.json")
+
+
+def test_two_options_naming_one_file_are_refused(tmp_path):
+    (tmp_path / "r.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "r.json")
+    for second in (tmp_path / "r.json", tmp_path / "." / "r.json", tmp_path / "link.json"):
+        with pytest.raises(SbexportError, match=r"^--json and --plot name the same file .*: the second report "):
+            reportfile.check_report_paths({"--json": str(tmp_path / "r.json"), "--plot": str(second)})
+    with pytest.raises(SbexportError, match="--json and --plot name the same file"):
+        reportfile.check_report_paths({"--json": "-", "--plot": "/dev/stdout"})
+    reportfile.check_report_paths({"--json": "/dev/null", "--plot": "/dev/null"})     # replaces nothing
+    reportfile.check_report_paths({"--json": str(tmp_path / "r.json"), "--plot": None})
+    assert (tmp_path / "r.json").read_text() == "old"
+
+
+def test_every_report_that_can_be_written_is(tmp_path):
+    """One unwritable report does not cost the others: each failure is one line, and the
+    result travels with the error for the caller to print."""
+    def write(result, path):
+        write_report(path, result)
+
+    def full(result, path):
+        raise SbexportError(f"cannot write {path}: No space left on device")
+    with pytest.raises(reportfile.ReportsNotWritten) as raised:
+        reportfile.write_reports("data", [("a.json", full), (tmp_path / "b.png", write), (None, full),
+                                          ("c.json", full)])
+    e = raised.value
+    assert e.result == "data" and e.written == [str(tmp_path / "b.png")]
+    assert e.failures == [f"cannot write {name}: No space left on device" for name in ("a.json", "c.json")]
+    assert (tmp_path / "b.png").read_text() == "data"
+    assert reportfile.write_reports("x", [(tmp_path / "d.json", write)]) == [str(tmp_path / "d.json")]

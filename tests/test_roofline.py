@@ -16,6 +16,7 @@ import torch
 from conftest import EXPORT_TINY
 
 from sbexport import cli
+from sbexport.bench import sgemm
 from sbexport.bench.sgemm import LABELS, libraries_text
 from sbexport.config import SqueezeBertConfig
 from sbexport.errors import SbexportError
@@ -332,6 +333,60 @@ def test_an_unavailable_runtime_is_skipped_with_its_reason():
     assert {r["runtime"] for r in result["rows"]} == {"torch"}
 
 
+def test_runtimes_that_cannot_run_are_said_before_the_work(no_work):
+    """Those that can run are measured; those that cannot are named before the first ceiling
+    (which no_work turns into an error here), not after minutes of measuring."""
+    said = []
+    table = {**RUNTIMES, "numpy-kernel": NumpyKernel(missing="libkernel.so not built")}
+    with pytest.raises(AssertionError, match="started working"):
+        run_roofline(quick_config(runtimes=("torch", "numpy-kernel")), runtimes=table, progress=False, log=said.append)
+    assert said == ["skipping numpy-kernel: libkernel.so not built"]
+
+
+def test_the_plot_is_written_when_the_json_cannot_be(monkeypatch, tmp_path):
+    import errno
+
+    from sbexport import reportfile
+
+    real = reportfile.replace_file
+
+    def full_for_json(target, data, mode=None):
+        if str(target).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, data, mode)
+    monkeypatch.setattr(reportfile, "replace_file", full_for_json)
+    monkeypatch.setattr(sgemm, "sgemm_ceiling", lambda threads, size, folder: {         # seconds saved
+        "gflops": 1.0, "size": size, "repeats": 1, "threads": threads, "best_ms": 1.0, "cpu_wait_pct": 0, "op": "x"})
+    table = {**RUNTIMES, "numpy-kernel": NumpyKernel()}
+    with pytest.raises(reportfile.ReportsNotWritten) as raised:
+        run_roofline(quick_config(runtimes=("numpy-kernel",), seq_lens=(8,), repeats=1, sgemm_size=64, bandwidth_mb=1),
+                     runtimes=table, json_path=str(tmp_path / "r.json"), plot_path=str(tmp_path / "r.png"),
+                     progress=False)
+    assert raised.value.failures == [f"cannot write {tmp_path / 'r.json'}: No space left on device"]
+    assert raised.value.written == [str(tmp_path / "r.png")] and raised.value.result["rows"]
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "r.json").exists()
+
+
+def test_measurements_are_printed_when_a_report_cannot_be_written(monkeypatch, capsys, tmp_path):
+    """As bench's: the table and the reports written, then one error line per failure, exit 1."""
+    import sbexport.roofline
+    from sbexport.reportfile import ReportsNotWritten
+
+    failures = [f"cannot write {tmp_path}/r.json: No space left on device"]
+
+    def measured(config, **kwargs):
+        raise ReportsNotWritten({"rows": []}, [str(tmp_path / "r.png")], failures)
+    monkeypatch.setattr(sbexport.roofline, "run_roofline", measured)
+    monkeypatch.setattr(sbexport.roofline, "table", lambda result: "TABLE")
+    monkeypatch.setattr(sys, "argv", ["sbexport", "roofline", "--quick", "--json", str(tmp_path / "r.json"),
+                                      "--plot", str(tmp_path / "r.png")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 1
+    assert out == f"TABLE\nwrote {tmp_path / 'r.png'}\n" and err == f"error: {failures[0]}\n"
+
+
 def test_reference_is_the_grouped_convolution():
     """The float64 reference every runtime is checked against, against torch's conv1d."""
     for shape in projections(SqueezeBertConfig(**EXPORT_TINY)):
@@ -358,6 +413,8 @@ def no_work(monkeypatch):
     (dict(seq_lens=(8, 0)), "--seq-lens must be positive integers"),
     (dict(seq_lens=()), "--seq-lens must be positive integers"),
     (dict(repeats=0), "--repeats must be at least 1"),
+    (dict(seq_lens=(8, 32, 8)), "--seq-lens names 8 twice"),
+    (dict(runtimes=("torch", "onnx", "torch")), "--runtimes names torch twice"),
 ])
 def test_bad_input_refused(no_work, changes, message):
     with pytest.raises(SbexportError, match=message):
@@ -376,8 +433,15 @@ def test_unwritable_outputs_refused_before_the_run(no_work, tmp_path):
     (["--seq-lens", "8,abc"], "error: --seq-lens: expected comma-separated integers"),
     (["--repeats", "0"], "error: --repeats must be at least 1"),
     (["--json", "/nonexistent/dir/r.json"], "error: cannot write /nonexistent/dir/r.json"),
+    (["--seq-lens", "8,8"], "error: --seq-lens names 8 twice"),
+    (["--runtimes", "onnx,onnx"], "error: --runtimes names onnx twice"),
+    (["--json", "TMP/r.json", "--plot", "TMP/./r.json"], "error: --json and --plot name the same file"),
+    (["--runtimes", "kernels"], "error: none of the runtimes asked for can run here (kernels: the native kernels "
+                                "library is not built: no /nonexistent/lib.so"),
 ])
-def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, args, message):
+def test_cli_refuses_with_one_line(no_work, monkeypatch, capsys, tmp_path, args, message):
+    monkeypatch.setenv("SBEXPORT_KERNELS_LIB", "/nonexistent/lib.so")
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
     monkeypatch.setattr(sys, "argv", ["sbexport", "roofline", "--quick", *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

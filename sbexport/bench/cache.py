@@ -50,38 +50,42 @@ def cache_key(runtime: str, task: Task, model: BenchModel, options, max_seq_len:
 
 
 def export_cached(runtime: str, task: Task, model: BenchModel, config: BenchConfig, workdir: Path,
-                  log: Callable[[str], None]) -> Path:
+                  log: Callable[[str], None], export_log: Callable[[str], None] | None = None) -> Path:
     """The artifact folder of `model` for `runtime`, exported unless the work folder holds one
-    made from the same inputs and the same sbexport source (and verified, when asked).
+    made from the same inputs and the same sbexport source (and verified, when asked). `log`
+    gets the bench's lines (a cached export used), `export_log` (default `log`) what the
+    exporter, quantizer and verifier say.
 
     Raises ExportError naming the model and runtime when the export fails or fails its parity
     check: a benchmark that quietly drops a model is read as a complete one, and a fast wrong
     graph is not worth timing."""
     from ..export import ExecuTorchOptions, OnnxOptions, export_artifact
 
+    export_log = export_log or log
     if runtime in INT8_RUNTIMES.values():
-        return _quantized(runtime, export_cached(fp32_runtime(runtime), task, model, config, workdir, log), task, model,
-                          log)
+        fp32 = export_cached(fp32_runtime(runtime), task, model, config, workdir, log, export_log)
+        return _quantized(runtime, fp32, task, model, log, export_log)
     per_group = runtime in PER_GROUP_RUNTIMES.values()
     if per_group and not conv_projections(model.config):   # no grouped convolution: the same file
-        return export_cached(fp32_runtime(runtime), task, model, config, workdir, log)
+        return export_cached(fp32_runtime(runtime), task, model, config, workdir, log, export_log)
     options = OnnxOptions(max_batch=max(1024, config.batch)) if EXPORTED[runtime] == "onnx" \
         else ExecuTorchOptions(batch=config.batch, grouped_conv="per-group" if per_group else "xnnpack")
     max_seq_len = max(config.seq_lens)
     folder = workdir / f"{task.name}-{model.arch}-{runtime}-{cache_key(runtime, task, model, options, max_seq_len)}"
     try:
-        if folder.is_dir() and _reusable(folder, config.verify, log):
+        if folder.is_dir() and _reusable(folder, config.verify, log, export_log):
             log(f"using cached export {folder}")
             return folder
         return export_artifact(EXPORTED[runtime], task, model.source, folder, options, max_seq_len=max_seq_len,
                                overwrite=True,
-                               verify=config.verify, config=model.build_config, log=log)
+                               verify=config.verify, config=model.build_config, log=export_log)
     except SbexportError as e:
         raise ExportError(f"bench stopped: the {LABELS[model.arch]} export to {runtime} failed "
                           f"(nothing was timed): {e}") from None
 
 
-def _quantized(runtime: str, fp32: Path, task: Task, model: BenchModel, log: Callable[[str], None]) -> Path:
+def _quantized(runtime: str, fp32: Path, task: Task, model: BenchModel, log: Callable[[str], None],
+               export_log: Callable[[str], None]) -> Path:
     """The int8 artifact quantized from the fp32 artifact `fp32` (cached beside it), with the
     recipe a user of each model would pick: static int8 convolutions for SqueezeBERT, ONNX
     Runtime's dynamic recipe for a model without convolutions (BERT-base's MatMuls).
@@ -110,13 +114,13 @@ def _quantized(runtime: str, fp32: Path, task: Task, model: BenchModel, log: Cal
     calibration = TextSet(inputs, "bench: random token ids (export.example_inputs)", digest)
     try:
         return quantize_artifact(fp32, folder, QuantizeOptions(recipe=recipe), overwrite=True, judge=False,
-                                 feeds=calibration, log=log)
+                                 feeds=calibration, log=export_log)
     except SbexportError as e:
         raise ExportError(f"bench stopped: quantizing the {LABELS[model.arch]} export for {runtime} failed "
                           f"(nothing was timed): {e}") from None
 
 
-def _reusable(folder: Path, verify: bool, log: Callable[[str], None]) -> bool:
+def _reusable(folder: Path, verify: bool, log: Callable[[str], None], export_log: Callable[[str], None]) -> bool:
     """Whether the cached artifact opens (sha256 of every file); verified now when asked and
     it was not verified at export. Raises ParityError when that verification fails."""
     from ..artifact import open_artifact
@@ -128,8 +132,20 @@ def _reusable(folder: Path, verify: bool, log: Callable[[str], None]) -> bool:
         log(f"re-exporting: cached {e}")
         return False
     if verify and not (manifest.parity and manifest.parity.passed):
-        verify_folder(folder, log=log).raise_on_failure()
+        verify_folder(folder, log=export_log).raise_on_failure()
     return True
+
+
+# The start of an exporter's, quantizer's or verifier's line that `quiet` lets through.
+SHOWN_WHEN_QUIET = ("warning", "error", "FAIL")
+
+
+def quiet(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log` for the exporter's lines without --verbose: its warnings, errors and failed
+    parity lines only. Its notes are about the export command ("--random-init", "predict needs
+    a tokenizer") and its parity tables are pages inside a progress bar; bench says itself
+    what it exported and whether each was verified (the report's artifacts and method)."""
+    return lambda line: log(line) if line.lstrip().startswith(SHOWN_WHEN_QUIET) else None
 
 
 def code_fingerprint() -> str:

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from ..device import AdbClient, DeviceInfo, describe, find_adb, select_devices
+from ..device import AdbClient, DeviceInfo, check_runner, describe, find_adb, select_devices
 from ..errors import DeviceError, SbexportError
-from ..reportfile import check_report_path
+from ..reportfile import ReportsNotWritten, check_report_paths, write_reports
 from . import report
 from .adb import AdbTarget, DeviceOptions
 from .inputs import BenchConfig
@@ -36,48 +36,53 @@ EMULATED_NOTE = ("EMULATED device ({marker}): these times measure an emulator (q
 
 def bench_devices(config: BenchConfig, serials: list[str] | tuple[str, ...], runner: Path, *,
                   json_path: str | None = None, plot_path: str | None = None, cooldown_s: float = 5.0,
-                  log: Callable[[str], None] | None = None, progress: bool = True) -> list[dict]:
+                  log: Callable[[str], None] | None = None, progress: bool = True,
+                  verbose: bool = False) -> list[dict]:
     """Benchmark on each device (the one attached when `serials` is empty); the reports, in order.
 
     JSON and plot go to the paths given for one device, to PATH with the serial before the
-    suffix for several (bench.json -> bench.SERIAL.json). Raises DeviceError (sbexport.errors)
-    before any work when adb is missing or a device cannot be used, and when a device is lost
-    during the run (after removing what was pushed, or saying what is left)."""
+    suffix for several (bench.json -> bench.SERIAL.json). Raises SbexportError before any work
+    for a runtime other than ExecuTorch or a runner that is neither an arm64 executable nor a
+    bundle (checked on the host, device.check_runner), DeviceError (sbexport.errors) when adb
+    is missing or a device cannot be used, and when a device is lost during the run (after
+    removing what was pushed, or saying what is left). Raises ReportsNotWritten (carrying
+    every device's result) when some JSON or plot could not be written; every other one is."""
     log = log or (lambda line: None)
-    if not Path(runner).exists():
-        raise SbexportError(f"--runner {runner} does not exist: build android_demo's runner for the device "
-                            f"(android_demo/README.md; make runner-arm64 for arm64 Linux)")
     if "executorch" not in config.formats:
-        raise SbexportError("a device runs ExecuTorch only: use --formats executorch with --device adb")
+        raise SbexportError("a device runs ExecuTorch only: use --runtimes executorch with --device adb")
+    check_runner(Path(runner))
+    check_report_paths({"--json": json_path, "--plot": plot_path})
     client = AdbClient(find_adb())
     infos = [describe(client, serial) for serial in select_devices(client, serials)]
     paths = [(report_path(json_path, i.serial, len(infos)), report_path(plot_path, i.serial, len(infos)))
              for i in infos]
-    for path in (p for pair in paths for p in pair if p is not None):
-        check_report_path(path)
-    results = []
+    for json_out, plot_out in paths:
+        check_report_paths({"--json": json_out, "--plot": plot_out})
+    results, written, failures = [], [], []
     with _shared_workdir(config) as workdir:
         for info, (json_out, plot_out) in zip(infos, paths):
             options = DeviceOptions(runner=Path(runner), cooldown_s=cooldown_s)
             target = AdbTarget(client, info, options, log)
             device_config = replace(config, workdir=workdir)    # threads: the target's cores() by default
             log(f"benchmarking on {info.label}")
-            result = device_result(_run_on(target, device_config, progress, log), target, device_config)
-            if json_out is not None:
-                report.write_json(result, json_out)
-            if plot_out is not None:
-                report.plot(result, plot_out)
+            result = device_result(_run_on(target, device_config, progress, log, verbose), target, device_config)
             results.append(result)
+            try:     # a report that cannot be written does not cost the next device its run
+                written += write_reports(result, [(json_out, report.write_json), (plot_out, report.plot)])
+            except ReportsNotWritten as e:
+                written, failures = written + e.written, failures + e.failures
+    if failures:
+        raise ReportsNotWritten(results, written, failures)
     return results
 
 
-def _run_on(target: AdbTarget, config: BenchConfig, progress: bool, log) -> dict:
+def _run_on(target: AdbTarget, config: BenchConfig, progress: bool, log, verbose: bool = False) -> dict:
     """run_bench on the device; what its cleanup could not remove is added to the error that
     ended the run, or is the error (DeviceError) when the run itself went well."""
     from .pipeline import run_bench
 
     try:
-        result = run_bench(config, target=target, progress=progress, log=log)
+        result = run_bench(config, target=target, progress=progress, log=log, verbose=verbose)
     except SbexportError as e:
         if target.left:
             raise DeviceError(f"{e}; {target.left}") from None

@@ -97,6 +97,7 @@ def check(config: BenchConfig, cores: int) -> Inputs:
         unknown = set(given) - set(MODELS)
         if unknown:
             raise SbexportError(f"{name} given for unknown model {sorted(unknown)[0]!r}")
+    _check_unused(config)
     models = [bench_model(task, arch, config) for arch in config.models]
     for model in models:
         _check_lengths(model, config.seq_lens)
@@ -121,8 +122,8 @@ def bench_model(task: Task, arch: str, config: BenchConfig) -> BenchModel:
         return bench_model_of(source, random_init_config(task, arch, load_config(shape)))
     except OSError as e:
         raise SbexportError(f"--config-{arch} {shape}: cannot read it ({e.strerror or e})") from None
-    except SbexportError as e:
-        raise SbexportError(f"--config-{arch} {shape}: {e}") from None
+    except SbexportError as e:     # config.py's errors may start with the path already
+        raise SbexportError(f"--config-{arch} {shape}: {str(e).removeprefix(f'{shape}: ')}") from None
 
 
 def bench_model_of(source: ModelSource, build_config=None) -> BenchModel:
@@ -136,6 +137,16 @@ def bench_model_of(source: ModelSource, build_config=None) -> BenchModel:
     return BenchModel(source.arch, source, own)
 
 
+def refuse_duplicates(values, option: str) -> None:
+    """Raise SbexportError naming the first value `option` lists twice: it would time the same
+    thing twice, as two rows, and count it twice in the progress bar's total."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise SbexportError(f"{option} names {v} twice; give each once")
+        seen.add(v)
+
+
 def _check_choices(config: BenchConfig) -> None:
     runtimes = RUNTIMES + tuple(INT8_RUNTIMES.values()) + tuple(PER_GROUP_RUNTIMES.values())
     for name, values, allowed in (("runtime", config.formats, runtimes), ("model", config.models, MODELS)):
@@ -144,6 +155,17 @@ def _check_choices(config: BenchConfig) -> None:
         for v in values:
             if v not in allowed:
                 raise SbexportError(f"unknown {name} {v!r}; expected one of {', '.join(allowed)}")
+        refuse_duplicates(values, f"--{name}s")
+
+
+def _check_unused(config: BenchConfig) -> None:
+    """Refuse a checkpoint or config of a model --models leaves out: the user meant it to be
+    used, and a run without it is not the run asked for."""
+    for option, given in (("--model", config.checkpoints), ("--config", config.configs)):
+        for arch in given:
+            if arch not in config.models:
+                raise SbexportError(f"{option}-{arch} applies to the {arch} model, which --models leaves out "
+                                    f"({','.join(config.models)}); drop it or add {arch} to --models")
 
 
 def _check_counts(config: BenchConfig) -> None:
@@ -155,6 +177,7 @@ def _check_counts(config: BenchConfig) -> None:
         raise SbexportError(f"--batch must be at least 1 (got {config.batch})")
     if not config.seq_lens or any(not isinstance(s, int) or s < 1 for s in config.seq_lens):
         raise SbexportError(f"--seq-lens must be positive integers (got {list(config.seq_lens)})")
+    refuse_duplicates(config.seq_lens, "--seq-lens")
 
 
 def _check_lengths(model: BenchModel, seq_lens) -> None:

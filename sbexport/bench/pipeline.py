@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..reportfile import check_report_path
+from ..reportfile import check_report_paths, write_reports
 from . import report
-from .cache import artifact_info, export_cached, work_folder
+from .cache import artifact_info, export_cached, quiet, work_folder
 from .flops import model_flops
 from .inputs import BenchConfig, Inputs, check
 from .notes import method_notes
@@ -35,35 +35,33 @@ from .target import Target, feeds_for
 
 def run_bench(config: BenchConfig, *, json_path: str | None = None, plot_path: str | None = None,
               progress: bool = True, log: Callable[[str], None] | None = None,
-              target: Target | None = None) -> dict:
+              target: Target | None = None, verbose: bool = False) -> dict:
     """Benchmark on `target` (None: this host), write the JSON and PNG when asked, and return
-    the result (report.SCHEMA).
+    the result (report.SCHEMA). `log` gets the run's lines (None: above the progress bar); the
+    exports' own lines (notes, parity tables) only when `verbose`, their warnings always.
 
     Raises SbexportError before any work for bad input: an unknown task, format or model, a
     checkpoint or config file that does not exist, a sequence length above a model's maximum,
-    runs < 1, an unwritable output path. A runtime the target cannot run is skipped with its
-    reason. Raises ExportError when an export fails (cache.export_cached). The target is
-    closed when the run ends, whether it failed or not.
+    runs < 1, an unwritable output path, --json and --plot naming one file. A runtime the
+    target cannot run is skipped with its reason. Raises ExportError when an export fails
+    (cache.export_cached), and ReportsNotWritten (carrying the result) when the JSON or the
+    plot could not be written (the other is written all the same). The target is closed when
+    the run ends, whether it failed or not.
     """
     if target is None:
         from .host import HostTarget
         target = HostTarget()
     try:
         inputs = check(config, target.cores())
-        for path in (json_path, plot_path):
-            if path is not None:               # "" too: refused, not ignored
-                check_report_path(path)
-        result = _measure(config, inputs, target, progress, log)
+        check_report_paths({"--json": json_path, "--plot": plot_path})    # "" too: refused, not ignored
+        result = _measure(config, inputs, target, progress, log, verbose)
     finally:
         target.close()
-    if json_path is not None:
-        report.write_json(result, json_path)
-    if plot_path is not None:
-        report.plot(result, plot_path)
+    write_reports(result, [(json_path, report.write_json), (plot_path, report.plot)])
     return result
 
 
-def _measure(config: BenchConfig, inputs: Inputs, target: Target, progress_bar: bool, log) -> dict:
+def _measure(config: BenchConfig, inputs: Inputs, target: Target, progress_bar: bool, log, verbose: bool) -> dict:
     """Every measurement of the run, assembled into the result dict."""
     task, threads, models = inputs.task, inputs.threads, inputs.models
     skipped = [{"runtime": rt, "model": "*", "reason": why} for rt in config.formats
@@ -72,9 +70,11 @@ def _measure(config: BenchConfig, inputs: Inputs, target: Target, progress_bar: 
     machine = target.describe(threads)          # before the work: its load average is the others'
     with open_progress(plan(config, models, runtimes), progress_bar) as bar, work_folder(config.workdir) as workdir:
         say = log or bar.write
+        export_say = say if verbose else quiet(say)     # an export's notes are the export command's
         for _ in bar.steps("ceiling_start"):
             first_ceiling = target.ceiling(threads, config.sgemm_size, workdir)
-        artifacts = {(s.model.arch, s.runtime): export_cached(s.runtime, task, s.model, config, workdir, say)
+        artifacts = {(s.model.arch, s.runtime):
+                     export_cached(s.runtime, task, s.model, config, workdir, say, export_say)
                      for s in bar.steps("export")}
         flops = {s.model.arch: model_flops(task, s.model, config.batch, config.seq_lens) for s in bar.steps("flops")}
         loads, timings = {}, {}

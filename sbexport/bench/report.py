@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import textwrap
 
 from ..reportfile import write_report
 from .inputs import INT8_RUNTIMES
@@ -20,6 +21,7 @@ from .sgemm import libraries_text
 SCHEMA = "sbexport.bench/1"
 SCHEMA_FILE = "schema/bench-1.json"      # inside this package; its "schema" property is SCHEMA
 LABELS = {"squeezebert": "SqueezeBERT", "bert": "BERT-base"}
+FAMILIES = {"squeezebert": "SqueezeBERT", "bert": "BERT"}      # a model at a size of the user's
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnx": "ONNX Runtime", "executorch": "ExecuTorch XNNPACK",
                   "onnx-int8": "ONNX Runtime int8", "executorch-per-group": "ExecuTorch XNNPACK, per-group"}
 
@@ -29,6 +31,13 @@ def json_schema() -> dict:
     from importlib.resources import files
 
     return json.loads(files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+def model_labels(result: dict) -> dict[str, str]:
+    """arch -> its name in the tables and the plot: the public model's ("BERT-base"), or
+    "BERT (custom config)" for random weights at a --config-ARCH size (not BERT-base's figures)."""
+    custom = result["config"].get("config_overrides") or {}
+    return {arch: f"{FAMILIES[arch]} (custom config)" if arch in custom else label for arch, label in LABELS.items()}
 
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
@@ -55,8 +64,9 @@ def table(result: dict) -> str:
               r["cpu_wait_pct"]] for r in result["rows"]]
     lines = [tabulate(cells, headers=[h for h, _ in COLUMNS], floatfmt=[f for _, f in COLUMNS], missingval="-",
                       tablefmt="simple", colalign=["left", "left"] + ["right"] * (len(COLUMNS) - 2))]
-    m, c = result["machine"], result["ceiling"]
-    lines.append("ratio = BERT-base p50 / SqueezeBERT p50 at the same runtime and shape; first and load in ms; "
+    m, c, names = result["machine"], result["ceiling"], model_labels(result)
+    lines.append(f"ratio = {names['bert']} p50 / {names['squeezebert']} p50 at the same runtime and shape; "
+                 "first and load in ms; "
                  "+RSS = peak RSS increase of a fresh process loading that model; wait% = time our threads "
                  "waited for a CPU during the timed runs (near 0 on a quiet machine)")
     each = f"; each library: {libraries_text(c)}" if libraries_text(c) else ""
@@ -73,10 +83,10 @@ def int8_speedups(result: dict) -> list[str]:
     """One line per int8 runtime and length that ran beside its fp32 runtime: each model's fp32
     p50 over its int8 p50 (the ratio column already compares the two models' int8 files)."""
     p50 = {(r["runtime"], r["model"], r["seq_len"]): r["p50_ms"] for r in result["rows"]}
-    lines = []
+    names, lines = model_labels(result), []
     for fp32, int8 in INT8_RUNTIMES.items():
         for seq_len in result["config"]["seq_lens"]:
-            ups = [f"{LABELS[m]} {p50[fp32, m, seq_len] / p50[int8, m, seq_len]:.2f}x" for m in LABELS
+            ups = [f"{names[m]} {p50[fp32, m, seq_len] / p50[int8, m, seq_len]:.2f}x" for m in LABELS
                    if (fp32, m, seq_len) in p50 and (int8, m, seq_len) in p50]
             if ups:
                 lines.append(f"int8 speed-up over fp32 ({int8} / {fp32}, p50), seq {seq_len}: {', '.join(ups)}")
@@ -88,11 +98,12 @@ def markdown_table(result: dict, seq_lens=None) -> str:
     seq_lens = seq_lens or result["config"]["seq_lens"]
     by_key = {(r["runtime"], r["model"], r["seq_len"]): r for r in result["rows"]}
     runtimes = list(dict.fromkeys(r["runtime"] for r in result["rows"]))
+    sb_name, bert_name = model_labels(result)["squeezebert"], model_labels(result)["bert"]
     lines = []
     for seq_len in seq_lens:
         lines += [f"Batch {result['config']['batch']}, sequence {seq_len}, {result['config']['threads']} threads, "
                   f"fp32, median of {result['config']['runs']} interleaved runs:", "",
-                  "| runtime | SqueezeBERT | BERT-base | ratio | SqueezeBERT GFLOP/s | BERT-base GFLOP/s |",
+                  f"| runtime | {sb_name} | {bert_name} | ratio | {sb_name} GFLOP/s | {bert_name} GFLOP/s |",
                   "|---|---|---|---|---|---|"]
         for rt in runtimes:
             sb, bert = by_key.get((rt, "squeezebert", seq_len)), by_key.get((rt, "bert", seq_len))
@@ -112,9 +123,25 @@ def markdown_table(result: dict, seq_lens=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Characters of the plot's title per line: a device's title (SoC, serial, EMULATED) ran past
+# the right edge of the 8-inch figure at 10 pt.
+TITLE_WIDTH = 80
+
+
 def plot(result: dict, path: str | os.PathLike) -> None:
     """p50 latency against sequence length (log-log), one line per runtime and model, the band
-    from min to p90 shaded; PNG at `path`."""
+    from min to p90 shaded; PNG at `path` (reportfile.write_report)."""
+    fig = figure(result)             # first: it picks the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_report(path, buffer.getvalue())
+
+
+def figure(result: dict):
+    """The plot of `plot` as a matplotlib Figure (Agg), for the caller to save and close."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,6 +150,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     colors = {"eager": "tab:blue", "onnx": "tab:orange", "executorch": "tab:green", "onnx-int8": "tab:red",
               "executorch-per-group": "tab:olive"}
     styles = {"squeezebert": ("-", "o"), "bert": ("--", "s")}
+    names = model_labels(result)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for (rt, model) in dict.fromkeys((r["runtime"], r["model"]) for r in result["rows"]):
         rows = sorted((r for r in result["rows"] if r["runtime"] == rt and r["model"] == model),
@@ -130,7 +158,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         xs = [r["seq_len"] for r in rows]
         line, marker = styles[model]
         ax.plot(xs, [r["p50_ms"] for r in rows], line, marker=marker, color=colors[rt],
-                label=f"{LABELS[model]}, {RUNTIME_LABELS[rt]}")
+                label=f"{names[model]}, {RUNTIME_LABELS[rt]}")
         ax.fill_between(xs, [r["min_ms"] for r in rows], [r["p90_ms"] for r in rows], color=colors[rt], alpha=0.12)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -141,11 +169,9 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     ax.set_ylabel("latency p50 (ms), band min..p90")
     m, cfg = result["machine"], result["config"]
     dtypes = "fp32 and int8" if any(r["runtime"] in INT8_RUNTIMES.values() for r in result["rows"]) else "fp32"
-    ax.set_title(f"{cfg['task']}, batch {cfg['batch']}, {cfg['threads']} threads, {dtypes} - {m['cpu']}", fontsize=10)
+    title = f"{cfg['task']}, batch {cfg['batch']}, {cfg['threads']} threads, {dtypes} - {m['cpu']}"
+    ax.set_title(textwrap.fill(title, TITLE_WIDTH), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_report(path, buffer.getvalue())
+    return fig

@@ -14,6 +14,7 @@ native runner, pull its JSON, remove everything it pushed).
 
 from .adb import AdbClient, find_adb, select_devices
 from .probe import DeviceInfo, describe
-from .session import DEVICE_ROOT, DeviceRun
+from .session import DEVICE_ROOT, DeviceRun, check_runner
 
-__all__ = ["AdbClient", "find_adb", "select_devices", "DeviceInfo", "describe", "DeviceRun", "DEVICE_ROOT"]
+__all__ = ["AdbClient", "find_adb", "select_devices", "DeviceInfo", "describe", "DeviceRun", "DEVICE_ROOT",
+           "check_runner"]

@@ -177,15 +177,10 @@ class AdbClient:
 
 def select_devices(client: AdbClient, serials: list[str] | tuple[str, ...]) -> list[str]:
     """The serials to benchmark: those given (each must be listed, in state "device"), or the one
-    device attached when none is given. Raises DeviceError saying what to do otherwise."""
+    online device when none is given. Raises DeviceError saying what to do otherwise."""
     listed = {d.serial: d for d in client.devices()}
     if not serials:
-        if not listed:
-            raise DeviceError("no device: `adb devices` lists none. Plug in the phone with USB debugging on "
-                              "(Settings > Developer options), or `adb connect HOST:PORT` for wireless debugging")
-        if len(listed) > 1:
-            raise DeviceError(f"several devices are attached ({', '.join(listed)}): name one or more with --serial")
-        serials = list(listed)
+        serials = [_the_online_device(list(listed.values()))]
     for serial in serials:
         if serial not in listed:
             known = ", ".join(f"{d.serial} ({d.state})" for d in listed.values()) or "none"
@@ -195,6 +190,22 @@ def select_devices(client: AdbClient, serials: list[str] | tuple[str, ...]) -> l
         if reason:
             raise DeviceError(reason)
     return list(dict.fromkeys(serials))
+
+
+def _the_online_device(listed: list[ListedDevice]) -> str:
+    """The serial of the one device in state "device" among `listed`. A stale entry (offline,
+    unauthorized) beside it is not a second choice: it could not run the bench anyway. Raises
+    DeviceError when none is online (naming each listed one and what to do) or several are."""
+    if not listed:
+        raise DeviceError("no device: `adb devices` lists none. Plug in the phone with USB debugging on "
+                          "(Settings > Developer options), or `adb connect HOST:PORT` for wireless debugging")
+    online = [d.serial for d in listed if d.state == "device"]
+    if len(online) > 1:
+        raise DeviceError(f"several devices are attached ({', '.join(online)}): name one or more with --serial")
+    if not online:
+        reasons = [unusable_reason(d) for d in listed]
+        raise DeviceError(reasons[0] if len(reasons) == 1 else f"no device is online: {'; '.join(reasons)}")
+    return online[0]
 
 
 def _last_line(text: str) -> str:

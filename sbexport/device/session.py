@@ -28,6 +28,37 @@ RUNNER_SCHEMA = "sbexport.runner/1"        # android_demo/README.md
 RECONNECT_WAIT = 10.0                      # seconds given to adb to bring a dropped device back
 
 
+ELF_MAGIC = b"\x7fELF"
+EM_AARCH64 = 0xB7                          # the ELF header's e_machine of 64-bit ARM
+RUNNER_HINT = ("give the Android build's sbexport_runner (build/runner-android/sbexport_runner) or the arm64 "
+               "Linux bundle folder (make runner-arm64: build/runner-arm64/bundle); see android_demo/README.md")
+
+
+def check_runner(runner: Path) -> None:
+    """Check on the host that `runner` is what push_runner can start on an arm64 device: a
+    bundle folder with its `run` script, or an ELF executable for aarch64. Raises SbexportError
+    (one line) otherwise, before any device is touched: pushing a README and running it would
+    only fail on the device, after the exports."""
+    if runner.is_dir():
+        if not (runner / "run").is_file():
+            raise SbexportError(f"--runner {runner}: a folder without `run`, not a runner bundle; {RUNNER_HINT}")
+        return
+    if not runner.exists():
+        raise SbexportError(f"--runner {runner} does not exist; {RUNNER_HINT}")
+    try:
+        with open(runner, "rb") as f:
+            head = f.read(20)              # e_ident (16 bytes), e_type (2), e_machine (2)
+    except OSError as e:
+        raise SbexportError(f"--runner {runner}: cannot read it ({e.strerror or e})") from None
+    if len(head) < 20 or not head.startswith(ELF_MAGIC):
+        raise SbexportError(f"--runner {runner} is not an executable (no ELF header) nor a runner bundle folder; "
+                            f"{RUNNER_HINT}")
+    machine = int.from_bytes(head[18:20], "big" if head[5] == 2 else "little")    # EI_DATA 2: big-endian
+    if machine != EM_AARCH64:
+        raise SbexportError(f"--runner {runner} is an ELF file for machine {machine:#x}, not aarch64 "
+                            f"({EM_AARCH64:#x}): the device runs 64-bit ARM; {RUNNER_HINT}")
+
+
 def new_run_id() -> str:
     """"20261202T003012-a1b2c3": UTC time plus random hex, unique per run and sortable."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"

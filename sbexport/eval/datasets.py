@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SbexportError
-from ..tasks import TASKS, Task
+from ..tasks import Task, evaluable_tasks
 
 FORMATS = ("glue", "jsonl", "squad", "conll")   # which a task takes: its head's eval_formats (heads.py)
 
@@ -107,11 +107,6 @@ def read_dataset(path: str | Path, task: Task, fmt: str = "auto") -> Dataset:
     if fmt not in formats:
         raise SbexportError(f"format {fmt} does not fit task {task.name}; it takes {' or '.join(formats)}")
     return READERS[fmt](path, task)
-
-
-def evaluable_tasks() -> list[str]:
-    """The tasks eval can score: those whose head names a data format."""
-    return [name for name, t in TASKS.items() if t.head.eval_formats]
 
 
 def detect_format(path: Path, task: Task) -> str:

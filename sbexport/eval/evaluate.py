@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SbexportError
+from ..export.quantize import saturation_note
 from ..source import ModelSource, build_reference, load_tokenizer, resolve_source
 from ..tasks import Task, get_task
 from ..tokenizer import SqueezeBertTokenizer, has_tokenizer
@@ -37,6 +38,10 @@ def run_eval(task_name: str, data: str | Path, fmt: str = "auto", *, model: str 
     task = get_task(task_name)
     dataset = read_dataset(data, task, fmt)
     manifests = [open_artifact_for(folder, task) for folder in artifacts]
+    for folder, manifest in zip(artifacts, manifests):
+        note = saturation_note(manifest)
+        if note:
+            log(f"note: {folder}: {note}")
     if model is not None or random_init or not artifacts:
         source = resolve_source(task, model=model, random_init=random_init, arch=arch, seed=seed)
         reference = build_reference(task, source)

@@ -116,6 +116,18 @@ def read_texts(path: str | Path | None, builtin: str = BUILTIN_CALIBRATION) -> T
     return TextSet(records, source, hashlib.sha256(data).hexdigest())
 
 
+def check_guard_files(options: QuantizeOptions, task: Task) -> None:
+    """Read the calibration texts (static recipes) and the --eval-data file for `task` now, so
+    that a missing or malformed one fails in a second, before minutes of export and
+    quantization. Raises SbexportError as read_texts and eval's read_dataset do."""
+    if options.recipe.mode == "static":
+        read_texts(options.calibration)
+    if options.eval_data is not None:
+        from ..eval import read_dataset
+
+        read_dataset(options.eval_data, task)
+
+
 def encode_texts(task: Task, tokenizer, records: list[tuple[str, str | None]],
                  max_seq: int) -> Iterator[dict[str, np.ndarray]]:
     """Yield one example's model inputs per dict (int64 [1, seq]; [1, choices, seq] for
@@ -242,6 +254,20 @@ def saturates_u8s8(cpuinfo: str | None = None) -> bool:
     return not {"avx512_vnni", "avx_vnni"} & set(flags)
 
 
+def saturation_note(manifest: Manifest) -> str | None:
+    """What to tell a user who runs the artifact of `manifest` here (predict, eval) when it is a
+    static int8 ONNX file with s8 weights and this CPU saturates them (saturates_u8s8): its
+    answers here are not the ones it gives on arm64 and VNNI CPUs. None otherwise."""
+    q = manifest.quantization
+    if manifest.format != "onnx" or q is None or q.recipe.mode != "static" or q.recipe.weight_storage != "s8":
+        return None
+    if not saturates_u8s8():
+        return None
+    return ("this CPU has no VNNI, and ONNX Runtime's u8 x s8 kernel saturates on it: this int8 file's "
+            "answers here can differ from those it gives on arm64 and VNNI CPUs (`sbexport verify` judges "
+            "those). To run it on CPUs like this one, quantize with --int8-weights u8")
+
+
 @contextmanager
 def exact_int8_file(model_file: Path, log: Callable[[str], None] = print) -> Iterator[Path]:
     """The file to run for the int8 answers the artifact is meant to give: `model_file` itself,
@@ -317,6 +343,7 @@ def quantize_artifact(src_dir: str | Path, out_dir: str | Path, options: Quantiz
     check_outside(src_dir, out_dir, "fp32 artifact")
     check_destination(out_dir, overwrite)
     task = get_task(manifest.task)
+    check_guard_files(options, task)
     texts, examples = None, None          # static only: the calibration set, and its model inputs
     if options.recipe.mode == "static":
         texts = feeds if feeds is not None else read_texts(options.calibration)
@@ -417,8 +444,7 @@ def export_int8(fmt: str, task: Task, source, out_dir: str | Path, options, quan
     out_dir = output_folder(out_dir)
     quantize.check()
     check_destination(out_dir, overwrite)
-    if quantize.recipe.mode == "static":
-        read_texts(quantize.calibration)          # a bad calibration file fails now, not after the export
+    check_guard_files(quantize, task)             # a bad file fails now, not after the export
     with tempfile.TemporaryDirectory(prefix="sbexport-fp32-") as scratch:
         def fp32_log(line: str) -> None:   # the fp32 folder is scratch: do not announce it as written
             log("fp32 export done; quantizing it" if line.startswith("wrote ") else line)

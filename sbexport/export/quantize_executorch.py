@@ -45,7 +45,7 @@ from ..errors import ExportError, SbexportError
 from ..heads import INPUT_NAMES
 from ..manifest import ExecuTorchGraph, Manifest, Recipe
 from . import executorch as executorch_format
-from .quantize import QuantizeOptions, _calibration_feeds, _tokenizer, int8_manifest, read_texts
+from .quantize import QuantizeOptions, _calibration_feeds, _tokenizer, check_guard_files, int8_manifest, read_texts
 
 # What the manifest records: static PT2E on the conv1d nodes, int8 activations (XNNPACK's qs8
 # kernels take signed activations, unlike ONNX Runtime's u8), per-channel symmetric int8 weights.
@@ -162,6 +162,7 @@ def quantize_pte_artifact(src_dir: str | Path, out_dir: str | Path, options: Qua
     check_outside(src_dir, out_dir, "fp32 artifact")
     check_destination(out_dir, overwrite)
     task = get_task(manifest.task)
+    check_guard_files(options, task)
     tokenizer = _tokenizer(src_dir)
     texts = read_texts(options.calibration)
     if reference is None:

@@ -22,6 +22,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,10 +31,11 @@ import numpy as np
 
 from .. import __version__
 from ..bench import sgemm
+from ..bench.inputs import refuse_duplicates
 from ..bench.machine import available_cores, cpu_wait_pct, load_average, machine_info, scheduler_times
 from ..bench.progress import BAR_FORMAT
 from ..errors import SbexportError
-from ..reportfile import check_report_path
+from ..reportfile import check_report_paths, write_reports
 from ..threads import thread_settings
 from . import report
 from .ceilings import better, ceilings
@@ -70,22 +72,26 @@ def quick_config(**changes) -> RooflineConfig:
 
 
 def run_roofline(config: RooflineConfig, *, runtimes: dict | None = None, json_path: str | None = None,
-                 plot_path: str | None = None, progress: bool = True) -> dict:
+                 plot_path: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> dict:
     """Measure, write the JSON and PNG when asked, return the result (report.SCHEMA).
 
     `runtimes`: the table of runtimes the names in config.runtimes are looked up in (default
     runtimes.RUNTIMES; a kernel under test is passed here). Raises SbexportError before any work
-    for bad input (an unknown runtime, no or non-positive sequence length, repeats < 1, an
-    unwritable output path), and when a runtime computes a projection wrongly. A runtime whose
-    packages do not import is skipped with its reason.
+    for bad input (an unknown or repeated runtime, no, repeated or non-positive sequence length,
+    repeats < 1, an unwritable output path, --json and --plot naming one file, no requested
+    runtime able to run here), and when a runtime computes a projection wrongly. A runtime
+    whose packages do not import (or, kernels, whose library is not built) is skipped with its
+    reason, said to `log` before the work. Raises ReportsNotWritten (carrying the result) when
+    the JSON or the plot could not be written (the other is written all the same).
     """
     table = RUNTIMES if runtimes is None else runtimes
     threads = check_config(config, table)
-    for path in (json_path, plot_path):
-        if path is not None:
-            check_report_path(path)
-    skipped = [{"runtime": name, "reason": why} for name in config.runtimes if (why := table[name].unavailable())]
-    chosen = [table[n] for n in config.runtimes if not any(s["runtime"] == n for s in skipped)]
+    check_report_paths({"--json": json_path, "--plot": plot_path})
+    skipped, chosen = available_runtimes(config, table)
+    for s in skipped:
+        if log is not None:
+            log(f"skipping {s['runtime']}: {s['reason']}")
     shapes, machine = projections(), machine_info(threads)
     roof_threads = sorted({1, threads, available_cores()})
     with _progress(config, len(roof_threads), len(shapes), len(chosen), progress) as bar, \
@@ -113,11 +119,20 @@ def run_roofline(config: RooflineConfig, *, runtimes: dict | None = None, json_p
         "rows": build_rows(shapes, chosen, config, threads, measured, roofs),
         "skipped": skipped,
     }
-    if json_path is not None:
-        report.write_json(result, json_path)
-    if plot_path is not None:
-        report.plot(result, plot_path)
+    write_reports(result, [(json_path, report.write_json), (plot_path, report.plot)])
     return result
+
+
+def available_runtimes(config: RooflineConfig, table: dict) -> tuple[list[dict], list]:
+    """(skipped: {"runtime", "reason"} of each asked-for runtime that cannot run here, the
+    runtimes that can). Raises SbexportError when none can: minutes of ceilings would
+    otherwise end in a report without a row."""
+    skipped = [{"runtime": name, "reason": why} for name in config.runtimes if (why := table[name].unavailable())]
+    chosen = [table[n] for n in config.runtimes if not any(s["runtime"] == n for s in skipped)]
+    if not chosen:
+        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped)
+        raise SbexportError(f"none of the runtimes asked for can run here ({reasons})")
+    return skipped, chosen
 
 
 def check_config(config: RooflineConfig, table: dict) -> int:
@@ -127,8 +142,10 @@ def check_config(config: RooflineConfig, table: dict) -> int:
     for name in config.runtimes:
         if name not in table:
             raise SbexportError(f"unknown runtime {name!r}; expected one of {', '.join(table)}")
+    refuse_duplicates(config.runtimes, "--runtimes")
     if not config.seq_lens or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in config.seq_lens):
         raise SbexportError(f"--seq-lens must be positive integers (got {list(config.seq_lens)})")
+    refuse_duplicates(config.seq_lens, "--seq-lens")
     if config.repeats < 1:
         raise SbexportError(f"--repeats must be at least 1 (got {config.repeats}): no timed call, no figure")
     if config.warmup < 0:
