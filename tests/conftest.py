@@ -277,3 +277,21 @@ def et_artifact(export_cache):
     ExecuTorch artifact folder, exported from the task's tiny local checkpoint."""
     return lambda task_name, backend="xnnpack", grouped_conv="xnnpack": \
         export_cache("executorch", task_name, True, backend, grouped_conv)
+
+
+@pytest.fixture
+def json_disk_full(monkeypatch):
+    """Reports written by sbexport.reportfile fail as on a full disk when their name ends in
+    .json; the others (a plot) are written: for the tests that one unwritable report costs
+    nothing else."""
+    import errno
+
+    from sbexport import reportfile
+
+    real = reportfile.replace_file
+
+    def full_for_json(target, data, mode=None):
+        if str(target).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, data, mode)
+    monkeypatch.setattr(reportfile, "replace_file", full_for_json)
