@@ -98,7 +98,8 @@ def markdown_table(result: dict, seq_lens=None) -> str:
     seq_lens = seq_lens or result["config"]["seq_lens"]
     by_key = {(r["runtime"], r["model"], r["seq_len"]): r for r in result["rows"]}
     runtimes = list(dict.fromkeys(r["runtime"] for r in result["rows"]))
-    sb_name, bert_name = model_labels(result)["squeezebert"], model_labels(result)["bert"]
+    names = model_labels(result)
+    sb_name, bert_name = names["squeezebert"], names["bert"]
     lines = []
     for seq_len in seq_lens:
         lines += [f"Batch {result['config']['batch']}, sequence {seq_len}, {result['config']['threads']} threads, "
