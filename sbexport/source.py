@@ -101,7 +101,7 @@ def build_reference(task: Task, source: ModelSource, config=None) -> torch.nn.Mo
         kwargs = {"config": config}
     else:
         kwargs = {}
-        if task.head.has_labels and not _has_own_labels(own, task):
+        if task.head.has_labels and not _keeps_own_labels(own, task):
             kwargs = task.config_overrides()
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("always")
@@ -147,10 +147,18 @@ def _with_new_head(cls, folder: Path, own, wanted):
     trained = load_pretrained(cls, str(folder), allow_missing_head=True, config=own)
     model = cls(wanted)
     model.backbone.load_state_dict(trained.backbone.state_dict())
-    warnings.warn(f"{folder}: its classifier has {own.num_labels} labels, the task has {wanted.num_labels}: "
+    warnings.warn(f"{folder}: its classifier has {own.num_labels} labels{_named(own)}, the task has "
+                  f"{wanted.num_labels}{_named(wanted)}: "
                   f"the backbone is the checkpoint's, the classifier was initialised randomly; fine-tune "
                   f"the model before using its outputs", stacklevel=1)
     return model
+
+
+def _named(config) -> str:
+    """The label names in brackets, " (entailment, neutral, contradiction)", for a config that
+    names its labels; "" for transformers' LABEL_i placeholders."""
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return "" if all(n.startswith("LABEL_") for n in names) else f" ({', '.join(names)})"
 
 
 def load_tokenizer(source: ModelSource) -> SqueezeBertTokenizer | None:
@@ -176,11 +184,14 @@ def bundled_vocab_folder() -> Path | None:
     return folder if (folder / "vocab.txt").is_file() else None
 
 
-def _has_own_labels(config, task: Task) -> bool:
-    """A checkpoint has its own labels when it names them (not transformers' LABEL_i
-    placeholders). Otherwise the task's labels replace the placeholders; where their count
-    differs, the head no longer fits the checkpoint and is initialised randomly (with a warning)."""
-    return any(not v.startswith("LABEL_") for v in config.id2label.values())
+def _keeps_own_labels(config, task: Task) -> bool:
+    """A checkpoint keeps its own labels when it names them (not transformers' LABEL_i
+    placeholders) and, for a task whose data set fixes the label count, has that many: a named
+    3-way mnli classifier under sst2 cannot answer sst2's 2 labels. Otherwise the task's labels
+    replace the checkpoint's; where their count differs, the head no longer fits the checkpoint
+    and is initialised randomly (with a warning)."""
+    named = any(not v.startswith("LABEL_") for v in config.id2label.values())
+    return named and not (task.label_count_fixed and config.num_labels != len(task.labels))
 
 
 def random_init_config(task: Task, arch: str, shape=None):

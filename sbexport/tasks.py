@@ -98,6 +98,13 @@ class Task:
         return tuple(self.head.outputs)
 
     @property
+    def label_count_fixed(self) -> bool:
+        """Whether the task's data set fixes its label count (GLUE's: sst2 has 2 labels, mnli 3,
+        stsb one score), so that a classifier of another count cannot serve it. ner's tags vary
+        with the data (CoNLL-2003's are only the default): a checkpoint's own tags are kept."""
+        return self.glue is not None
+
+    @property
     def input_axes(self) -> tuple[str, ...]:
         return self.head.input_axes
 

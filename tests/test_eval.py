@@ -163,6 +163,9 @@ def test_map_label_by_name_and_glue_index():
     assert map_label("0", ["positive", "negative"], task) == "negative"  # by name, not position
     with pytest.raises(ValueError, match="label '7' is not one of"):
         map_label("7", ["negative", "positive"], task)
+    # an index means nothing across label sets of other sizes (an mnli classifier under sst2)
+    with pytest.raises(ValueError, match="index of sst2's 2 labels, but the model has 3"):
+        map_label("1", ["entailment", "neutral", "contradiction"], task)
 
 
 # -- metrics ----------------------------------------------------------------------------------

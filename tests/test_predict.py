@@ -120,6 +120,14 @@ def test_empty_text_is_refused(onnx_artifact, text, pair):
         predict(onnx_artifact("mnli", local=True), text, pair)
 
 
+@pytest.mark.parametrize("text, pair, name", [("\u200b", "A man.", "TEXT"),
+                                              ("A man.", "\u200c\x01\u200d", "TEXT_PAIR")])
+def test_a_text_the_tokenizer_drops_whole_is_refused(onnx_artifact, text, pair, name):
+    """Zero-width and control characters pass the blank check but tokenize to nothing."""
+    with pytest.raises(SbexportError, match=f"{name} has no tokens"):
+        predict(onnx_artifact("mnli", local=True), text, pair)
+
+
 def test_question_answering_needs_a_context(onnx_artifact):
     with pytest.raises(SbexportError, match="needs a second text"):
         predict(onnx_artifact("squad", local=True), "Where?")

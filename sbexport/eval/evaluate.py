@@ -140,7 +140,8 @@ def _gold(task: Task, example, labels: list[str], tokenizer, max_seq: int):
 
 def map_label(raw: str, labels: list[str], task: Task) -> str:
     """A file's label as one of the model's `labels`: by name (case-insensitive), or a GLUE
-    index (the task's label at that index, or the model's when the model names it otherwise).
+    index (the task's label at that index, or the model's when the model names its labels
+    otherwise but has as many: an index means nothing across label sets of other sizes).
     Raises ValueError for a label neither way finds."""
     by_name = {label.lower(): label for label in labels}
     if raw.lower() in by_name:
@@ -149,6 +150,9 @@ def map_label(raw: str, labels: list[str], task: Task) -> str:
         index = int(raw)
         if index < len(task.labels) and task.labels[index].lower() in by_name:
             return by_name[task.labels[index].lower()]
+        if len(labels) != len(task.labels):
+            raise ValueError(f"label {raw!r} is an index of {task.name}'s {len(task.labels)} labels, but the "
+                             f"model has {len(labels)} ({', '.join(labels)}): it was not fine-tuned for {task.name}")
         if index < len(labels):
             return labels[index]
     raise ValueError(f"label {raw!r} is not one of the model's labels ({', '.join(labels)}) or their index")
