@@ -433,12 +433,13 @@ def test_help_examples_run(monkeypatch, capsys, tmp_path, tiny_checkpoint, minil
     for command in [[], *[[c] for c in COMMANDS if c not in ("bench", "roofline")]]:
         for args in _help_examples(command):
             args = [standins.get(a, a) for a in args]
-            if args[0] in ("onnx", "executorch"):
+            name = next(a for a in args if not a.startswith("-"))    # after global options (--verbose)
+            if name in ("onnx", "executorch"):
                 task = args[args.index("--task") + 1]
                 args = [a for a in args if a != "--random-init"]
                 if "--model" not in args:
                     args += ["--model", str(tiny_checkpoint(task))]
-            if args in ran or args[:1] == ["executorch"] and "--quantize" in args:
+            if args in ran or name == "executorch" and "--quantize" in args:
                 continue
             code, out, err = run_main(monkeypatch, capsys, *args)
             assert code == 0, (args, out, err)
