@@ -11,13 +11,17 @@ from sbexport.source import build_reference, resolve_source
 from sbexport.tasks import get_task
 
 
+def _three_way_checkpoint(folder, **labels):
+    """(folder, model): a tiny checkpoint with a 3-way classifier, saved in `folder`."""
+    model = SqueezeBertForSequenceClassification(tiny_squeezebert_config(num_labels=3, **labels))
+    model.save_pretrained(str(folder))
+    return folder, model
+
+
 @pytest.fixture(scope="module")
 def three_way(tmp_path_factory):
     """A checkpoint with a 3-way classifier and placeholder labels, like squeezebert-mnli."""
-    folder = tmp_path_factory.mktemp("three-way")
-    model = SqueezeBertForSequenceClassification(tiny_squeezebert_config(num_labels=3))
-    model.save_pretrained(str(folder))
-    return folder, model
+    return _three_way_checkpoint(tmp_path_factory.mktemp("three-way"))
 
 
 def test_same_label_count_keeps_the_trained_head_and_names_the_labels(three_way):
@@ -47,11 +51,8 @@ def test_other_label_count_keeps_the_backbone_and_warns_about_the_new_head(three
 @pytest.fixture(scope="module")
 def named_three_way(tmp_path_factory):
     """A checkpoint whose 3-way classifier names its labels, like a user's own mnli fine-tune."""
-    folder = tmp_path_factory.mktemp("named-three-way")
-    labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
-    model = SqueezeBertForSequenceClassification(tiny_squeezebert_config(num_labels=3, id2label=labels))
-    model.save_pretrained(str(folder))
-    return folder, model
+    return _three_way_checkpoint(tmp_path_factory.mktemp("named-three-way"),
+                                 id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
 
 
 def test_named_labels_of_the_task_count_are_kept(named_three_way):
