@@ -471,8 +471,9 @@ def predict(folder, text, text_pair, top_k, as_json) -> None:
     """Tokenize TEXT (and TEXT_PAIR), run the exported file, print the result.
 
     Texts longer than the file's maximum sequence are truncated with a warning. For squad,
-    TEXT is the question and TEXT_PAIR the context; for swag, TEXT_PAIR holds the endings
-    separated by '|'.
+    TEXT is the question and TEXT_PAIR the context, which is read whole: a long one in
+    overlapping windows (128 tokens shared, or half a window), the answer the best span of
+    any; for swag, TEXT_PAIR holds the endings separated by '|'.
 
     \b
     Example:
@@ -856,8 +857,9 @@ def eval_command(task_name, data, fmt, model, random_init, arch, artifacts, limi
 
     Metrics: accuracy (F1 too for mrpc and qqp), Matthews correlation (cola), Pearson and
     Spearman (stsb), exact match and F1 (squad), entity F1 (ner). Malformed rows are skipped,
-    counted and listed by line. Long inputs are truncated to the file's maximum sequence
-    (SQuAD contexts too: there is no doc stride yet).
+    counted and listed by line. Long inputs are truncated to the file's maximum sequence,
+    except SQuAD contexts: those are read in overlapping windows (doc stride 128 tokens, or
+    half a window), as transformers' run_qa reads them.
 
     \b
     The dev sets are not shipped; download them yourself:

@@ -36,6 +36,11 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # a token, an ending, an answer's start or end position); "hidden" holds features instead.
 CHOICE_SEPARATOR = "|"      # predict's endings of a multiple-choice question, in one text
 MAX_ANSWER_TOKENS = 30      # the longest answer span question answering picks
+# A question's context longer than the file takes is cut into overlapping windows, each a row
+# with the whole question, not truncated (predict and eval; Head.windowed). Neighbours share
+# DOC_STRIDE tokens, or half a window where that is less, so that an answer one window's edge
+# cuts lies whole in the next: the value of transformers' run_qa and question-answering pipeline.
+DOC_STRIDE = 128
 
 # One example's texts: (first, second). second is None for one text, a string for a pair
 # (the question's context for question answering), a list of endings for multiple choice.
@@ -63,6 +68,7 @@ class Head:
     # Encoding: tokenizers' truncation strategy, and the second text where the head needs one
     # (its description for error messages). "only_second" keeps the first text whole.
     truncation: bool | str = True
+    windowed: bool = False                      # encode(windows=True) cuts the second text into windows
     second_text: str | None = None
     one_text: str = "takes one text"            # what a one-text task does (error messages)
     # Eval: the data formats it is scored on (none: not evaluable), its tasks' metrics unless a
@@ -101,10 +107,16 @@ class Head:
                     f"{max_seq}: re-export it with a larger --max-seq-len")
         return None
 
-    def encode(self, tokenizer, texts: Sequence[Texts], max_seq: int) -> Encoded:
+    def encode(self, tokenizer, texts: Sequence[Texts], max_seq: int, *, windows: bool = False) -> Encoded:
         """Tokenize a batch of examples for this head: padded to the longest row, truncated to
-        `max_seq`. Multiple choice pairs each ending with its context (every example must have
-        as many endings) and gives [batch, choices, sequence] arrays. Returns an Encoded."""
+        `max_seq`, one row per example. Multiple choice pairs each ending with its context
+        (every example must have as many endings) and gives [batch, choices, sequence] arrays.
+        With `windows`, a windowed head's second text is not truncated but cut into overlapping
+        windows, one row each (Encoded.rows): what reads answers across rows asks for it (predict
+        and eval), not what needs one row per example (verify's cases, calibration).
+        Returns an Encoded."""
+        if windows and self.windowed:
+            return _encode_windows(tokenizer, texts, max_seq)
         first = [t[0] for t in texts]
         second = [t[1] for t in texts] if texts and texts[0][1] is not None else None
         if self.choices:    # one row per ending: [batch * choices] texts
@@ -117,20 +129,61 @@ class Head:
         if self.choices:    # [batch * choices, S, ...] -> [batch, choices, S, ...]
             enc = {k: v.reshape(len(texts), -1, *v.shape[1:]) for k, v in enc.items()}
         lengths = np.asarray(full).reshape(len(texts), -1).max(axis=1).tolist()
-        return Encoded({k: enc[k].astype(np.int64) for k in INPUT_NAMES}, enc, lengths)
+        rows = [slice(i, i + 1) for i in range(len(texts))]
+        return Encoded({k: enc[k].astype(np.int64) for k in INPUT_NAMES}, enc, lengths, rows)
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """A batch of examples encoded for a head."""
+    """A batch of examples encoded for a head: one row each, or several (context windows)."""
 
-    feeds: dict[str, np.ndarray]      # INPUT_NAMES -> int64 [batch, sequence] ([batch, choices, sequence])
-    arrays: dict[str, np.ndarray]     # the same and offset_mapping [batch, (choices,) sequence, 2]
+    feeds: dict[str, np.ndarray]      # INPUT_NAMES -> int64 [rows, sequence] ([rows, choices, sequence])
+    arrays: dict[str, np.ndarray]     # the same and offset_mapping [rows, (choices,) sequence, 2]
     lengths: list[int]                # tokens of each example before truncation (its longest row)
+    rows: list[slice]                 # each example's rows
 
     def example(self, i: int) -> dict[str, np.ndarray]:
-        """Example i's arrays with a leading axis of 1, as decoders take them."""
-        return {k: v[i:i + 1] for k, v in self.arrays.items()}
+        """Example i's arrays, [its rows, ...], as decoders take them."""
+        return {k: v[self.rows[i]] for k, v in self.arrays.items()}
+
+
+def _encode_windows(tokenizer, texts: Sequence[Texts], max_seq: int) -> Encoded:
+    """Question and context pairs with each context whole: [CLS] question [SEP] context [SEP],
+    in context_windows' rows where it is longer than `max_seq`; padded to the longest row."""
+    rows, slices = [], []
+    for question, context in texts:
+        first = len(rows)
+        rows += context_windows(tokenizer(question, context, return_offsets_mapping=True), max_seq)
+        slices.append(slice(first, len(rows)))
+    arrays = _padded(rows, tokenizer.pad_token_id)
+    lengths = [max(len(row["input_ids"]) for row in rows[s]) for s in slices]
+    return Encoded({k: arrays[k] for k in INPUT_NAMES}, arrays, lengths, slices)
+
+
+def context_windows(whole: dict, max_seq: int) -> list[dict]:
+    """Rows of at most `max_seq` tokens for one encoded [CLS] question [SEP] context [SEP]
+    (lists, with offset_mapping): `whole` when it fits; else each row is the question part,
+    a window of the context, and the closing [SEP], neighbouring windows sharing DOC_STRIDE
+    tokens (half a window when that is less). Head.unfit makes sure a row has room for a context token."""
+    if len(whole["input_ids"]) <= max_seq:
+        return [whole]
+    first = whole["token_type_ids"].index(1)           # the context's first token
+    context = len(whole["input_ids"]) - 1 - first      # its tokens, before the closing [SEP]
+    room = max_seq - first - 1
+    step = room - min(DOC_STRIDE, room // 2)
+    starts = [0]
+    while starts[-1] + room < context:
+        starts.append(starts[-1] + step)
+    return [{k: v[:first] + v[first + s:first + min(s + room, context)] + v[-1:] for k, v in whole.items()}
+            for s in starts]
+
+
+def _padded(rows: list[dict], pad_id: int) -> dict[str, np.ndarray]:
+    """Rows of lists as int64 arrays [rows, longest]: padding is pad_id, type 0, mask 0, (0, 0)."""
+    length = max(len(row["input_ids"]) for row in rows)
+    fill = {"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0, "offset_mapping": (0, 0)}
+    return {k: np.asarray([row[k] + [fill[k]] * (length - len(row[k])) for row in rows], dtype=np.int64)
+            for k in fill}
 
 
 # -- decoders: predict's answer for one example ------------------------------------------------
@@ -181,19 +234,30 @@ def decode_tags(outputs, enc, texts, *, labels, tokenizer, top_k) -> dict:
 
 
 def decode_span(outputs, enc, texts, *, labels, tokenizer, top_k) -> dict:
-    """The best span inside the context (token type 1) with start <= end, at most 30 tokens."""
-    context = texts[1]
-    start, end = outputs["start_logits"][0], outputs["end_logits"][0]
-    in_context = (enc["token_type_ids"][0] == 1) & (enc["attention_mask"][0] == 1)
-    in_context &= np.asarray([e > s for s, e in enc["offset_mapping"][0]])
+    """The best span inside the context (token type 1) with start <= end, at most 30 tokens,
+    over the example's rows (its context windows): the highest start + end logit, as
+    transformers' run_qa compares windows."""
+    spans = [_best_span(outputs["start_logits"][r], outputs["end_logits"][r], {k: v[r] for k, v in enc.items()})
+             for r in range(len(enc["input_ids"]))]
+    spans = [span for span in spans if span is not None]
+    if not spans:
+        return {"answer": "", "start": 0, "end": 0, "score": None}
+    score, lo, hi = max(spans, key=lambda span: span[0])
+    return {"answer": texts[1][lo:hi], "start": lo, "end": hi, "score": score}
+
+
+def _best_span(start: np.ndarray, end: np.ndarray, row: dict) -> tuple[float, int, int] | None:
+    """(score, first character, end character) of one row's best context span, or None when
+    the row holds no context token. start, end: [sequence] logits; row: one row's arrays."""
+    in_context = (row["token_type_ids"] == 1) & (row["attention_mask"] == 1)
+    in_context &= row["offset_mapping"][:, 1] > row["offset_mapping"][:, 0]
     score = start[:, None] + end[None, :]
     allowed = np.triu(np.ones_like(score, dtype=bool)) & ~np.triu(np.ones_like(score, dtype=bool), MAX_ANSWER_TOKENS)
     allowed &= in_context[:, None] & in_context[None, :]
     if not allowed.any():
-        return {"answer": "", "start": 0, "end": 0, "score": None}
+        return None
     i, j = np.unravel_index(np.where(allowed, score, -np.inf).argmax(), score.shape)
-    lo, hi = int(enc["offset_mapping"][0][i][0]), int(enc["offset_mapping"][0][j][1])
-    return {"answer": context[lo:hi], "start": lo, "end": hi, "score": float(score[i, j])}
+    return float(score[i, j]), int(row["offset_mapping"][i][0]), int(row["offset_mapping"][j][1])
 
 
 def decode_masks(outputs, enc, texts, *, labels, tokenizer, top_k) -> dict:
@@ -280,7 +344,7 @@ TOKEN_CLASSIFICATION = Head(
 QUESTION_ANSWERING = Head(
     "question-answering", {"squeezebert": "SqueezeBertForQuestionAnswering", "bert": "BertForQuestionAnswering"},
     {"start_logits": ("batch", "sequence"), "end_logits": ("batch", "sequence")}, decode_span, show_span,
-    truncation="only_second", second_text="the context",
+    truncation="only_second", windowed=True, second_text="the context",
     eval_formats=("squad",), metrics=("exact_match", "f1"), score=metrics.score_answers)
 
 HEADS: dict[str, Head] = {h.name: h for h in (

@@ -9,12 +9,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .artifact import open_artifact
 from .errors import SbexportError
 from .heads import CHOICE_SEPARATOR, INPUT_NAMES
-from .runtime import open_runner
+from .runtime import open_runner, run_rows
 from .tasks import get_task
 from .tokenizer import SqueezeBertTokenizer, has_tokenizer
 
@@ -47,15 +45,13 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     note = saturation_note(manifest)
     if note:
         warnings.warn(note, PredictWarning, stacklevel=2)
-    encoded = task.head.encode(tokenizer, [texts], max_seq)
+    encoded = task.head.encode(tokenizer, [texts], max_seq, windows=True)
     if encoded.lengths[0] > max_seq:
         warnings.warn(f"input is {encoded.lengths[0]} tokens; truncated to the model's maximum of {max_seq}",
                       PredictWarning, stacklevel=2)
-    feeds = encoded.feeds
-    batch = manifest.dims.batch[0]
-    if batch > 1:   # a fixed-batch file (ExecuTorch --batch N): repeat the row, decode row 0
-        feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
-    outputs = dict(zip(task.outputs, open_runner(folder / manifest.model_file, INPUT_NAMES).run(feeds)))
+    lo, hi = manifest.dims.batch         # a long context's windows are rows of one batch
+    runner = open_runner(folder / manifest.model_file, INPUT_NAMES)
+    outputs = dict(zip(task.outputs, run_rows(runner.run, encoded.feeds, hi, fixed=lo == hi)))
     return {"task": task.name, **task.head.decode(outputs, encoded.example(0), texts, labels=list(manifest.labels),
                                                   tokenizer=tokenizer, top_k=top_k)}
 

@@ -152,6 +152,22 @@ def open_runner(path: Path, input_names: tuple[str, ...], threads: int = 0):
     raise SbexportError(f"{path}: unknown model file type (expected .onnx or .pte)")
 
 
+def run_rows(run, feeds: dict[str, np.ndarray], batch: int, fixed: bool) -> list[np.ndarray]:
+    """`run` (a runner's run) over feeds of any number of rows (axis 0), `batch` rows a call:
+    a fixed-batch file (`fixed`, ExecuTorch --batch N) takes exactly `batch`, so a short last
+    call is filled with copies of its last row, whose outputs are dropped. Returns each
+    output's rows in order, [rows, ...]."""
+    rows = len(next(iter(feeds.values())))
+    parts = []
+    for start in range(0, rows, batch):
+        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
+        short = batch - len(next(iter(chunk.values()))) if fixed else 0
+        if short:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
+        parts.append([out[:len(out) - short] for out in run(chunk)])
+    return [np.concatenate(outs) for outs in zip(*parts)]
+
+
 def _run_error(path: Path, feeds: dict[str, np.ndarray], reason: Exception | str) -> SbexportError:
     shapes = ", ".join(f"{k} {list(np.shape(v))} {np.asarray(v).dtype}" for k, v in feeds.items())
     reason = reason if isinstance(reason, str) else first_line(reason) or type(reason).__name__

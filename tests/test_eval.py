@@ -506,3 +506,30 @@ def test_stsb_is_scored_by_pearson_and_spearman(tmp_path):
     assert list(metrics) == ["pearson", "spearman"]
     assert metrics["pearson"] == pytest.approx(pearson_r, abs=1e-5)
     assert metrics["spearman"] == pytest.approx(spearman_r, abs=1e-5)
+
+
+def test_long_contexts_are_read_in_windows_through_a_fixed_batch(tmp_path):
+    """eval's SQuAD examples whose contexts are several windows long: every window runs, in
+    calls of exactly the fixed batch (the last filled), and each answer is picked over its own
+    example's windows, not a neighbour's."""
+    from sbexport.eval.runners import Runner
+    from sbexport.tokenizer import SqueezeBertTokenizer
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat",
+                                                   "on", "mat", "dog", "ran", "who", "?", "."]) + "\n")
+    tokenizer = SqueezeBertTokenizer(tmp_path / "vocab.txt")
+    ids = tokenizer.convert_tokens_to_ids(["dog", "ran"])
+    calls = []
+
+    def run(feeds):
+        calls.append(len(feeds["input_ids"]))
+        return [np.where(feeds["input_ids"] == i, 10.0, 0.0).astype(np.float32) for i in ids]
+    filler = "the cat sat on the mat . " * 12
+    examples = [QAExample("a", "who ran ?", filler + "the dog ran .", ("dog ran",), "a"),
+                QAExample("b", "who ran ?", "the dog ran . " + filler, ("dog ran",), "b"),
+                QAExample("c", "who sat ?", "the cat sat .", ("cat sat",), "c")]
+    runner = Runner("fake", "executorch", run, [], tokenizer, max_seq=24, batch=2, fixed_batch=True)
+    predictions = predict_examples(runner, get_task("squad"), examples)
+    # c has no "dog": all its logits tie and its first context piece wins, not a neighbour's span
+    assert predictions.values == ["dog ran", "dog ran", "the"] and predictions.truncated == 0
+    assert set(calls) == {2} and len(calls) > 2 * 3      # the warm-up call and several windows each

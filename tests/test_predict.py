@@ -104,13 +104,12 @@ def test_features_give_the_embedding(onnx_artifact):
     assert all(-1 <= v <= 1 for v in result["pooler_output"][:8])   # tanh
 
 
-@pytest.mark.parametrize("task_name, pair", [("mnli", "Someone makes music."), ("features", None),
-                                             ("squad", "The cat sat on the mat.")])
+@pytest.mark.parametrize("task_name, pair", [("mnli", "Someone makes music."), ("features", None)])
 def test_text_longer_than_the_model_is_truncated_with_a_warning(onnx_artifact, task_name, pair):
+    """(A question's long context is read in windows instead: test_a_long_context_is_answered_from_any_window.)"""
     long_text = " ".join(["the cat sat on the mat"] * 30)     # 180 words > 64 positions
     with pytest.warns(UserWarning, match=f"truncated to the model's maximum of {MAX_SEQ}"):
-        result = predict(onnx_artifact(task_name, local=True), long_text if task_name != "squad" else "Who sat?",
-                         pair if task_name != "squad" else long_text)
+        result = predict(onnx_artifact(task_name, local=True), long_text, pair)
     assert result["task"] == task_name
 
 
@@ -319,3 +318,85 @@ def test_features_are_the_reference_pooled_output(onnx_artifact, reference):
     result = predict(onnx_artifact("features", local=True), text)
     assert result["last_hidden_state_shape"] == list(out.last_hidden_state.shape)
     np.testing.assert_allclose(result["pooler_output"][:8], pooled[:8], atol=ATOL)
+
+
+# -- question answering over a context longer than the file: windows, not truncation ------------
+
+def pointing_runner(tokenizer, first: str, last: str):
+    """A stand-in model whose best span runs from the word piece `first` to `last`: start
+    logit 10 at `first`'s id, end logit 10 at `last`'s, 0 elsewhere. Its run records the batch
+    of every call."""
+    ids = tokenizer.convert_tokens_to_ids([first, last])
+
+    class Pointing:
+        calls = []
+
+        def run(self, feeds):
+            self.calls.append(len(feeds["input_ids"]))
+            return [np.where(feeds["input_ids"] == i, 10.0, 0.0).astype(np.float32) for i in ids]
+    return Pointing()
+
+
+@pytest.mark.parametrize("max_seq, words", [(64, 200), (384, 1500), (32, 20), (20, 300)])
+def test_context_windows_are_transformers_overflowing_rows(minilm_dir, max_seq, words):
+    """The rows of a long context, ids and character offsets, are those of transformers'
+    tokenizer with truncation="only_second", return_overflowing_tokens and stride =
+    min(DOC_STRIDE, half the context's room): the windows run_qa and its pipeline read."""
+    from transformers import BertTokenizerFast
+
+    from sbexport.heads import DOC_STRIDE
+    from sbexport.tokenizer import SqueezeBertTokenizer
+
+    ours = SqueezeBertTokenizer(minilm_dir / "vocab.txt")
+    theirs = BertTokenizerFast(vocab=str(minilm_dir / "vocab.txt"), model_max_length=512)
+    rng = np.random.default_rng(words)
+    vocab = "the cat sat on a mat while John Smith lived in Paris, France; unbelievably photosynthesis".split()
+    question, context = "Where did John Smith live?", " ".join(rng.choice(vocab, words))
+    encoded = TASKS["squad"].head.encode(ours, [(question, context)], max_seq, windows=True)
+    room = max_seq - len(ours(question)["input_ids"]) - 1
+    expected = theirs(question, context, truncation="only_second", max_length=max_seq, return_offsets_mapping=True,
+                      stride=min(DOC_STRIDE, room // 2), return_overflowing_tokens=True)
+    real = encoded.arrays["attention_mask"].astype(bool)
+    assert [row[m].tolist() for row, m in zip(encoded.arrays["input_ids"], real)] == expected["input_ids"]
+    assert [row[m].tolist() for row, m in zip(encoded.arrays["offset_mapping"], real)] == \
+        [[list(o) for o in row] for row in expected["offset_mapping"]]
+    assert len(expected["input_ids"]) > 1 and encoded.rows == [slice(0, len(expected["input_ids"]))]
+    assert encoded.lengths == [max_seq]
+
+
+def test_a_long_context_is_answered_from_any_window(onnx_artifact, monkeypatch):
+    """The answer sits at the end of a context 4x longer than the file: predict reads every
+    window (no truncation warning) and picks the best span over them, in the context's
+    characters. Truncated, the context would lose it."""
+    import warnings
+
+    import sbexport.predict as predict_module
+    from sbexport.tokenizer import SqueezeBertTokenizer
+
+    folder = onnx_artifact("squad", local=True)
+    pointing = pointing_runner(SqueezeBertTokenizer.from_pretrained(folder), "dog", "mat")
+    monkeypatch.setattr(predict_module, "open_runner", lambda path, names: pointing)
+    context = "the cat sat on the mat . " * 40 + "John saw a dog on the mat ."
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = predict(folder, "Who sat?", context)
+    assert result["answer"] == "dog on the mat" == context[result["start"]:result["end"]]
+    assert result["start"] > len(context) - 20 and result["score"] == 20.0
+    assert len(pointing.calls) == 1 and pointing.calls[0] > 4       # every window in one call
+
+
+@pytest.mark.parametrize("fixed, sizes", [(True, [3, 3, 3]), (False, [3, 3, 1])])
+def test_rows_run_in_calls_the_file_takes(fixed, sizes):
+    """run_rows: 7 rows through a batch of 3. A fixed-batch file gets exactly 3 a call, the last
+    filled with copies of row 6 whose outputs are dropped; the outputs are the 7 rows in order."""
+    from sbexport.runtime import run_rows
+
+    calls = []
+
+    def run(feeds):
+        calls.append(feeds["x"][:, 0].tolist())
+        return [feeds["x"] * 2]
+    x = np.arange(7)[:, None]
+    (out,) = run_rows(run, {"x": x}, 3, fixed=fixed)
+    assert out.tolist() == (x * 2).tolist()
+    assert [len(c) for c in calls] == sizes and calls[-1][0] == 6 and set(calls[-1]) == {6}

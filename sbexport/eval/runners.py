@@ -1,10 +1,11 @@
 """Batched prediction on evaluation examples, the same way for the PyTorch reference and for
 every exported file: tokenize a batch (padded to its longest row, truncated to the runner's
-maximum sequence) with the head's encoding, run it, decode each row with the head's decoder
-(heads.py), as predict does.
+maximum sequence; a question's long context cut into windows, a row each) with the head's
+encoding, run it, decode each example's rows with the head's decoder (heads.py), as predict
+does.
 
-A fixed-batch file (ExecuTorch, manifest dims.batch [n, n]) gets batches of exactly n rows;
-the last is filled with copies of its last row, whose outputs are dropped.
+A fixed-batch file (ExecuTorch, manifest dims.batch [n, n]) gets calls of exactly n rows;
+the last is filled with copies of its last row, whose outputs are dropped (runtime.run_rows).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..artifact import open_artifact
 from ..errors import SbexportError
 from ..heads import INPUT_NAMES
 from ..manifest import Manifest
-from ..runtime import TorchRunner, open_runner
+from ..runtime import TorchRunner, open_runner, run_rows
 from ..tasks import Task
 from ..tokenizer import SqueezeBertTokenizer, has_tokenizer
 from .datasets import QAExample, TagExample, TextExample
@@ -94,18 +95,18 @@ def predict_examples(runner: Runner, task: Task, examples: list) -> Predictions:
     values, seconds, truncated = [], 0.0, 0
     for start in range(0, len(examples), runner.batch):
         chunk = examples[start:start + runner.batch]
-        rows = chunk + [chunk[-1]] * (runner.batch - len(chunk)) if runner.fixed_batch else chunk
-        encoded = task.head.encode(runner.tokenizer, [example.texts for example in rows], runner.max_seq)
+        encoded = task.head.encode(runner.tokenizer, [example.texts for example in chunk], runner.max_seq,
+                                   windows=True)
         if start == 0:
-            runner.run(encoded.feeds)
+            run_rows(runner.run, encoded.feeds, runner.batch, runner.fixed_batch)
         started = time.perf_counter()
-        outputs = dict(zip(task.outputs, runner.run(encoded.feeds)))
+        outputs = dict(zip(task.outputs, run_rows(runner.run, encoded.feeds, runner.batch, runner.fixed_batch)))
         seconds += time.perf_counter() - started
-        truncated += sum(length > runner.max_seq for length in encoded.lengths[:len(chunk)])
+        truncated += sum(length > runner.max_seq for length in encoded.lengths)
         for i, example in enumerate(chunk):
-            row_out = {k: v[i:i + 1] for k, v in outputs.items()}
-            decoded = task.head.decode(row_out, encoded.example(i), example.texts, labels=runner.labels,
-                                       tokenizer=runner.tokenizer, top_k=1)
+            rows = encoded.rows[i]
+            decoded = task.head.decode({k: v[rows] for k, v in outputs.items()}, encoded.example(i), example.texts,
+                                       labels=runner.labels, tokenizer=runner.tokenizer, top_k=1)
             values.append(_prediction(decoded, example))
     return Predictions(values, seconds, truncated)
 
