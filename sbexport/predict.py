@@ -34,9 +34,9 @@ def predict(folder: str | Path, text: str, text_pair: str | None = None, top_k: 
     task = get_task(manifest.task)
     _check_texts(task, text, text_pair)
     tokenizer = _tokenizer(folder)
-    _check_tokens(tokenizer, text, text_pair)
     max_seq = manifest.dims.sequence[1]
     texts = (text, _endings(text_pair, manifest.dims) if task.head.choices else text_pair)
+    _check_tokens(tokenizer, texts)
     reason = task.head.unfit(tokenizer, texts, max_seq)
     if reason:
         raise SbexportError(reason)
@@ -77,12 +77,14 @@ def _check_texts(task, text: str, text_pair: str | None) -> None:
         raise SbexportError(f"task {task.name} needs a second text ({task.head.second_text})")
 
 
-def _check_tokens(tokenizer: SqueezeBertTokenizer, text: str, text_pair: str | None) -> None:
-    """Raise SbexportError for a text of which the tokenizer keeps nothing: zero-width, control
-    or unassigned characters only, which pass the blank check but would run the model on
-    [CLS] [SEP] alone."""
-    for name, value in (("TEXT", text), ("TEXT_PAIR", text_pair)):
-        if value is not None and not tokenizer.tokenize(value):
+def _check_tokens(tokenizer: SqueezeBertTokenizer, texts) -> None:
+    """Raise SbexportError for a text (or a multiple-choice ending) of which the tokenizer keeps
+    nothing: zero-width, control or unassigned characters only, which pass the blank check but
+    would run the model on [CLS] [SEP] alone."""
+    first, second = texts
+    seconds = [] if second is None else [second] if isinstance(second, str) else second
+    for name, value in [("TEXT", first)] + [("TEXT_PAIR", s) for s in seconds]:
+        if not tokenizer.tokenize(value):
             raise SbexportError(f"{name} has no tokens: the tokenizer drops each of its characters (zero-width, "
                                 f"control or unassigned ones); give at least one word")
 

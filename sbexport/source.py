@@ -158,7 +158,12 @@ def _named(config) -> str:
     """The label names in brackets, " (entailment, neutral, contradiction)", for a config that
     names its labels; "" for transformers' LABEL_i placeholders."""
     names = [config.id2label[i] for i in range(config.num_labels)]
-    return "" if all(n.startswith("LABEL_") for n in names) else f" ({', '.join(names)})"
+    return f" ({', '.join(names)})" if _names_labels(config) else ""
+
+
+def _names_labels(config) -> bool:
+    """Whether a config names its labels, rather than holding transformers' LABEL_i placeholders."""
+    return any(not v.startswith("LABEL_") for v in config.id2label.values())
 
 
 def load_tokenizer(source: ModelSource) -> SqueezeBertTokenizer | None:
@@ -190,8 +195,7 @@ def _keeps_own_labels(config, task: Task) -> bool:
     3-way mnli classifier under sst2 cannot answer sst2's 2 labels. Otherwise the task's labels
     replace the checkpoint's; where their count differs, the head no longer fits the checkpoint
     and is initialised randomly (with a warning)."""
-    named = any(not v.startswith("LABEL_") for v in config.id2label.values())
-    return named and not (task.label_count_fixed and config.num_labels != len(task.labels))
+    return _names_labels(config) and not (task.label_count_fixed and config.num_labels != len(task.labels))
 
 
 def random_init_config(task: Task, arch: str, shape=None):

@@ -176,11 +176,14 @@ def test_refuses_to_run_inside_a_mutant_run(repo):
     assert snapshot(repo) == before and list(tmp.iterdir()) == []
 
 
-def test_real_catalogue_parses():
-    """The shipped catalogue is valid TOML with every field (no run: --list only). Whether its
-    snippets are still in the source is `make mutate`'s to say (stale), not this suite's."""
+def test_real_catalogue_parses_and_none_is_stale():
+    """The shipped catalogue is valid TOML with every field, and each mutant's snippet is still
+    once in its file (no run: --list only). A change that rewrites a guarded line updates its
+    mutant with it: three had gone stale unnoticed (found in stop 22), each then guarding
+    nothing while the README counted it."""
     proc = subprocess.run([sys.executable, str(TOOL), "--list"], capture_output=True, text=True, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "SBEXPORT_MUTATE_RUN"})
     assert proc.returncode == 0, proc.stderr
     entries = [line.split() for line in proc.stdout.splitlines() if line and not line.startswith(" ")]
     assert len(entries) >= 20
+    assert [e[0] for e in entries if e[1] != "ok"] == [], "update tools/mutants.toml:\n" + proc.stdout

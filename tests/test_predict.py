@@ -127,6 +127,11 @@ def test_a_text_the_tokenizer_drops_whole_is_refused(onnx_artifact, text, pair, 
         predict(onnx_artifact("mnli", local=True), text, pair)
 
 
+def test_an_ending_the_tokenizer_drops_whole_is_refused(onnx_artifact):
+    with pytest.raises(SbexportError, match="TEXT_PAIR has no tokens"):
+        predict(onnx_artifact("swag", local=True), "A man sat.", "He slept.|\u200b|He ran.|He sat.")
+
+
 def test_question_answering_needs_a_context(onnx_artifact):
     with pytest.raises(SbexportError, match="needs a second text"):
         predict(onnx_artifact("squad", local=True), "Where?")
