@@ -55,11 +55,14 @@ def named_three_way(tmp_path_factory):
                                  id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
 
 
-def test_named_labels_of_the_task_count_are_kept(named_three_way):
-    folder, trained = named_three_way
+def test_named_labels_of_the_task_count_are_kept(tmp_path):
+    """A checkpoint naming 3 labels in its own order (roberta-large-mnli's) keeps them under
+    mnli, with its trained head: the task's names would put the columns in another order."""
+    own = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
+    folder, trained = _three_way_checkpoint(tmp_path, id2label=own)
     task = get_task("mnli")
     model = build_reference(task, resolve_source(task, model=str(folder)))
-    assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+    assert model.config.id2label == own
     assert torch.equal(model.classifier.weight, trained.classifier.weight)
 
 
