@@ -140,21 +140,42 @@ def lower(module, example: dict, max_seq: int, backend: str, grouped_conv: str =
 
 
 def _xnnpack_partitioner(grouped_conv: str):
-    """XNNPACK's partitioner with every op config; for "runner-kernel" its convolution config
-    refuses grouped convolutions, which then stay native aten convolutions in the program."""
+    """XNNPACK's partitioner with every op config, asking for one whole-program decomposition
+    fewer (_answers_with_a_list); for "runner-kernel" its convolution config refuses grouped
+    convolutions, which then stay native aten convolutions in the program."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.gemm_configs import ConvolutionConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-    if grouped_conv != "runner-kernel":
-        return XnnpackPartitioner()
 
     class UngroupedConvolutionConfig(ConvolutionConfig):
         def check_constraints(self, node, ep) -> bool:
             return node.args[8] == 1 and super().check_constraints(node, ep)   # args[8]: groups
 
-    return XnnpackPartitioner(configs=[UngroupedConvolutionConfig if c is ConvolutionConfig else c
-                                       for c in ALL_PARTITIONER_CONFIGS])
+    class ListAnsweringPartitioner(XnnpackPartitioner):
+        def ops_to_not_decompose(self, ep):
+            return _answers_with_a_list(*super().ops_to_not_decompose(ep), ep)
+
+    configs = [UngroupedConvolutionConfig if c is ConvolutionConfig and grouped_conv == "runner-kernel" else c
+               for c in ALL_PARTITIONER_CONFIGS]
+    return ListAnsweringPartitioner(configs=configs)
+
+
+def _answers_with_a_list(ops: list, check, ep) -> tuple:
+    """XNNPACK's answer (`ops` to keep whole, `check` node -> bool), as a plain list with no
+    check when every node of those ops in `ep` passes the check, else unchanged.
+
+    Why: given a check, ExecuTorch runs two more decompositions of the whole program (keep the
+    passing nodes apart, decompose, put them back); given a list, one. With every node passing,
+    both keep the same nodes whole, so the program is the same: the same .pte bytes, measured for
+    the tiny fp32, int8, per-group and runner-kernel programs and the full-size MNLI one; the
+    lowering 15-23% faster at full size (benchmarks/NOTES.md, stop 23). sbexport's only such op
+    is aten.linear (pooler, heads), which passes. A failing node (a linear whose weight is an
+    input) keeps XNNPACK's own answer: decomposing every linear instead breaks XNNPACK's
+    lowering of the 3-D ones."""
+    if check is None:
+        return ops, None
+    nodes = [node for node in ep.graph_module.graph.nodes if node.op == "call_function" and node.target in ops]
+    return (ops, None) if all(check(node) for node in nodes) else (ops, check)
 
 
 def _dynamic_shapes(example: dict, max_seq: int) -> dict:
