@@ -167,8 +167,8 @@ def _answers_with_a_list(ops: list, check, ep) -> tuple:
     Why: given a check, ExecuTorch runs two more decompositions of the whole program (keep the
     passing nodes apart, decompose, put them back); given a list, one. With every node passing,
     both keep the same nodes whole, so the program is the same: the same .pte bytes, measured for
-    the tiny fp32, int8, per-group and runner-kernel programs and the full-size MNLI one; the
-    lowering 15-23% faster at full size (benchmarks/NOTES.md, stop 23). sbexport's only such op
+    the tiny fp32, int8, per-group and runner-kernel programs and the full-size MNLI one; a
+    full-size export about 16% faster (benchmarks/NOTES.md, stop 23). sbexport's only such op
     is aten.linear (pooler, heads), which passes. A failing node (a linear whose weight is an
     input) keeps XNNPACK's own answer: decomposing every linear instead breaks XNNPACK's
     lowering of the 3-D ones."""
