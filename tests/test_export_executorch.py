@@ -339,18 +339,18 @@ class _PoolerAndHead(torch.nn.Module):
         return torch.nn.functional.linear(first, weight) if self.weight_input else self.pooler(first)
 
 
-def _lowered(module, partitioner, monkeypatch) -> tuple[bytes, int]:
+def _lowered(module, partitioner) -> tuple[bytes, int]:
     """(.pte bytes, run_decompositions calls) of `module` lowered with `partitioner`; the
     program's output on a fresh input is checked against the module's (executorch.runtime)."""
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
     calls, decompose = [], torch.export.ExportedProgram.run_decompositions
-    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions",
-                        lambda self, *a, **k: calls.append(1) or decompose(self, *a, **k))
     inputs = (torch.randn(1, 8, 5, generator=torch.Generator().manual_seed(0)), torch.ones(4, 8))
-    edge = to_edge_transform_and_lower(torch.export.export(module, inputs), partitioner=[partitioner])
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.export.ExportedProgram, "run_decompositions",
+                      lambda self, *a, **k: calls.append(1) or decompose(self, *a, **k))
+        edge = to_edge_transform_and_lower(torch.export.export(module, inputs), partitioner=[partitioner])
     buffer = edge.to_executorch().buffer
     method = Runtime.get().load_program(buffer).load_method("forward")
     x = torch.randn(1, 8, 5)
@@ -360,7 +360,7 @@ def _lowered(module, partitioner, monkeypatch) -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("weight_input", [False, True], ids=["every-linear-passes", "one-linear-refused"])
-def test_partitioner_makes_xnnpacks_program_with_fewer_decompositions(weight_input, monkeypatch):
+def test_partitioner_makes_xnnpacks_program_with_fewer_decompositions(weight_input):
     """The same .pte bytes as XNNPACK's own partitioner; fewer decompositions when every kept
     node passes XNNPACK's check, XNNPACK's own path when one does not (decomposing every linear
     then would break the 3-D one's lowering). Measured run_decompositions calls, those on the
@@ -371,8 +371,8 @@ def test_partitioner_makes_xnnpacks_program_with_fewer_decompositions(weight_inp
     from sbexport.export.executorch import _xnnpack_partitioner
 
     module = _PoolerAndHead(weight_input).eval()
-    _lowered(module, XnnpackPartitioner(), monkeypatch)
-    stock, stock_calls = _lowered(module, XnnpackPartitioner(), monkeypatch)
-    ours, our_calls = _lowered(module, _xnnpack_partitioner("xnnpack"), monkeypatch)
+    _lowered(module, XnnpackPartitioner())
+    stock, stock_calls = _lowered(module, XnnpackPartitioner())
+    ours, our_calls = _lowered(module, _xnnpack_partitioner("xnnpack"))
     assert ours == stock
     assert our_calls == stock_calls if weight_input else our_calls < stock_calls, (our_calls, stock_calls)
