@@ -1,10 +1,10 @@
-"""Reproduce the README's host comparison from nothing: export SqueezeBERT and BERT-base
-(full size, random weights: latency does not depend on them) to ONNX and ExecuTorch, time both
-interleaved on PyTorch eager, ONNX Runtime and ExecuTorch, and write
+"""SqueezeBERT against BERT-base on this CPU, from nothing (the README's "Measured" section):
+export both (full size, random weights: latency does not depend on them) to ONNX and
+ExecuTorch, time them interleaved on PyTorch eager, ONNX Runtime and ExecuTorch, and write
 
     benchmarks/results/host_<date>.json   every figure (schema sbexport.bench/1)
     benchmarks/results/host_<date>.png    latency against sequence length
-    benchmarks/results/host_table.md      the comparison table the README quotes
+    benchmarks/results/host_table.md      the comparison table, as markdown
 
 Run it on a quiet machine (`make bench`); a busy one shows in the JSON's load averages.
 
