@@ -115,7 +115,9 @@ build_arm64() {
     libs=$(kernel_libs arm64 "$toolchain" -Dexecutorch_DIR="$et/share/cmake")
     configure_and_build "$ROOT/android_demo" "$out/cmake" "$toolchain" -Dexecutorch_DIR="$et/share/cmake" \
         -DSBEXPORT_EXTRA_KERNEL_LIBS="$libs"
-    # The bundle is remade from the build each time (a few MB of copies): never stale.
+    # The bundle is made afresh beside the old one (a few MB of copies), so it is never stale,
+    # and replaces it only when they differ: a test worker may call this while another one runs
+    # the bundle, and between the removal and the rename there are no libraries to load.
     local bundle=$out/bundle
     rm -rf "$bundle.partial" && mkdir -p "$bundle.partial/lib"
     cp "$out/cmake/sbexport_runner" "$bundle.partial/"
@@ -123,7 +125,11 @@ build_arm64() {
     [[ -e $bundle.partial/lib/ld-linux-aarch64.so.1 ]] || cp -L "$AARCH64_SYSROOT/lib/ld-linux-aarch64.so.1" "$bundle.partial/lib/"
     cp "$ROOT/android_demo/run-bundle.sh" "$bundle.partial/run"
     chmod +x "$bundle.partial/run"
-    rm -rf "$bundle" && mv "$bundle.partial" "$bundle"
+    if [[ -d $bundle ]] && diff -rq "$bundle.partial" "$bundle" >/dev/null; then
+        rm -rf "$bundle.partial"
+    else
+        rm -rf "$bundle" && mv "$bundle.partial" "$bundle"
+    fi
     echo "$bundle/run"
 }
 

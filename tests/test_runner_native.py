@@ -171,6 +171,20 @@ def test_arm64_bundle_runs_from_anywhere_without_a_sysroot(arm64_bundle, et_arti
     assert report["arch"] == "aarch64" and report["outputs"][0]["shape"] == [1, 3]
 
 
+def test_a_build_that_changes_nothing_leaves_the_arm64_bundle_in_place(arm64_bundle):
+    """Test workers build the runner while other workers run the bundle: a build whose bundle is
+    the same keeps the folder and every file in it (the same inodes). Remade each time, it had a
+    moment with no libraries in it, and a qemu run starting then failed with "libstdc++.so.6:
+    cannot open shared object file" (CI on the Intel kind, stop 24)."""
+    def inodes() -> dict[str, int]:
+        return {str(p.relative_to(arm64_bundle.parent)): p.stat().st_ino
+                for p in [arm64_bundle.parent, *arm64_bundle.parent.rglob("*")]}
+
+    before = inodes()
+    assert build("arm64") == arm64_bundle
+    assert inodes() == before
+
+
 # --------------------------------------------------------------------------------------
 # The JSON report
 # --------------------------------------------------------------------------------------
