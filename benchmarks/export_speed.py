@@ -15,6 +15,7 @@ work, wall time grows but CPU time barely does, so it shows how much of the wall
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from sbexport.artifact import read_manifest
 from sbexport.bench.machine import load_average, machine_info
+from sbexport.cli import third_party_quiet
 from sbexport.errors import SbexportError
 from sbexport.export import export_artifact
 from sbexport.source import resolve_source
@@ -40,8 +42,13 @@ def main(argv=None) -> int:
     parser.add_argument("--formats", default="onnx,executorch")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity sweep after each export")
     parser.add_argument("--out", default=str(RESULTS / "export_speed.json"))
+    parser.add_argument("--verbose", action="store_true", help="also show what the libraries underneath print")
     args = parser.parse_args(argv)
+    with contextlib.nullcontext() if args.verbose else third_party_quiet():
+        return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
     task = get_task("mnli")
     record = {"schema": "sbexport.export_speed/1", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(threads=0), "targets_s": TARGETS_S, "exports": []}
@@ -49,6 +56,7 @@ def main(argv=None) -> int:
         for arch in args.models.split(","):
             source = resolve_source(task, random_init=True, arch=arch)
             for fmt in args.formats.split(","):
+                print(f"exporting {arch} to {fmt}" + (", then verifying it" if not args.no_verify else ""), flush=True)
                 record["exports"].append(time_one(fmt, task, source, Path(tmp) / f"{arch}-{fmt}", not args.no_verify))
     record["machine"]["load_average_end"] = load_average()
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -17,12 +17,14 @@ Run it on a quiet machine (`make bench`); a busy one shows in the JSON's load av
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from datetime import date
 from pathlib import Path
 
 from sbexport.bench import BenchConfig, markdown_table, run_bench, table
+from sbexport.cli import third_party_quiet
 from sbexport.errors import SbexportError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,7 +43,13 @@ def main(argv=None) -> int:
                                                    "<n>t with --threads, none otherwise)")
     parser.add_argument("--from-json", default=None, metavar="PATH",
                         help="only rewrite the markdown table from an earlier run's JSON")
+    parser.add_argument("--verbose", action="store_true", help="also show what the libraries underneath print")
     args = parser.parse_args(argv)
+    with contextlib.nullcontext() if args.verbose else third_party_quiet():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.from_json:
         path = Path(args.from_json)
         tag = path.stem.split("_", 2)[2] if path.stem.count("_") >= 2 else ""
