@@ -81,7 +81,7 @@ $(OPTIMUM_VENV)/bin/optimum-cli:
 
 # Plant each bug of tools/mutants.toml in a throwaway copy and report those no test catches
 # (exit 1 when one survives or the catalogue is stale). MUTATE_ARGS="--only ID,ID" or "--list".
-mutate: install
+mutate: install arm64
 	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 clean:

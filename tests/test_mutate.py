@@ -79,11 +79,13 @@ def snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_tool(root: Path, *args, env_extra=None, catalogue=None) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run the tool on `root` with its own temporary folder; returns (process, temp folder)."""
+def run_tool(root: Path, *args, env_extra=None, catalogue=None,
+             base_env=None) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run the tool on `root` with its own temporary folder (in `base_env`, default this
+    process's environment); returns (process, temp folder)."""
     tmp = root.parent / "tool-tmp"
     tmp.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "SBEXPORT_MUTATE_RUN"}
+    env = {k: v for k, v in (base_env or os.environ).items() if k != "SBEXPORT_MUTATE_RUN"}
     # Third-party pytest plugins (hydra, via executorch) take seconds to load; the fake repo needs none.
     env.update(TMPDIR=str(tmp), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **(env_extra or {}))
     proc = subprocess.run([sys.executable, str(TOOL), "--root", str(root),
@@ -126,6 +128,24 @@ def test_selection_failing_without_a_mutant_is_an_error(repo):
     assert proc.returncode == 1
     assert statuses(repo.parent / "out.json") == {"add-minus": "error"}
     assert "fails without any mutation" in proc.stdout
+
+
+def test_copies_use_the_roots_arm64_setup(repo):
+    """Build output is not copied, but a selection that runs `verify --target arm64-qemu` needs
+    its setup (`make arm64`): the copies are told where the root's is (else the CLI's help
+    examples failed unmutated, and `make mutate` reported four CLI mutants as errors)."""
+    setup = repo / "build" / "arm64"
+    setup.mkdir(parents=True)
+    (repo / "tests" / "test_setup.py").write_text(
+        "import os\n\n\ndef test_setup_is_named():\n"
+        f"    assert os.environ['SBEXPORT_ARM64_DIR'] == {str(setup)!r}\n")
+    catalogue = repo / "setup.toml"
+    catalogue.write_text(CATALOGUE.replace('tests = ["tests/test_calc.py"]',
+                                           'tests = ["tests/test_calc.py", "tests/test_setup.py"]', 1))
+    env = {k: v for k, v in os.environ.items() if k != "SBEXPORT_ARM64_DIR"}
+    proc, _ = run_tool(repo, "--only", "add-minus", catalogue=catalogue, base_env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 mutants: 1 killed" in proc.stdout
 
 
 def test_ambiguous_snippet_and_uncompilable_replacement_are_errors(repo):

@@ -61,6 +61,10 @@ CATALOGUE = Path(__file__).resolve().parent / "mutants.toml"
 GUARD_ENV = "SBEXPORT_MUTATE_RUN"
 # Not copied: version control, environments and build output (large, and not what tests read).
 SKIP_NAMES = {".git", ".venv", "venv", "artifacts", "build", "dist", "__pycache__", ".pytest_cache"}
+# Build output the copies use where it is, named to them by an environment variable: `verify
+# --target arm64-qemu`'s setup (`make arm64`; SETUP_ENV of sbexport/targets/arm64.py), which tests
+# only read. Without it, a selection running that command fails before any mutant.
+SHARED_BUILDS = {"SBEXPORT_ARM64_DIR": "build/arm64"}
 FIELDS = {"id": str, "file": str, "find": str, "replace": str, "description": str, "tests": list}
 OPTIONAL = {"k": str, "timeout": (int, float)}
 
@@ -188,7 +192,8 @@ class Runs:
         tests, k = selection
         cmd = [self.python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                f"--basetemp={copy / '.pytest-tmp'}", *tests] + (["-k", k] if k else [])
-        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", GUARD_ENV: "1"}
+        env = {**shared_builds(self.root), **os.environ,
+               "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", GUARD_ENV: "1"}
         started = time.perf_counter()
         with self.lock:
             if self.stopping:
@@ -213,6 +218,12 @@ class Runs:
             self.stopping = True
             for proc in list(self.live):
                 _kill_group(proc)
+
+
+def shared_builds(root: Path) -> dict[str, str]:
+    """SHARED_BUILDS's variables whose folder exists under `root` (the caller's own setting of
+    one still wins: it comes later in the copies' environment)."""
+    return {name: str(root / path) for name, path in SHARED_BUILDS.items() if (root / path).is_dir()}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
