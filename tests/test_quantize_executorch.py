@@ -170,8 +170,9 @@ def minilm_features_pte(minilm_slice, tmp_path_factory):
 
 def test_real_weights_pass_the_guard(minilm_features_pte, tmp_path):
     """Measured on AMD Zen 3 and on the Intel kind alike, the lowered .pte of the slice: 781/782
-    real-sentence token embeddings (99.87%) at cosine >= 0.99 (min 0.988), 72/72 pooled ones. Without the channel
-    equalization: 72/782 (checked by turning it off), so this test guards it too."""
+    real-sentence token embeddings (99.87%) at cosine >= 0.99 (min 0.988), 72/72 pooled ones.
+    Without the channel equalization: 72/782 (checked by turning it off), so this test guards
+    it too."""
     lines = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
